@@ -1,0 +1,273 @@
+"""The lake: canonical tables as parquet, events partitioned by date, quarantine beside them.
+
+    <lake>/users/users.parquet
+    <lake>/videos/videos.parquet
+    <lake>/events/event_date=YYYY-MM-DD/part-0.parquet
+    <lake>/quarantine/<table>/<source_key>/part-*.parquet     (raw values + reason)
+
+Every file is written under a temporary name and renamed into place, so a reader sees the old
+file or the new one, never half of one. Events are keyed by `event_id`: committing the same
+events again rewrites identical partitions, so re-ingesting leaves the lake as it was.
+Merging runs in DuckDB, which spills to disk, so memory stays bounded for 10M+ events.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from feature_repo import schema
+
+PARTITION = "event_date"
+EVENT_COLUMNS = schema.EVENTS.names
+QUARANTINE_EXTRA = ("reason", "source_file", "source_row")
+
+
+@dataclass(frozen=True)
+class EventCommit:
+    new: int
+    updated: int
+    unchanged: int
+    duplicate_rows: int
+    duplicate_ids: int
+    partitions_written: int
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def replace_dir_atomic(new: Path, target: Path) -> None:
+    """Swap folder `new` in for `target`: readers see the old or the new folder, never a mix."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class Lake:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.events_dir = self.root / "events"
+        self.quarantine_dir = self.root / "quarantine"
+        self.staging_dir = self.root / "_staging"
+
+    def table_path(self, table: str) -> Path:
+        return self.root / table / f"{table}.parquet"
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def read_table(self, table: str) -> pd.DataFrame:
+        """Users or videos (whole table; both fit in memory even for the largest MovieLens)."""
+        path = self.table_path(table)
+        if not path.exists():
+            return schema.empty_frame(table)
+        return pq.read_table(path, schema=schema.TABLES[table]).to_pandas()
+
+    def event_files(self) -> list[Path]:
+        return sorted(self.events_dir.glob(f"{PARTITION}=*/part-0.parquet"))
+
+    def events_dataset(self) -> ds.Dataset:
+        """All events as a pyarrow dataset (hive-partitioned by date) for scans and filters."""
+        return ds.dataset(
+            [str(p) for p in self.event_files()],
+            schema=schema.EVENTS,
+            format="parquet",
+        )
+
+    def read_events(self, columns: list[str] | None = None, filter: ds.Expression | None = None) -> pd.DataFrame:
+        if not self.event_files():
+            return schema.empty_frame("events")[columns or EVENT_COLUMNS]
+        return self.events_dataset().to_table(columns=columns, filter=filter).to_pandas()
+
+    def events_glob(self) -> str:
+        return str(self.events_dir / f"{PARTITION}=*" / "part-0.parquet")
+
+    # ---- writing -------------------------------------------------------------------------------
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """One writer at a time: two ingests merging the same partition must not race."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def write_table(self, table: str, df: pd.DataFrame) -> None:
+        ordered = df.sort_values(schema.ID_COLUMN[table], kind="stable").reset_index(drop=True)
+        write_parquet_atomic(schema.to_arrow(ordered, table), self.table_path(table))
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A private folder for one run; removed whatever happens, so failures leave no trace."""
+        run = self.staging_dir / uuid.uuid4().hex
+        run.mkdir(parents=True)
+        try:
+            yield run
+        finally:
+            shutil.rmtree(run, ignore_errors=True)
+
+    def replace_quarantine(self, table: str, source_key: str, staged: Path) -> None:
+        """Quarantine of one source is replaced as a whole, so re-ingesting does not pile up rows."""
+        target = self.quarantine_dir / table / source_key
+        if staged.exists() and any(staged.iterdir()):
+            replace_dir_atomic(staged, target)
+        elif target.exists():
+            shutil.rmtree(target)
+
+    def commit_events(self, staged_glob: str, work_dir: Path, quarantine_dir: Path) -> EventCommit:
+        """Merge staged events into the lake by event_id; exact and id duplicates go to quarantine.
+
+        Staged files carry canonical columns plus `_seq` (arrival order), `_file`, `_row` and the
+        `event_date` partition key. The first arrival of an event_id wins within a batch; a batch
+        wins over what the lake held (a corrected event replaces the old one).
+        """
+        con = duckdb.connect(config={"memory_limit": os.environ.get("VIDREC_DUCKDB_MEMORY", "2GB")})
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            con.execute(f"SET temp_directory = '{work_dir / 'duckdb-tmp'}'")
+            cols = ", ".join(EVENT_COLUMNS)
+            con.execute(
+                f"""
+                CREATE TEMP TABLE ranked AS
+                SELECT *,
+                  row_number() OVER (PARTITION BY {cols} ORDER BY _seq) AS _copy,
+                  row_number() OVER (PARTITION BY event_id ORDER BY _seq) AS _idn
+                FROM read_parquet('{staged_glob}')
+                """
+            )
+            quarantine_dir.mkdir(parents=True, exist_ok=True)
+            as_text = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in EVENT_COLUMNS)
+            con.execute(
+                f"""
+                COPY (
+                  SELECT {as_text},
+                    CASE WHEN _copy > 1 THEN 'duplicate_row' ELSE 'duplicate_id' END AS reason,
+                    _file AS source_file, CAST(_row AS VARCHAR) AS source_row
+                  FROM ranked WHERE _idn > 1 ORDER BY _seq
+                ) TO '{quarantine_dir / "duplicates.parquet"}' (FORMAT parquet)
+                """
+            )
+            duplicate_rows, duplicate_ids = con.execute(
+                "SELECT count(*) FILTER (_copy > 1), count(*) FILTER (_copy = 1 AND _idn > 1) FROM ranked"
+            ).fetchone()
+            if duplicate_rows + duplicate_ids == 0:
+                (quarantine_dir / "duplicates.parquet").unlink()
+            con.execute(f"CREATE TEMP TABLE batch AS SELECT {cols}, {PARTITION} FROM ranked WHERE _idn = 1")
+            con.execute("DROP TABLE ranked")
+
+            files = self.event_files()
+            if files:
+                con.execute(
+                    f"""CREATE TEMP VIEW lake AS
+                    SELECT {cols}, {PARTITION} FROM read_parquet('{self.events_glob()}', hive_partitioning = true, hive_types_autocast = false)"""
+                )
+            else:
+                con.execute(f"CREATE TEMP TABLE lake AS SELECT {cols}, {PARTITION} FROM batch LIMIT 0")
+            b_row = "row(" + ", ".join(f"b.{c}" for c in EVENT_COLUMNS) + ")"
+            l_row = "row(" + ", ".join(f"l.{c}" for c in EVENT_COLUMNS) + ")"
+            con.execute(
+                f"""
+                CREATE TEMP TABLE changed AS
+                SELECT b.event_id, b.{PARTITION}, l.{PARTITION} AS old_{PARTITION}
+                FROM batch b LEFT JOIN lake l USING (event_id)
+                WHERE l.event_id IS NULL OR {b_row} IS DISTINCT FROM {l_row}
+                """
+            )
+            new, updated = con.execute(
+                f"SELECT count(*) FILTER (old_{PARTITION} IS NULL), count(*) FILTER (old_{PARTITION} IS NOT NULL) "
+                "FROM changed"
+            ).fetchone()
+            unchanged = con.execute("SELECT count(*) FROM batch").fetchone()[0] - new - updated
+            # Partitions to rewrite: where changed rows land, and where older copies of them live.
+            # Partitions holding only unchanged rows are left alone, so a re-ingest writes nothing.
+            con.execute(
+                f"""
+                CREATE TEMP TABLE touched AS
+                SELECT DISTINCT {PARTITION} FROM changed
+                UNION SELECT DISTINCT old_{PARTITION} FROM changed WHERE old_{PARTITION} IS NOT NULL
+                """
+            )
+            out_dir = work_dir / "events-out"
+            con.execute(
+                f"""
+                COPY (
+                  SELECT {cols}, {PARTITION} FROM batch
+                  WHERE {PARTITION} IN (SELECT {PARTITION} FROM touched)
+                  UNION ALL
+                  SELECT {cols}, {PARTITION} FROM lake l
+                  WHERE l.{PARTITION} IN (SELECT {PARTITION} FROM touched)
+                    AND l.event_id NOT IN (SELECT event_id FROM batch)
+                  ORDER BY {PARTITION}, event_ts, event_id
+                ) TO '{out_dir}' (FORMAT parquet, PARTITION_BY ({PARTITION}), FILENAME_PATTERN 'part-{{i}}')
+                """
+            )
+            touched = [row[0] for row in con.execute(f"SELECT {PARTITION} FROM touched").fetchall()]
+        finally:
+            con.close()
+        self._swap_partitions(out_dir, touched)
+        return EventCommit(new, updated, unchanged, duplicate_rows, duplicate_ids, len(touched))
+
+    def _swap_partitions(self, out_dir: Path, touched: list) -> None:
+        for date in touched:
+            key = f"{PARTITION}={date}"
+            produced = sorted((out_dir / key).glob("part-*.parquet")) if (out_dir / key).exists() else []
+            target = self.events_dir / key / "part-0.parquet"
+            if not produced:  # every row of this date moved to another date
+                target.unlink(missing_ok=True)
+                continue
+            if len(produced) > 1:  # keep one file per partition so a swap is one rename
+                merged = pa.concat_tables([pq.read_table(p) for p in produced])
+                write_parquet_atomic(merged, produced[0])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(produced[0], target)
+
+    # ---- describing ----------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Row counts and the event time range, read from parquet metadata and one DuckDB scan."""
+        files = self.event_files()
+        out = {
+            "users": len(self.read_table("users")),
+            "videos": len(self.read_table("videos")),
+            "events": sum(pq.ParquetFile(p).metadata.num_rows for p in files),
+            "partitions": len(files),
+            "events_by_type": {},
+            "first_event": None,
+            "last_event": None,
+        }
+        if files:
+            con = duckdb.connect()
+            con.execute("SET TimeZone = 'UTC'")
+            rows = con.execute(
+                f"SELECT event_type, count(*), min(event_ts), max(event_ts) FROM read_parquet('{self.events_glob()}') "
+                "GROUP BY event_type ORDER BY 2 DESC"
+            ).fetchall()
+            con.close()
+            out["events_by_type"] = {r[0]: r[1] for r in rows}
+            out["first_event"] = min(r[2] for r in rows)
+            out["last_event"] = max(r[3] for r in rows)
+        return out

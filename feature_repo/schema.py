@@ -1,0 +1,95 @@
+"""The canonical tables every loader produces and every later stage reads.
+
+Column order, dtypes and allowed values live here once. The Arrow schemas are what the lake
+stores; loaders hand over pandas frames in the same column order (see `empty_frame`).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+
+# `tag` is not in DESIGN.md's list: MovieLens tag applications are kept as events of their own
+# (text = the tag) rather than being squeezed into `comment`.
+EVENT_TYPES: tuple[str, ...] = (
+    "impression",
+    "click",
+    "play",
+    "watch",
+    "like",
+    "dislike",
+    "rating",
+    "comment",
+    "share",
+    "search",
+    "tag",
+)
+DEVICES: tuple[str, ...] = ("mobile", "desktop", "tv", "tablet", "unknown")
+RATING_MIN, RATING_MAX = 0.5, 5.0
+# Events that are not about one video.
+EVENTS_WITHOUT_VIDEO: tuple[str, ...] = ("search",)
+
+_TS = pa.timestamp("us", tz="UTC")
+
+USERS = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("signup_ts", _TS),
+        ("age_bucket", pa.string()),
+        ("gender", pa.string()),
+        ("occupation", pa.string()),
+        ("country", pa.string()),
+    ]
+)
+
+VIDEOS = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("title", pa.string()),
+        ("description", pa.string()),
+        ("genres", pa.list_(pa.string())),
+        ("tags", pa.list_(pa.string())),
+        ("duration_s", pa.float64()),
+        ("published_ts", _TS),
+        ("language", pa.string()),
+    ]
+)
+
+EVENTS = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("user_id", pa.string()),
+        ("video_id", pa.string()),
+        ("event_ts", _TS),
+        ("event_type", pa.string()),
+        ("watch_time_s", pa.float64()),
+        ("rating", pa.float64()),
+        ("device", pa.string()),
+        ("session_id", pa.string()),
+        ("text", pa.string()),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {"users": USERS, "videos": VIDEOS, "events": EVENTS}
+ID_COLUMN = {"users": "user_id", "videos": "video_id", "events": "event_id"}
+
+# What a platform's own files must carry at least; everything else is optional.
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "users": ("user_id",),
+    "videos": ("video_id", "title"),
+    "events": ("user_id", "video_id", "event_ts", "event_type"),
+}
+LIST_COLUMNS = ("genres", "tags")
+# How list columns are spelled in CSV files (MovieLens uses the same separator for genres).
+LIST_SEPARATOR = "|"
+
+
+def empty_frame(table: str) -> pd.DataFrame:
+    """A zero-row frame with the table's columns and dtypes."""
+    return TABLES[table].empty_table().to_pandas()
+
+
+def to_arrow(df: pd.DataFrame, table: str) -> pa.Table:
+    """Cast a canonical frame to the table's Arrow schema (column order and types enforced)."""
+    schema = TABLES[table]
+    return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)

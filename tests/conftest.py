@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+ML_SMALL = ROOT.parent / "shared" / "datasets" / "ml-latest-small"
+
+
+@pytest.fixture(scope="session")
+def ml_small() -> Path:
+    if not (ML_SMALL / "ratings.csv").exists():
+        pytest.fail(f"the real MovieLens copy is missing at {ML_SMALL}")
+    return ML_SMALL
+
+
+@pytest.fixture(autouse=True)
+def isolated_vidrec_home(tmp_path, monkeypatch):
+    """No test writes into the checkout's .vidrec or the user's cache."""
+    monkeypatch.setenv("VIDREC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VIDREC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("VIDREC_LAKE_DIR", raising=False)
+    monkeypatch.delenv("VIDREC_PROFILE", raising=False)

@@ -1,0 +1,41 @@
+"""Typed settings: one profile switch picks where state lives; every location has its own override.
+
+`VIDREC_PROFILE` (or `vidrec --profile`) is `local` (embedded: files and SQLite under
+`VIDREC_HOME`), `prod` (PostgreSQL and Redis) or `spark`. Paths default under `VIDREC_HOME`
+(`./.vidrec`); downloads are cached under `VIDREC_CACHE_DIR` (`~/.cache/vidrec`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROFILES = ("local", "prod", "spark")
+
+
+class SettingsError(ValueError):
+    """A setting has a value vidrec cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: str
+    home: Path
+    lake_dir: Path
+    cache_dir: Path
+
+    @classmethod
+    def from_env(cls, profile: str | None = None) -> Settings:
+        profile = profile or os.environ.get("VIDREC_PROFILE", "local")
+        if profile not in PROFILES:
+            raise SettingsError(f"unknown profile {profile!r}: expected one of {', '.join(PROFILES)}")
+        home = Path(os.environ.get("VIDREC_HOME", ".vidrec")).resolve()
+        return cls(
+            profile=profile,
+            home=home,
+            lake_dir=Path(os.environ.get("VIDREC_LAKE_DIR", home / "lake")).resolve(),
+            cache_dir=Path(
+                os.environ.get("VIDREC_CACHE_DIR", Path.home() / ".cache" / "vidrec")
+            ).resolve(),
+        )
