@@ -1,0 +1,110 @@
+"""The contract every candidate generator's tests reuse (like implicit's RecommenderBaseTestMixin).
+
+A test module subclasses `RecommenderContract`, sets nothing else than `make_model()`, and gets
+the shared behaviour checks on a small real-data slice (MovieLens users with 20+ ratings).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.base import NotFittedError, Recommender
+from models.interactions import Interactions
+
+
+def small_movielens(ml_small_dir) -> tuple[Interactions, pd.DataFrame]:
+    ratings = pd.read_csv(ml_small_dir / "ratings.csv")
+    movies = pd.read_csv(ml_small_dir / "movies.csv")
+    ratings = ratings[ratings.userId <= 120]
+    events = pd.DataFrame(
+        {
+            "user_id": ratings.userId.astype(str),
+            "video_id": ratings.movieId.astype(str),
+            "event_type": "rating",
+            "rating": ratings.rating.astype(float),
+            "event_ts": pd.to_datetime(ratings.timestamp, unit="s", utc=True),
+        }
+    )
+    videos = pd.DataFrame(
+        {
+            "video_id": movies.movieId.astype(str),
+            "title": movies.title,
+            "genres": movies.genres.str.split("|"),
+            "tags": [[] for _ in range(len(movies))],
+        }
+    )
+    return Interactions.from_events(events, catalog=videos.video_id, weighting="binary"), videos
+
+
+class RecommenderContract:
+    """Mixin: subclasses implement make_model(videos) -> an unfitted Recommender."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def data(cls, ml_small):
+        return small_movielens(ml_small)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def fitted(cls, data):
+        interactions, videos = data
+        return cls().make_model(videos).fit(interactions)
+
+    def make_model(self, videos: pd.DataFrame) -> Recommender:
+        raise AssertionError("a contract test class must define make_model")
+
+    def test_recommend_shape_order_and_no_seen(self, fitted, data):
+        interactions, _ = data
+        users = np.arange(10)
+        ids, scores = fitted.recommend(users, k=15)
+        assert ids.shape == scores.shape == (10, 15)
+        assert (np.diff(scores, axis=1) <= 1e-6).all(), "scores must be sorted best first"
+        for row, user in enumerate(users):
+            seen = set(interactions.matrix[user].indices)
+            assert not seen & set(ids[row]), "seen videos must be filtered by default"
+            assert len(set(ids[row])) == 15, "no repeats in a list"
+
+    def test_filter_seen_false_can_return_seen(self, fitted, data):
+        interactions, _ = data
+        ids, _ = fitted.recommend(np.arange(20), k=50, filter_seen=False)
+        seen_hits = sum(len(set(interactions.matrix[u].indices) & set(ids[u])) for u in range(20))
+        assert seen_hits > 0
+
+    def test_exclude_and_candidates(self, fitted):
+        ids, _ = fitted.recommend(np.arange(5), k=10)
+        banned = np.unique(ids[:, :3])
+        again, _ = fitted.recommend(np.arange(5), k=10, exclude=banned)
+        assert not set(banned) & set(again.ravel())
+        allowed = np.arange(100, 160)
+        restricted, _ = fitted.recommend(np.arange(5), k=10, candidates=allowed)
+        assert set(restricted.ravel()) - {-1} <= set(allowed)
+
+    def test_similar_items(self, fitted, data):
+        interactions, _ = data
+        popular = np.argsort(-np.asarray(interactions.matrix.sum(axis=0)).ravel())[:5]
+        ids, scores = fitted.similar_items(popular, k=8)
+        assert ids.shape == (5, 8)
+        for row, video in enumerate(popular):
+            assert video not in ids[row]
+        assert (np.diff(scores, axis=1) <= 1e-6).all()
+
+    def test_save_load_roundtrip(self, fitted, tmp_path):
+        path = tmp_path / "model.pkl"
+        fitted.save(path)
+        loaded = type(fitted).load(path)
+        a = fitted.recommend(np.arange(5), k=10)
+        b = loaded.recommend(np.arange(5), k=10)
+        np.testing.assert_array_equal(a[0], b[0])
+
+    def test_unfitted_model_says_so(self, data):
+        _, videos = data
+        with pytest.raises(NotFittedError):
+            self.make_model(videos).recommend(np.arange(2), k=5)
+
+    def test_deterministic_refit(self, data):
+        interactions, videos = data
+        a = self.make_model(videos).fit(interactions).recommend(np.arange(5), k=10)[0]
+        b = self.make_model(videos).fit(interactions).recommend(np.arange(5), k=10)[0]
+        np.testing.assert_array_equal(a, b)

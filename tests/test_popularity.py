@@ -1,0 +1,34 @@
+import numpy as np
+import pandas as pd
+
+from models.interactions import Interactions
+from models.popularity import Popularity, Trending
+from recommender_contract import RecommenderContract
+
+
+class TestPopularity(RecommenderContract):
+    def make_model(self, videos):
+        return Popularity()
+
+    def test_most_watched_first(self, fitted, data):
+        interactions, _ = data
+        counts = np.asarray((interactions.matrix > 0).sum(axis=0)).ravel()
+        ids, _ = fitted.recommend(np.array([0]), k=5, filter_seen=False)
+        assert counts[ids[0, 0]] == counts.max()
+
+
+class TestTrending(RecommenderContract):
+    def make_model(self, videos):
+        return Trending(half_life_days=30)
+
+
+def test_trending_prefers_recent_over_old_popularity():
+    now = pd.Timestamp("2026-06-01", tz="UTC")
+    rows = [("u%d" % i, "old", now - pd.Timedelta(days=200)) for i in range(10)]
+    rows += [("u%d" % i, "new", now - pd.Timedelta(days=1)) for i in range(4)]
+    events = pd.DataFrame(rows, columns=["user_id", "video_id", "event_ts"]).assign(event_type="watch", rating=np.nan)
+    data = Interactions.from_events(events, weighting="binary")
+    trending_top = Trending(half_life_days=7).fit(data).recommend(np.array([0]), k=1, filter_seen=False)[0][0, 0]
+    popular_top = Popularity().fit(data).recommend(np.array([0]), k=1, filter_seen=False)[0][0, 0]
+    assert data.video_ids[trending_top] == "new"
+    assert data.video_ids[popular_top] == "old"
