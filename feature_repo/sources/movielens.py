@@ -158,9 +158,8 @@ class MovieLensCsv(Source):
 
     def event_rows(self) -> int | None:
         # Counting lines is cheap next to parsing them and gives the progress bar a total.
-        with open(self.ratings_path, "rb") as fh:
-            rows = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 22), b"")) - 1
-        return rows
+        # (An approximation for tags.csv, whose quoted tags may span lines.)
+        return sum(_data_lines(p) for p in (self.ratings_path, self.tags_path) if p.exists())
 
     def events(self, chunk_rows: int) -> Iterator[EventChunk]:
         reader = pd.read_csv(
@@ -308,6 +307,11 @@ class MovieLens100k(Source):
         for chunk in _guarded(reader, self.ratings_path):
             yield EventChunk(rating_events(chunk), self.ratings_path, first)
             first += len(chunk)
+
+
+def _data_lines(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 22), b"")) - 1
 
 
 def _first_line(path: Path) -> str:
