@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -52,32 +53,38 @@ _GENRE_MEDIAN_DURATION_S = np.array(
     [5400, 1200, 3000, 5000, 4000, 2700, 900, 240, 600, 720, 1500, 900], dtype=float
 )
 _TITLE_WORDS: dict[str, tuple[str, ...]] = {
-    "action": ("strike", "pursuit", "vengeance", "fury", "mercenary", "showdown", "blast", "rogue", "heist", "commando", "explosive", "takedown"),
-    "comedy": ("hilarious", "roommates", "prank", "awkward", "wedding", "goofy", "blunder", "sitcom", "banter", "mishap", "silly", "roast"),
-    "drama": ("secrets", "family", "betrayal", "silence", "letters", "inheritance", "redemption", "widow", "courtroom", "promise", "tears", "homecoming"),
-    "horror": ("haunted", "curse", "possession", "nightmare", "cabin", "ghost", "ritual", "blood", "shadows", "demon", "asylum", "screams"),
-    "sci-fi": ("galaxy", "android", "starship", "quantum", "colony", "cyborg", "wormhole", "mars", "alien", "cosmos", "neural", "dystopia"),
-    "documentary": ("untold", "investigation", "history", "wildlife", "inside", "empire", "climate", "archive", "truth", "ocean", "evidence", "portrait"),
-    "animation": ("cartoon", "dragon", "magical", "kingdom", "bunny", "pixel", "fairy", "robot", "heroes", "toon", "enchanted", "critters"),
-    "music": ("live", "concert", "acoustic", "remix", "album", "chorus", "guitar", "symphony", "beats", "vinyl", "ballad", "jam"),
-    "sports": ("championship", "goal", "marathon", "knockout", "derby", "playoffs", "highlights", "stadium", "sprint", "dunk", "tournament", "comeback"),
-    "cooking": ("recipe", "pasta", "kitchen", "baking", "grill", "spicy", "dessert", "noodles", "chef", "brunch", "sourdough", "curry"),
-    "gaming": ("speedrun", "walkthrough", "boss", "loot", "multiplayer", "esports", "playthrough", "raid", "clutch", "modded", "respawn", "dungeon"),
-    "travel": ("backpacking", "island", "roadtrip", "tokyo", "hiking", "beaches", "hidden", "journey", "nomad", "alps", "safari", "streetfood"),
+    genre: tuple(words.split())
+    for genre, words in {
+        "action": "strike pursuit vengeance fury mercenary showdown blast rogue heist commando explosive takedown",
+        "comedy": "hilarious roommates prank awkward wedding goofy blunder sitcom banter mishap silly roast",
+        "drama": "secrets family betrayal silence letters inheritance redemption widow courtroom promise tears homecoming",
+        "horror": "haunted curse possession nightmare cabin ghost ritual blood shadows demon asylum screams",
+        "sci-fi": "galaxy android starship quantum colony cyborg wormhole mars alien cosmos neural dystopia",
+        "documentary": "untold investigation history wildlife inside empire climate archive truth ocean evidence portrait",
+        "animation": "cartoon dragon magical kingdom bunny pixel fairy robot heroes toon enchanted critters",
+        "music": "live concert acoustic remix album chorus guitar symphony beats vinyl ballad jam",
+        "sports": "championship goal marathon knockout derby playoffs highlights stadium sprint dunk tournament comeback",
+        "cooking": "recipe pasta kitchen baking grill spicy dessert noodles chef brunch sourdough curry",
+        "gaming": "speedrun walkthrough boss loot multiplayer esports playthrough raid clutch modded respawn dungeon",
+        "travel": "backpacking island roadtrip tokyo hiking beaches hidden journey nomad alps safari streetfood",
+    }.items()
 }
 _TAGS: dict[str, tuple[str, ...]] = {
-    "action": ("explosions", "car-chase", "martial-arts", "stunts", "spy", "gunfight", "hero", "adrenaline"),
-    "comedy": ("funny", "parody", "satire", "feel-good", "romcom", "improv", "sketch", "slapstick"),
-    "drama": ("emotional", "family-drama", "period-piece", "biopic", "tearjerker", "legal", "character-study", "slow-burn"),
-    "horror": ("scary", "jump-scare", "supernatural", "slasher", "creepy", "zombies", "occult", "gore"),
-    "sci-fi": ("space", "future", "robots", "time-travel", "aliens", "cyberpunk", "ai", "space-opera"),
-    "documentary": ("true-story", "nature", "science", "true-crime", "educational", "biography", "politics", "history-doc"),
-    "animation": ("kids", "anime", "3d-animation", "family-friendly", "stop-motion", "fantasy", "cute", "animated-short"),
-    "music": ("live-music", "pop", "rock", "hip-hop", "jazz", "electronic", "classical", "music-video"),
-    "sports": ("football", "basketball", "tennis", "running", "boxing", "olympics", "fitness", "extreme-sports"),
-    "cooking": ("recipes", "vegan", "baking-tips", "street-food", "quick-meals", "dessert-recipes", "bbq", "meal-prep"),
-    "gaming": ("lets-play", "fps", "rpg", "strategy", "retro-games", "indie-games", "speedrunning", "game-review"),
-    "travel": ("vlog", "adventure-travel", "budget-travel", "city-guide", "nature-trails", "food-tour", "van-life", "beach-life"),
+    genre: tuple(tags.split())
+    for genre, tags in {
+        "action": "explosions car-chase martial-arts stunts spy gunfight hero adrenaline",
+        "comedy": "funny parody satire feel-good romcom improv sketch slapstick",
+        "drama": "emotional family-drama period-piece biopic tearjerker legal character-study slow-burn",
+        "horror": "scary jump-scare supernatural slasher creepy zombies occult gore",
+        "sci-fi": "space future robots time-travel aliens cyberpunk ai space-opera",
+        "documentary": "true-story nature science true-crime educational biography politics history-doc",
+        "animation": "kids anime 3d-animation family-friendly stop-motion fantasy cute animated-short",
+        "music": "live-music pop rock hip-hop jazz electronic classical music-video",
+        "sports": "football basketball tennis running boxing olympics fitness extreme-sports",
+        "cooking": "recipes vegan baking-tips street-food quick-meals dessert-recipes bbq meal-prep",
+        "gaming": "lets-play fps rpg strategy retro-games indie-games speedrunning game-review",
+        "travel": "vlog adventure-travel budget-travel city-guide nature-trails food-tour van-life beach-life",
+    }.items()
 }
 _TITLE_TEMPLATES: tuple[str, ...] = ("{a} {b}", "The {a} {b}", "{a} {b}: {c}", "{a} of the {b}")
 _COMMENTS: tuple[str, ...] = (
@@ -112,7 +119,9 @@ _COUNTRIES = (
     ("CA", 0.05, -5.0),
     ("MX", 0.05, -6.0),
 )
-_LANGUAGES = (("en", 0.80), ("es", 0.06), ("de", 0.03), ("fr", 0.03), ("pt", 0.03), ("ja", 0.03), ("hi", 0.02))
+_LANGUAGES = (
+    ("en", 0.80), ("es", 0.06), ("de", 0.03), ("fr", 0.03), ("pt", 0.03), ("ja", 0.03), ("hi", 0.02)
+)
 _SIGNUP_SPAN_DAYS = 3 * 365
 _PUBLISHED_BEFORE_SPAN_DAYS = 365
 _P_PUBLISHED_IN_WINDOW = 0.15
@@ -124,8 +133,8 @@ _REAL_DEVICES = np.array([_DEVICE[d] for d in ("mobile", "desktop", "tv", "table
 _PREFERRED_DEVICE_SHARE = np.array([0.50, 0.20, 0.20, 0.10])
 _P_PREFERRED_DEVICE = 0.8
 _P_UNKNOWN_DEVICE = 0.01
-# Relative session starts per local hour 0..23, one row per schema.DEVICES entry: tv in the
-# evening, desktop in working hours, mobile everywhere with commute peaks, unknown flat.
+# Relative session starts per local hour 0..23 on each device: tv in the evening, desktop in
+# working hours, mobile all day with commute peaks, unknown flat.
 _HOUR_PROFILE = {
     "mobile": [2, 1, .6, .4, .4, .8, 2.5, 5, 6, 4, 3, 3.5, 4.5, 4, 3.5, 4, 5, 6.5, 6, 5, 5, 5.5, 5, 3.5],
     "desktop": [.5, .3, .2, .2, .2, .3, .8, 2, 5, 7, 8, 8, 7, 8, 8, 7, 6, 4, 3, 2.5, 2, 1.5, 1, .7],
@@ -137,7 +146,7 @@ _HOUR_CDF = np.cumsum([_HOUR_PROFILE[d] for d in schema.DEVICES], axis=1)
 _HOUR_CDF /= _HOUR_CDF[:, -1:]
 
 # --- Behaviour ---------------------------------------------------------------------------------
-# Popularity ~ rank^-_ZIPF_EXPONENT; user activity ~ Lomax(_ACTIVITY_SHAPE): both heavy-tailed.
+# Popularity ~ rank^-_ZIPF_EXPONENT; user activity ~ Pareto(_ACTIVITY_SHAPE): both heavy-tailed.
 _ZIPF_EXPONENT = 1.0
 _ACTIVITY_SHAPE = 1.5
 _GENRE_CONCENTRATION = 2.0  # Dirichlet total mass: small, so most users have one clear favourite
@@ -149,13 +158,13 @@ _SLATE_MIN, _SLATE_EXTRA_MEAN, _SLATE_MAX = 3, 5.0, 20
 # Share of slate slots filled from the user's genres rather than by global popularity.
 _P_TASTE_SLOT, _P_TASTE_SLOT_AFTER_SEARCH = 0.35, 0.8
 _PUBLISH_RETRIES = 4
-_CLICK_BIAS, _CLICK_SLOPE, _CLICK_POSITION_DECAY = -3.0, 1.5, 0.08
+_CLICK_BIAS, _CLICK_SLOPE, _CLICK_POSITION_DECAY = -4.0, 1.5, 0.08
 _P_PLAY = 0.9
-_COMPLETION_BIAS, _COMPLETION_SLOPE, _COMPLETION_LENGTH_PENALTY = -0.5, 1.0, 0.3
+_COMPLETION_BIAS, _COMPLETION_SLOPE, _COMPLETION_LENGTH_PENALTY = -1.8, 1.0, 0.3
 _COMPLETION_CONCENTRATION = 3.0
-_LIKE_BIAS, _LIKE_AFFINITY, _LIKE_COMPLETION = -4.0, 1.0, 2.5
-_DISLIKE_BIAS, _DISLIKE_AFFINITY, _DISLIKE_COMPLETION = -1.5, -1.0, -3.0
-_P_RATING, _RATING_BIAS, _RATING_AFFINITY, _RATING_COMPLETION, _RATING_NOISE = 0.2, 1.5, 0.8, 1.5, 0.6
+_LIKE_BIAS, _LIKE_AFFINITY, _LIKE_COMPLETION = -5.0, 1.0, 2.5
+_DISLIKE_BIAS, _DISLIKE_AFFINITY, _DISLIKE_COMPLETION = -0.5, -1.0, -3.0
+_P_RATING, _RATING_BIAS, _RATING_AFFINITY, _RATING_COMPLETION, _RATING_NOISE = 0.2, 1.0, 0.8, 1.5, 0.6
 _P_COMMENT = 0.02
 _P_SHARE_BASE, _P_SHARE_COMPLETION = 0.01, 0.04
 
@@ -298,11 +307,13 @@ def build_world(config: SyntheticConfig) -> World:
     genre_rank, n_genres, popularity, duration_s, published_us = _video_traits(config, rng)
     genre_hot = genre_rank < n_genres[:, None]
     genre_share = genre_hot / genre_hot.sum(axis=1, keepdims=True)
-    video_factors = genre_share @ centroids + rng.normal(0.0, _FACTOR_NOISE / np.sqrt(k), size=(config.n_videos, k))
+    noise = rng.normal(0.0, _FACTOR_NOISE / np.sqrt(k), size=(config.n_videos, k))
+    video_factors = genre_share @ centroids + noise
     videos = _videos_frame(genre_rank, n_genres, duration_s, published_us, rng)
 
     pref = rng.dirichlet(_GENRE_CONCENTRATION * _GENRE_SHARE, size=config.n_users)
-    user_factors = pref @ centroids + rng.normal(0.0, _FACTOR_NOISE / np.sqrt(k), size=(config.n_users, k))
+    noise = rng.normal(0.0, _FACTOR_NOISE / np.sqrt(k), size=(config.n_users, k))
+    user_factors = pref @ centroids + noise
     activity = rng.pareto(_ACTIVITY_SHAPE, config.n_users) + 1.0
     device = _REAL_DEVICES[rng.choice(len(_REAL_DEVICES), size=config.n_users, p=_PREFERRED_DEVICE_SHARE)]
     country = rng.choice(len(_COUNTRIES), size=config.n_users, p=[c[1] for c in _COUNTRIES])
@@ -371,7 +382,7 @@ def _videos_frame(
     n = len(n_genres)
     order = np.argsort(genre_rank, axis=1)  # genre indices, primary first
     n_words = len(_TITLE_WORDS[GENRES[0]])
-    word_idx = rng.integers(0, n_words, size=(n, 4))
+    word_idx = np.argsort(rng.random((n, n_words)), axis=1)[:, :4]  # four distinct words each
     template_idx = rng.integers(0, len(_TITLE_TEMPLATES), size=n)
     n_tags = rng.integers(2, 6, size=n)
     tag_keys = rng.random((n, len(GENRES) * len(_TAGS[GENRES[0]])), dtype=np.float32)
@@ -384,7 +395,8 @@ def _videos_frame(
         second = _TITLE_WORDS[names[-1]]
         a, b, c = words[word_idx[v, 0]], words[word_idx[v, 1]], second[word_idx[v, 2]]
         titles.append(_TITLE_TEMPLATES[template_idx[v]].format(a=a.title(), b=b.title(), c=c.title()))
-        descriptions.append(f"A {' and '.join(names)} {_length_word(duration_s[v])} about {b} and {words[word_idx[v, 3]]}.")
+        d = words[word_idx[v, 3]]
+        descriptions.append(f"{_length_phrase(duration_s[v])} of {' and '.join(names)}: {b}, {c} and {d}.")
         vocab = [tag for name in names for tag in _TAGS[name]]
         keys = tag_keys[v, : len(vocab)]
         tags.append([vocab[i] for i in np.argsort(keys)[: min(n_tags[v], len(vocab))]])
@@ -404,18 +416,18 @@ def _videos_frame(
     )
 
 
-def _length_word(duration_s: float) -> str:
+def _length_phrase(duration_s: float) -> str:
     if duration_s <= 300:
-        return "short clip"
+        return "A short clip"
     if duration_s <= 2400:
-        return "episode"
-    return "feature-length film"
+        return "An episode"
+    return "A feature-length film"
 
 
 def _users_frame(config: SyntheticConfig, country: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
     """Demographics; every signup predates the event window, hence every user's first event."""
     n = config.n_users
-    signup_s = rng.uniform(_SIGNUP_SPAN_DAYS * _DAY_S, _DAY_S, size=n)
+    signup_s = rng.uniform(_DAY_S, _SIGNUP_SPAN_DAYS * _DAY_S, size=n)  # seconds before start
     signup_us = _to_us(config.start) - (signup_s * _US).astype(np.int64)
     age = rng.choice(len(_AGE_BUCKETS), size=n, p=[a[1] for a in _AGE_BUCKETS])
     gender = rng.choice(len(_GENDERS), size=n, p=[g[1] for g in _GENDERS])
@@ -427,7 +439,7 @@ def _users_frame(config: SyntheticConfig, country: np.ndarray, rng: np.random.Ge
             "signup_ts": pd.to_datetime(signup_us, unit="us", utc=True),
             "age_bucket": [_AGE_BUCKETS[i][0] for i in age],
             "gender": [_GENDERS[i][0] for i in gender],
-            "occupation": [_OCCUPATIONS[o] if known else None for o, known in zip(occupation, occupation_known)],
+            "occupation": [_OCCUPATIONS[o] if ok else None for o, ok in zip(occupation, occupation_known)],
             "country": [_COUNTRIES[i][0] for i in country],
         }
     )
@@ -467,26 +479,36 @@ class _Slots:
 
 
 @dataclass(frozen=True)
-class _Events:
-    """Flat events of a batch of sessions, grouped by session and in time order."""
+class _Draft:
+    """Events of a batch of sessions before they are put in time order.
+
+    `order` ranks an event within its session; `gap_us` is its time since the session's
+    previous event.
+    """
 
     session: np.ndarray
-    type: np.ndarray
-    ts_us: np.ndarray
+    order: np.ndarray
+    type_code: np.ndarray
     video: np.ndarray  # -1 for search
+    gap_us: np.ndarray
     watch_time_s: np.ndarray  # NaN unless watch
     rating: np.ndarray  # NaN unless rating
     text: np.ndarray  # index into _Simulator.texts, -1 for none
 
-    def __len__(self) -> int:
-        return len(self.ts_us)
 
-    def take(self, rows: np.ndarray | slice) -> _Events:
-        return _Events(**{name: getattr(self, name)[rows] for name in self.__dataclass_fields__})
+@dataclass(frozen=True)
+class _Events:
+    """Events grouped by session, in time order within each session."""
 
-    @staticmethod
-    def concat(parts: list[_Events]) -> _Events:
-        return _Events(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in _Events.__dataclass_fields__})
+    session: np.ndarray
+    user: np.ndarray
+    device: np.ndarray
+    type_code: np.ndarray
+    ts_us: np.ndarray
+    video: np.ndarray
+    watch_time_s: np.ndarray
+    rating: np.ndarray
+    text: np.ndarray
 
 
 class _Simulator:
@@ -497,59 +519,55 @@ class _Simulator:
         self.config = config
         self.start_us = _to_us(config.start)
         self.end_us = self.start_us + config.days * _DAY_S * _US
+        self.favourite_genre = world.favourite_genre
         self.popularity_cdf = np.cumsum(world.video_popularity)
-        self.genre_videos, self.genre_cdfs = [], []
         in_genre = world.video_genre_share > 0
-        for g in range(len(GENRES)):
-            members = np.flatnonzero(in_genre[:, g])
-            self.genre_videos.append(members)
-            self.genre_cdfs.append(np.cumsum(world.video_popularity[members]))
+        self.genre_videos = [np.flatnonzero(in_genre[:, g]) for g in range(len(GENRES))]
+        self.genre_cdfs = [np.cumsum(world.video_popularity[videos]) for videos in self.genre_videos]
         self.user_ids = pa.array(world.users["user_id"], pa.string())
         self.video_ids = pa.array(world.videos["video_id"], pa.string())
         self.texts = pa.array([*world.search_queries.ravel(), *_COMMENTS], pa.string())
         self.first_comment = world.search_queries.size
-        # Sessions run past the user's activity: a session's user is looked up per session.
-        self.session_user: np.ndarray = np.empty(0, dtype=np.int64)
-        self.session_device: np.ndarray = np.empty(0, dtype=np.int64)
 
     def chunk(self, index: int, first_event: int, size: int) -> tuple[pa.Table, np.ndarray]:
         """Exactly `size` events as an Arrow table, plus their count per event type.
 
-        Sessions are simulated in batches until there are enough events; the last session is
-        cut short, which keeps the funnel order of what remains.
+        Sessions are simulated in batches sized to need about one batch; the last session is cut
+        short, which keeps the funnel order of what remains.
         """
         rng = np.random.default_rng([self.config.seed, 1, index])  # [seed] alone is the world's
         parts: list[_Events] = []
-        users: list[np.ndarray] = []
-        devices: list[np.ndarray] = []
         have, n_sessions, events_per_session = 0, 0, 10.0
         while have < size:
             batch = int((size - have) / events_per_session * 1.05) + 16
-            sessions = self._sessions(batch, rng)
-            events = self._events(sessions, self._slots(sessions, rng), rng)
-            parts.append(events.take(slice(None)) if n_sessions == 0 else _shift_sessions(events, n_sessions))
-            users.append(sessions.user)
-            devices.append(sessions.device)
-            have += len(events)
+            events = self._simulate(batch, rng)
+            parts.append(replace(events, session=events.session + n_sessions))
+            have += len(events.ts_us)
             n_sessions += batch
-            events_per_session = max(len(events) / batch, 1.0)
-        events = _Events.concat(parts).take(slice(0, size))
-        session_user = np.concatenate(users)[events.session]
-        session_device = np.concatenate(devices)[events.session]
-        table = self._table(events, session_user, session_device, index, first_event)
-        return table, np.bincount(events.type, minlength=len(schema.EVENT_TYPES))
+            events_per_session = max(len(events.ts_us) / batch, 1.0)
+        if not parts:
+            return schema.EVENTS.empty_table(), np.zeros(len(schema.EVENT_TYPES), dtype=np.int64)
+        events = _take(_concat(parts), slice(0, size))
+        counts = np.bincount(events.type_code, minlength=len(schema.EVENT_TYPES))
+        return self._table(events, index, first_event), counts
+
+    def _simulate(self, n_sessions: int, rng: np.random.Generator) -> _Events:
+        sessions = self._sessions(n_sessions, rng)
+        slots = self._slots(sessions, rng)
+        return self._lay_out(self._funnel(sessions, slots, rng), sessions)
 
     def _sessions(self, n: int, rng: np.random.Generator) -> _Sessions:
         """Who, on which device and when: local hour from the device's profile, stored as UTC."""
         world = self.world
         user = rng.choice(len(world.user_activity), size=n, p=world.user_activity)
-        device = np.where(rng.random(n) < _P_PREFERRED_DEVICE, world.user_device[user], rng.choice(_REAL_DEVICES, size=n))
+        other_device = rng.choice(_REAL_DEVICES, size=n)
+        device = np.where(rng.random(n) < _P_PREFERRED_DEVICE, world.user_device[user], other_device)
         device = np.where(rng.random(n) < _P_UNKNOWN_DEVICE, _DEVICE["unknown"], device)
         hour = (_HOUR_CDF[device] < rng.random(n)[:, None]).sum(axis=1)
-        local_s = rng.integers(0, self.config.days, size=n) * _DAY_S + hour * 3600 + rng.integers(0, 3600, size=n)
+        day = rng.integers(0, self.config.days, size=n)
+        local_s = day * _DAY_S + hour * 3600 + rng.integers(0, 3600, size=n)
         # Wrapping around the window keeps both the hour of day and every start inside it.
-        window_s = self.config.days * _DAY_S
-        utc_s = (local_s - world.user_utc_offset_s[user]) % window_s
+        utc_s = (local_s - world.user_utc_offset_s[user]) % (self.config.days * _DAY_S)
         start_us = self.start_us + utc_s * _US + rng.integers(0, _US, size=n)
         has_search = rng.random(n) < _P_SEARCH
         slate_size = np.minimum(_SLATE_MIN + rng.poisson(_SLATE_EXTRA_MEAN, size=n), _SLATE_MAX)
@@ -565,10 +583,10 @@ class _Simulator:
         session = np.repeat(np.arange(len(sessions.user)), sessions.slate_size)
         user = sessions.user[session]
         searched = sessions.has_search[session]
+        pref_cdf = np.cumsum(world.user_genre_pref[user], axis=1)
+        preferred = (pref_cdf < rng.random(len(user))[:, None] * pref_cdf[:, -1:]).sum(axis=1)
+        genre = np.where(searched, self.favourite_genre[user], np.minimum(preferred, len(GENRES) - 1))
         p_taste = np.where(searched, _P_TASTE_SLOT_AFTER_SEARCH, _P_TASTE_SLOT)
-        cdf = np.cumsum(world.user_genre_pref[user], axis=1)
-        drawn_genre = np.minimum((cdf < rng.random(len(user))[:, None] * cdf[:, -1:]).sum(axis=1), len(GENRES) - 1)
-        genre = np.where(searched, world.favourite_genre[user], drawn_genre)
         genre = np.where(rng.random(len(user)) < p_taste, genre, -1)
 
         video = self._draw_videos(genre, rng)
@@ -578,110 +596,244 @@ class _Simulator:
             if len(late) == 0:
                 break
             video[late] = self._draw_videos(genre[late], rng)
-        keep = (world.video_published_us[video] <= session_start) & _first_in_group(session, video)
+        published = world.video_published_us[video] <= session_start
+        keep = published & _first_of_pair(session, video, len(world.video_popularity))
         session, video = session[keep], video[keep]
         return _Slots(session, _position_in_group(session), video)
 
     def _draw_videos(self, genre: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Popularity-weighted draws, within `genre` where it is >= 0, else from the catalogue."""
         video = _draw(self.popularity_cdf, len(genre), rng)
-        for g in range(len(GENRES)):
+        for g, members in enumerate(self.genre_videos):
             rows = np.flatnonzero(genre == g)
-            if len(rows) and len(self.genre_videos[g]):
-                video[rows] = self.genre_videos[g][_draw(self.genre_cdfs[g], len(rows), rng)]
+            if len(rows) and len(members):
+                video[rows] = members[_draw(self.genre_cdfs[g], len(rows), rng)]
         return video
 
-    def _events(self, sessions: _Sessions, slots: _Slots, rng: np.random.Generator) -> _Events:
-        """Run the funnel on every slot and lay the events out in time within their sessions."""
-        world = self.world
-        n_slots = len(slots.video)
-        user = sessions.user[slots.session]
-        affinity = world.affinity(user, slots.video)
-        click = rng.random(n_slots) < _sigmoid(_CLICK_BIAS + _CLICK_SLOPE * affinity - _CLICK_POSITION_DECAY * slots.position)
-        play = click & (rng.random(n_slots) < _P_PLAY)
+    def _funnel(self, sessions: _Sessions, slots: _Slots, rng: np.random.Generator) -> _Draft:
+        """Impression -> click -> play -> watch -> reactions, each step driven by affinity."""
+        affinity = self.world.affinity(sessions.user[slots.session], slots.video)
+        logit = _CLICK_BIAS + _CLICK_SLOPE * affinity - _CLICK_POSITION_DECAY * slots.position
+        click = rng.random(len(affinity)) < _sigmoid(logit)
+        watched = np.flatnonzero(click & (rng.random(len(affinity)) < _P_PLAY))
+        n = len(watched)
 
-        watched = np.flatnonzero(play)
-        aff_w = affinity[watched]
-        duration = world.video_duration_s[slots.video[watched]]
-        mean = _sigmoid(
-            _COMPLETION_BIAS + _COMPLETION_SLOPE * aff_w - _COMPLETION_LENGTH_PENALTY * np.log(duration / 600.0)
-        )
-        mean = np.clip(mean, 0.01, 0.99)
-        completion = np.clip(rng.beta(mean * _COMPLETION_CONCENTRATION, (1 - mean) * _COMPLETION_CONCENTRATION), 0.0, 1.0)
+        duration = self.world.video_duration_s[slots.video[watched]]
+        completion = _completion(affinity[watched], duration, rng)
+        like, dislike = _reactions(affinity[watched], completion, rng)
+        rated = rng.random(n) < _P_RATING
+        rating = _rating(affinity[watched], completion, rng)
+        comment = rng.random(n) < _P_COMMENT
+        share = rng.random(n) < _P_SHARE_BASE + _P_SHARE_COMPLETION * completion
+
+        def follow_up(
+            step: str, type_name: str, rows: np.ndarray, gap_us: np.ndarray | None = None, **values: np.ndarray
+        ) -> _Draft:
+            order = 1 + _SLATE_MAX + slots.position[rows] * len(_FOLLOW_UPS) + _FOLLOW_UPS.index(step)
+            if gap_us is None:
+                gap_us = _seconds_to_us(rng.uniform(*_FOLLOW_UP_GAP_S[step], size=len(rows)))
+            return _draft(slots.session[rows], order, type_name, slots.video[rows], gap_us, **values)
+
         watch_time_s = duration * completion
-        p_like = _sigmoid(_LIKE_BIAS + _LIKE_AFFINITY * aff_w + _LIKE_COMPLETION * completion)
-        p_dislike = _sigmoid(_DISLIKE_BIAS + _DISLIKE_AFFINITY * aff_w + _DISLIKE_COMPLETION * completion)
-        reaction = rng.random(len(watched))
-        like = reaction < p_like
-        dislike = ~like & (reaction < p_like + p_dislike)
-        rated = rng.random(len(watched)) < _P_RATING
-        rating_value = _RATING_BIAS + _RATING_AFFINITY * aff_w + _RATING_COMPLETION * completion
-        rating_value = np.clip(np.round(rating_value + rng.normal(0, _RATING_NOISE, len(watched))), 1, 5)
-        comment = rng.random(len(watched)) < _P_COMMENT
-        share = rng.random(len(watched)) < _P_SHARE_BASE + _P_SHARE_COMPLETION * completion
-
-        blocks = [self._search_block(sessions, rng), self._impression_block(sessions, slots, rng)]
-        slot_session, slot_position = slots.session, slots.position
-
-        def follow_up(kind: str, type_name: str, rows: np.ndarray, gap_us: np.ndarray, **extra: np.ndarray) -> None:
-            step = _FOLLOW_UPS.index(kind)
-            order = 1 + _SLATE_MAX + slot_position[rows] * len(_FOLLOW_UPS) + step
-            blocks.append(_block(slot_session[rows], order, _TYPE[type_name], slots.video[rows], gap_us, **extra))
-
-        follow_up("click", "click", np.flatnonzero(click), _gap_us("click", click.sum(), rng))
-        follow_up("play", "play", watched, _gap_us("play", len(watched), rng))
-        watch_gap = np.round((watch_time_s + _WATCH_END_S) * _US).astype(np.int64)
-        follow_up("watch", "watch", watched, watch_gap, watch_time_s=watch_time_s)
-        for name, mask in (("like", like), ("dislike", dislike)):
-            follow_up("like/dislike", name, watched[mask], _gap_us("like/dislike", mask.sum(), rng))
-        follow_up("rating", "rating", watched[rated], _gap_us("rating", rated.sum(), rng), rating=rating_value[rated])
+        watch_gap_us = _seconds_to_us(watch_time_s + _WATCH_END_S)
         comment_text = self.first_comment + rng.integers(0, len(_COMMENTS), size=comment.sum())
-        follow_up("comment", "comment", watched[comment], _gap_us("comment", comment.sum(), rng), text=comment_text)
-        follow_up("share", "share", watched[share], _gap_us("share", share.sum(), rng))
-        return self._lay_out(_Events.concat(blocks), sessions.start_us)
+        return _concat(
+            [
+                self._searches(sessions, rng),
+                self._impressions(sessions, slots, rng),
+                follow_up("click", "click", np.flatnonzero(click)),
+                follow_up("play", "play", watched),
+                follow_up("watch", "watch", watched, watch_gap_us, watch_time_s=watch_time_s),
+                follow_up("like/dislike", "like", watched[like]),
+                follow_up("like/dislike", "dislike", watched[dislike]),
+                follow_up("rating", "rating", watched[rated], rating=rating[rated]),
+                follow_up("comment", "comment", watched[comment], text=comment_text),
+                follow_up("share", "share", watched[share]),
+            ]
+        )
 
-    def _search_block(self, sessions: _Sessions, rng: np.random.Generator) -> _Events:
-        """A query in the user's favourite genre opens some sessions."""
+    def _searches(self, sessions: _Sessions, rng: np.random.Generator) -> _Draft:
+        """A query in the user's favourite genre opens some sessions, at their start time."""
         rows = np.flatnonzero(sessions.has_search)
-        genre = self.world.favourite_genre[sessions.user[rows]]
+        genre = self.favourite_genre[sessions.user[rows]]
         text = genre * _SEARCH_QUERIES_PER_GENRE + rng.integers(0, _SEARCH_QUERIES_PER_GENRE, size=len(rows))
         zeros = np.zeros(len(rows), dtype=np.int64)
-        return _block(rows, zeros, _TYPE["search"], zeros - 1, zeros, text=text)
+        return _draft(rows, zeros, "search", zeros - 1, zeros, text=text)
 
-    def _impression_block(self, sessions: _Sessions, slots: _Slots, rng: np.random.Generator) -> _Events:
-        """The slate appears at the session start (or a few seconds after a search), one by one."""
+    def _impressions(self, sessions: _Sessions, slots: _Slots, rng: np.random.Generator) -> _Draft:
+        """The slate shows at the session start (or a few seconds after a search), item by item."""
         n = len(slots.video)
         gap_s = rng.uniform(*_NEXT_IMPRESSION_S, size=n)
-        first = slots.position == 0
         after_search = rng.uniform(*_FIRST_IMPRESSION_AFTER_SEARCH_S, size=n)
+        first = slots.position == 0
         gap_s[first] = np.where(sessions.has_search[slots.session[first]], after_search[first], 0.0)
-        return _block(slots.session, 1 + slots.position, _TYPE["impression"], slots.video, np.round(gap_s * _US).astype(np.int64))
+        return _draft(slots.session, 1 + slots.position, "impression", slots.video, _seconds_to_us(gap_s))
 
-    def _lay_out(self, blocks: _Events, start_us: np.ndarray) -> _Events:
-        """Order events within sessions and turn gaps into timestamps; drop what ends past the window.
+    def _lay_out(self, draft: _Draft, sessions: _Sessions) -> _Events:
+        """Put events in order within sessions, turn gaps into timestamps, drop any past the window."""
+        d = _take(draft, np.argsort(draft.session * _ORDER_STRIDE + draft.order))
+        starts, counts = _groups(d.session)
+        elapsed = np.cumsum(d.gap_us)
+        elapsed -= np.repeat(elapsed[starts] - d.gap_us[starts], counts)
+        ts_us = sessions.start_us[d.session] + elapsed
+        events = _Events(
+            session=d.session,
+            user=sessions.user[d.session],
+            device=sessions.device[d.session],
+            type_code=d.type_code,
+            ts_us=ts_us,
+            video=d.video,
+            watch_time_s=d.watch_time_s,
+            rating=d.rating,
+            text=d.text,
+        )
+        return _take(events, ts_us < self.end_us)
 
-        Before this, `ts_us` holds each event's gap after the previous event of its session.
-        """
-        rows = np.argsort(blocks.session * _ORDER_STRIDE + blocks.text * 0 + self._order, kind="stable")
-        raise NotImplementedError
+    def _table(self, events: _Events, chunk: int, first_event: int) -> pa.Table:
+        """The canonical events table; strings are built by Arrow, never one Python object each."""
+        seed = self.config.seed
+        n = len(events.ts_us)
+        columns = {
+            "event_id": _prefixed(f"s{seed}-", np.arange(first_event, first_event + n)),
+            "user_id": self.user_ids.take(events.user),
+            "video_id": self.video_ids.take(pa.array(events.video, mask=events.video < 0)),
+            "event_ts": pa.array(events.ts_us, pa.timestamp("us", tz="UTC")),
+            "event_type": _EVENT_TYPE_NAMES.take(events.type_code),
+            "watch_time_s": pa.array(events.watch_time_s, from_pandas=True),
+            "rating": pa.array(events.rating, from_pandas=True),
+            "device": _DEVICE_NAMES.take(events.device),
+            "session_id": _prefixed(f"s{seed}-c{chunk}-", events.session),
+            "text": self.texts.take(pa.array(events.text, mask=events.text < 0)),
+        }
+        frame = pd.DataFrame({name: pd.arrays.ArrowExtensionArray(col) for name, col in columns.items()})
+        # Arrow-backed columns make the frame free to build; their pandas metadata is dropped so
+        # readers get the same plain dtypes as from the other tables.
+        return schema.to_arrow(frame, "events").replace_schema_metadata(None)
 
-    def _table(self, events: _Events, user: np.ndarray, device: np.ndarray, chunk: int, first_event: int) -> pa.Table:
-        raise NotImplementedError
+
+_EVENT_TYPE_NAMES = pa.array(schema.EVENT_TYPES, pa.string())
+_DEVICE_NAMES = pa.array(schema.DEVICES, pa.string())
 
 
-def _shift_sessions(events: _Events, offset: int) -> _Events:
-    raise NotImplementedError
+def _completion(affinity: np.ndarray, duration_s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Share of the video watched: Beta with a mean rising with affinity, falling with length."""
+    length = np.log(duration_s / 600.0)
+    mean = _sigmoid(_COMPLETION_BIAS + _COMPLETION_SLOPE * affinity - _COMPLETION_LENGTH_PENALTY * length)
+    mean = np.clip(mean, 0.01, 0.99)
+    beta = rng.beta(mean * _COMPLETION_CONCENTRATION, (1 - mean) * _COMPLETION_CONCENTRATION)
+    return np.clip(beta, 0.0, 1.0)
 
 
-def _block(
+def _reactions(
+    affinity: np.ndarray, completion: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """At most one of like (high affinity and completion) or dislike (low) per watch."""
+    p_like = _sigmoid(_LIKE_BIAS + _LIKE_AFFINITY * affinity + _LIKE_COMPLETION * completion)
+    p_dislike = _sigmoid(_DISLIKE_BIAS + _DISLIKE_AFFINITY * affinity + _DISLIKE_COMPLETION * completion)
+    u = rng.random(len(affinity))
+    like = u < p_like
+    return like, ~like & (u < p_like + p_dislike)
+
+
+def _rating(affinity: np.ndarray, completion: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Whole stars 1..5, increasing with affinity and completion."""
+    score = _RATING_BIAS + _RATING_AFFINITY * affinity + _RATING_COMPLETION * completion
+    score += rng.normal(0.0, _RATING_NOISE, size=len(affinity))
+    return np.clip(np.round(score), max(1.0, schema.RATING_MIN), min(5.0, schema.RATING_MAX))
+
+
+def _draft(
     session: np.ndarray,
     order: np.ndarray,
-    type_code: int,
+    type_name: str,
     video: np.ndarray,
     gap_us: np.ndarray,
     *,
     watch_time_s: np.ndarray | None = None,
     rating: np.ndarray | None = None,
     text: np.ndarray | None = None,
-) -> _Events:
-    raise NotImplementedError
+) -> _Draft:
+    n = len(session)
+    nan = np.full(n, np.nan)
+    return _Draft(
+        session=session,
+        order=order,
+        type_code=np.full(n, _TYPE[type_name], dtype=np.int8),
+        video=video,
+        gap_us=gap_us,
+        watch_time_s=nan if watch_time_s is None else watch_time_s,
+        rating=nan if rating is None else rating,
+        text=np.full(n, -1, dtype=np.int64) if text is None else text,
+    )
+
+
+# --- Small numpy helpers -------------------------------------------------------------------------
+
+_T = TypeVar("_T", _Draft, _Events)
+
+
+def _concat(parts: list[_T]) -> _T:
+    names = [f.name for f in fields(parts[0])]
+    return type(parts[0])(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in names})
+
+
+def _take(rows_of: _T, rows: np.ndarray | slice) -> _T:
+    return type(rows_of)(**{f.name: getattr(rows_of, f.name)[rows] for f in fields(rows_of)})
+
+
+def _groups(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start index and length of each run of equal values."""
+    if len(sorted_keys) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    return starts, np.diff(np.r_[starts, len(sorted_keys)])
+
+
+def _position_in_group(sorted_keys: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal values."""
+    starts, counts = _groups(sorted_keys)
+    return np.arange(len(sorted_keys)) - np.repeat(starts, counts)
+
+
+def _first_of_pair(group: np.ndarray, item: np.ndarray, n_items: int) -> np.ndarray:
+    """True where (group, item) occurs for the first time."""
+    key = group.astype(np.int64) * n_items + item
+    order = np.argsort(key, kind="stable")
+    repeated = np.r_[False, key[order][1:] == key[order][:-1]]
+    first = np.ones(len(key), dtype=bool)
+    first[order[repeated]] = False
+    return first
+
+
+def _draw(cdf: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n indices drawn with the probabilities whose running sum is cdf."""
+    return np.minimum(np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right"), len(cdf) - 1)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _seconds_to_us(seconds: np.ndarray) -> np.ndarray:
+    return np.round(seconds * _US).astype(np.int64)
+
+
+def _prefixed(prefix: str, numbers: np.ndarray) -> pa.Array:
+    return pc.binary_join_element_wise(prefix, pc.cast(pa.array(numbers), pa.string()), "")
+
+
+def _to_us(ts: datetime) -> int:
+    return (ts - _EPOCH) // timedelta(microseconds=1)
+
+
+def _chunk_sizes(n_events: int, chunk_events: int) -> list[int]:
+    """Events per file: full chunks and a remainder; one empty file when there are no events."""
+    full, rest = divmod(n_events, chunk_events)
+    return [chunk_events] * full + ([rest] if rest or not full else [])
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    """Write next to the target and rename, so a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
