@@ -54,3 +54,18 @@ def test_offline_download_error_exits_nonzero(tmp_path, monkeypatch):
     result = runner.invoke(app, ["ingest", "--dataset", "movielens-1m", "--lake-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "could not download movielens-1m" in result.output
+
+
+def test_generate_then_ingest_synthetic(tmp_path):
+    out = tmp_path / "synthetic"
+    result = runner.invoke(app, ["generate", "--out", str(out), "--users", "200", "--videos", "100", "--events", "20000"])
+    assert result.exit_code == 0, result.output
+    assert "20,000 events" in result.output
+    lake = tmp_path / "lake"
+    result = runner.invoke(app, ["ingest", "--dataset", "synthetic", "--data-dir", str(out), "--lake-dir", str(lake)])
+    assert result.exit_code == 0, result.output
+    from feature_repo.lake import Lake
+
+    stats = Lake(lake).stats()
+    assert stats["events"] == 20_000 and stats["videos"] == 100
+    assert {"impression", "click", "watch", "search"} <= set(stats["events_by_type"])
