@@ -1,0 +1,132 @@
+"""The split protocols on the real ml-latest-small ratings (plus tiny hand-made cases)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.interactions import Interactions
+from models.protocols import rating_triples, relevant_sets, stratified_split, time_split
+
+
+@pytest.fixture(scope="module")
+def events(ml_small) -> pd.DataFrame:
+    ratings = pd.read_csv(ml_small / "ratings.csv")
+    return pd.DataFrame(
+        {
+            "user_id": ratings.userId.astype(str),
+            "video_id": ratings.movieId.astype(str),
+            "event_ts": pd.to_datetime(ratings.timestamp, unit="s", utc=True),
+            "event_type": "rating",
+            "rating": ratings.rating.astype(float),
+        }
+    )
+
+
+def test_time_split_default_cutoff(events):
+    train, test = time_split(events, test_fraction=0.2)
+    assert train.event_ts.max() < test.event_ts.min(), "no test event at or before the last train event"
+    # about 20% of events are after the quantile cutoff, fewer once cold users/videos are dropped
+    after = len(events) - len(train)
+    assert after / len(events) == pytest.approx(0.2, abs=0.01)
+    assert 0 < len(test) <= after
+    assert set(test.user_id) <= set(train.user_id)
+    assert set(test.video_id) <= set(train.video_id)
+
+
+def test_time_split_explicit_cutoff_and_cold_users_dropped(events):
+    cutoff = pd.Timestamp("2015-01-01", tz="UTC")
+    train, test = time_split(events, cutoff=cutoff)
+    assert (train.event_ts < cutoff).all() and (test.event_ts >= cutoff).all()
+    raw_after = events[events.event_ts >= cutoff]
+    assert raw_after.user_id.nunique() > test.user_id.nunique(), "users who joined after the cutoff are cold"
+    # a naive cutoff means UTC
+    naive_train, _ = time_split(events, cutoff=pd.Timestamp("2015-01-01"))
+    assert len(naive_train) == len(train)
+
+
+def test_time_split_rejects_bad_fraction(events):
+    with pytest.raises(ValueError, match="test_fraction"):
+        time_split(events, test_fraction=1.0)
+    with pytest.raises(ValueError, match="lack column"):
+        time_split(events.drop(columns="event_ts"))
+
+
+def test_stratified_split_ratio_per_user(events):
+    train, test = stratified_split(events, ratio=0.75, seed=42)
+    assert len(train) + len(test) == len(events)  # ratings are one event per pair: nothing lost
+    n_train = train.groupby("user_id").size()
+    n_all = events.groupby("user_id").size()
+    n_train = n_train.reindex(n_all.index, fill_value=0)
+    # rank r of n goes to train when r / n <= 0.75, i.e. floor(0.75 n) pairs per user
+    assert (n_train == np.floor(0.75 * n_all + 1e-9).astype(int)).all()
+    assert (np.abs(n_train / n_all - 0.75) < 1 / n_all).all()
+
+
+def test_stratified_split_disjoint_pairs_and_deterministic(events):
+    train, test = stratified_split(events, seed=7)
+    train_pairs = set(zip(train.user_id, train.video_id, strict=True))
+    test_pairs = set(zip(test.user_id, test.video_id, strict=True))
+    assert not train_pairs & test_pairs
+    again_train, _ = stratified_split(events, seed=7)
+    pd.testing.assert_frame_equal(train, again_train)
+    other_train, _ = stratified_split(events, seed=8)
+    assert not train.index.equals(other_train.index), "a different seed draws a different split"
+
+
+def test_stratified_split_keeps_a_pair_together_and_filters_small_users():
+    ts = pd.Timestamp("2024-01-01", tz="UTC")
+    rows = [("a", f"v{i}", "rating") for i in range(8)] + [("a", "v0", "tag"), ("a", None, "search"), ("b", "v1", "rating")]
+    ev = pd.DataFrame(rows, columns=["user_id", "video_id", "event_type"]).assign(event_ts=ts, rating=3.0)
+    train, test = stratified_split(ev, ratio=0.75, seed=1, min_interactions=2)
+    assert "b" not in set(train.user_id) | set(test.user_id), "user b has 1 pair < min_interactions"
+    v0_sides = {side for side, df in (("train", train), ("test", test)) if "v0" in set(df.video_id)}
+    assert len(v0_sides) == 1, "the rating and the tag of one pair stay on the same side"
+    assert (train.event_type == "search").sum() == 1, "events without a video stay in train"
+    assert train.video_id.nunique() == 6 and test.video_id.nunique() == 2  # floor(0.75 * 8) = 6
+    with pytest.raises(ValueError, match="ratio"):
+        stratified_split(ev, ratio=1.5)
+
+
+def test_relevant_sets_map_onto_train_indices(events):
+    train, test = time_split(events, test_fraction=0.2)
+    data = Interactions.from_events(train, weighting="binary")
+    truth = relevant_sets(test, data)
+    assert len(truth) == data.n_users
+    n_pairs = sum(len(t) for t in truth)
+    assert n_pairs == len(test.drop_duplicates(["user_id", "video_id"]))
+    some_user = next(u for u, t in enumerate(truth) if t)
+    expected = set(data.video_rows(test[test.user_id == data.user_ids[some_user]].video_id))
+    assert truth[some_user] == expected
+    liked = relevant_sets(test, data, min_rating=4.0)
+    assert sum(len(t) for t in liked) == test[test.rating >= 4].drop_duplicates(["user_id", "video_id"]).shape[0]
+
+
+def test_relevant_sets_exclude_seen_and_negative_events():
+    ts = pd.Timestamp("2024-01-01", tz="UTC")
+    train = pd.DataFrame({"user_id": ["u", "u"], "video_id": ["a", "b"], "event_type": "watch", "event_ts": ts, "rating": np.nan})
+    data = Interactions.from_events(train, catalog=np.array(["a", "b", "c", "d", "e"]), weighting="binary")
+    test = pd.DataFrame(
+        {
+            "user_id": ["u", "u", "u", "u", "stranger"],
+            "video_id": ["a", "c", "d", "e", "c"],  # a: re-watch of a train pair; d: impression; e: dislike
+            "event_type": ["watch", "like", "impression", "dislike", "watch"],
+            "event_ts": ts, "rating": np.nan,
+        }
+    )  # fmt: skip
+    u = data.user_rows(["u"])[0]
+    assert relevant_sets(test, data)[u] == {data.video_rows(["c"])[0]}
+    assert relevant_sets(test, data, exclude_seen=False)[u] == set(data.video_rows(["a", "c"]))
+
+
+def test_rating_triples_keep_latest_rating(events):
+    ts = pd.Timestamp("2024-01-01", tz="UTC")
+    train = pd.DataFrame({"user_id": ["u"], "video_id": ["a"], "event_type": "rating", "event_ts": ts, "rating": 4.0})
+    data = Interactions.from_events(train, catalog=np.array(["a", "b"]))
+    test = pd.DataFrame(
+        {
+            "user_id": ["u", "u", "x"], "video_id": ["b", "b", "b"], "event_type": "rating",
+            "event_ts": [ts + pd.Timedelta(days=2), ts + pd.Timedelta(days=1), ts], "rating": [2.0, 5.0, 1.0],
+        }
+    )  # fmt: skip
+    users, videos, ratings = rating_triples(test, data)
+    assert users.tolist() == [0] and videos.tolist() == [data.video_rows(["b"])[0]] and ratings.tolist() == [2.0]
