@@ -124,5 +124,106 @@ def generate(
     )
 
 
+@app.command()
+def benchmark(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Option(help="Dataset name, as for `vidrec ingest`")] = "movielens-small",
+    data_dir: Annotated[Path | None, typer.Option(help="Folder with the dataset's files")] = None,
+    protocol: Annotated[str, typer.Option(help="time (train on the past, test on the future) | stratified (75/25 per user)")] = "time",
+    k: Annotated[int, typer.Option(min=1, max=1000)] = 10,
+    out: Annotated[Path, typer.Option(help="Folder for split/, recs/, results.json, results.md")] = Path("benchmark-results"),
+    split_dir: Annotated[Path | None, typer.Option(help="Evaluate on DIR/train.parquet and DIR/test.parquet instead of splitting")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated generator names (default: all)")] = None,
+    encoder: Annotated[str, typer.Option(help="Content embedding for intra-list diversity: minilm | tfidf")] = "minilm",
+    seed: int = 42,
+) -> None:
+    """Train every candidate generator on one split, print the metrics table, write results and recs."""
+    from feature_repo.sources import DataFileError, DownloadError
+    from models.benchmark import BenchmarkData, PROTOCOLS, load_dataset, read_split, run_benchmark, split_events
+
+    settings: Settings = ctx.obj
+    if protocol not in PROTOCOLS:
+        fail(f"unknown protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    try:
+        events, videos = load_dataset(dataset, data_dir, settings.home / "benchmark-lakes" / dataset, settings.cache_dir / "datasets")
+        train, test = read_split(split_dir) if split_dir else split_events(events, protocol, seed)
+    except (DataFileError, DownloadError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    names = [m.strip() for m in models.split(",")] if models else None
+    console.print(f"{dataset}: {len(train):,} train pairs, {len(test):,} test pairs ({'given split' if split_dir else protocol})")
+    with progress_bar("benchmark", len(names) if names else None) as advance:
+        try:
+            rows = run_benchmark(
+                BenchmarkData(train, test, videos), out, k=k, models=names, encoder=encoder,
+                progress=lambda name: (advance(1), console.print(f"  fitting {name}")),
+            )
+        except ValueError as exc:
+            fail(str(exc))
+    console.print((out / "results.md").read_text())
+    console.print(f"wrote {out / 'results.json'}, {out / 'recs'}/, {out / 'split'}/ ({len(rows)} models)")
+
+
 if __name__ == "__main__":
     app()
+
+
+@app.command()
+def features(
+    ctx: typer.Context,
+    lake_dir: Annotated[Path | None, typer.Option(help="Lake folder (default: the profile's)")] = None,
+    freq: Annotated[str, typer.Option(help="As-of times every day (D) or week (W), ending the midnight after the last event")] = "W",
+    periods: Annotated[int, typer.Option(min=0, help="Keep the newest N as-of times (0: the lake's whole span)")] = 52,
+    as_of: Annotated[list[str] | None, typer.Option(help="Explicit as-of time (UTC, repeatable); overrides --freq/--periods")] = None,
+    embeddings: Annotated[str, typer.Option(help="Video content embeddings: minilm | tfidf | none")] = "minilm",
+    end: Annotated[str | None, typer.Option(help="Materialize up to this time (UTC; default: the newest as-of time)")] = None,
+) -> None:
+    """Compute feature tables from the lake, register them in Feast, and materialize them online."""
+    import pandas as pd
+    from rich.progress import SpinnerColumn
+
+    from feature_repo.lake import Lake
+    from feature_repo.store import build_features, locations
+
+    settings: Settings = ctx.obj
+    if freq not in ("D", "W"):
+        fail(f"--freq must be D or W, not {freq!r}")
+    if embeddings not in ("minilm", "tfidf", "none"):
+        fail(f"--embeddings must be minilm, tfidf or none, not {embeddings!r}")
+    try:
+        as_of_times = [pd.Timestamp(t) for t in as_of] if as_of else None
+        end_time = pd.Timestamp(end).to_pydatetime() if end else None
+    except ValueError as exc:
+        fail(f"cannot read a time: {exc}")
+    lake = Lake(lake_dir or settings.lake_dir)
+    steps = 4 if embeddings != "none" else 3
+    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task("features", total=steps)
+
+        def step(name: str) -> None:
+            progress.update(task, description=f"features: {name}")
+
+        def done(name: str, detail: str) -> None:
+            progress.console.print(f"[green]✓[/] {name}: {detail}")
+            progress.advance(task)
+
+        try:
+            run = build_features(
+                settings,
+                lake=lake,
+                as_of_times=as_of_times,
+                freq=freq,
+                periods=periods or None,
+                embeddings=embeddings,
+                end=end_time,
+                step=step,
+                done=done,
+            )
+        except (LookupError, ValueError) as exc:
+            fail(str(exc))
+        progress.update(task, description="features", completed=steps)
+    where = locations(settings)
+    console.print(
+        f"features {where.features_dir}: {len(run.as_of_times)} as-of times "
+        f"{run.as_of_times[0]} .. {run.as_of_times[-1]}; Feast project vidrec ({settings.profile})"
+    )

@@ -1,0 +1,97 @@
+"""`vidrec benchmark` end to end on real MovieLens: outputs that anyone can recompute."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from vidrec.cli import app
+
+runner = CliRunner()
+MODELS = "popularity,trending,ease"
+
+
+@pytest.fixture(scope="module")
+def stratified_run(ml_small, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    result = runner.invoke(
+        app,
+        ["benchmark", "--dataset", "movielens-small", "--data-dir", str(ml_small), "--protocol", "stratified",
+         "--models", MODELS, "--encoder", "tfidf", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_outputs_table_results_recs_and_split(stratified_run):
+    out, output = stratified_run
+    assert "| model |" in output and "ndcg_at_10" in output
+    results = json.loads((out / "results.json").read_text())
+    assert [r["model"] for r in results["rows"]] == MODELS.split(",")
+    for name in MODELS.split(","):
+        recs = pd.read_parquet(out / "recs" / f"{name}.parquet")
+        assert list(recs.columns) == ["user_id", "video_id", "rank", "score"]
+        assert recs.groupby("user_id")["rank"].max().max() == 10
+    train = pd.read_parquet(out / "split" / "train.parquet")
+    test = pd.read_parquet(out / "split" / "test.parquet")
+    assert list(train.columns) == ["user_id", "video_id", "rating", "timestamp"]
+    assert len(train) + len(test) == 100_836
+    assert not set(zip(train.user_id, train.video_id)) & set(zip(test.user_id, test.video_id))
+
+
+def test_precision_recomputes_from_written_files(stratified_run):
+    out, _ = stratified_run
+    results = {r["model"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    test = pd.read_parquet(out / "split" / "test.parquet")
+    truth = test.groupby("user_id")["video_id"].agg(set)
+    recs = pd.read_parquet(out / "recs" / "ease.parquet")
+    hits = recs.apply(lambda r: r.video_id in truth.get(r.user_id, set()), axis=1)
+    precision = hits.groupby(recs.user_id).sum().div(10).mean()
+    assert precision == pytest.approx(results["ease"]["precision_at_10"], abs=1e-9)
+
+
+def test_ease_beats_popularity_directionally(stratified_run):
+    out, _ = stratified_run
+    results = {r["model"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert results["ease"]["ndcg_at_10"] > results["popularity"]["ndcg_at_10"] * 1.3
+    assert results["popularity"]["personalization_at_10"] < results["ease"]["personalization_at_10"]
+
+
+def test_split_dir_reproduces_results(stratified_run, ml_small, tmp_path):
+    out, _ = stratified_run
+    result = runner.invoke(
+        app,
+        ["benchmark", "--data-dir", str(ml_small), "--split-dir", str(out / "split"), "--models", "popularity,ease",
+         "--encoder", "tfidf", "--out", str(tmp_path)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    again = {r["model"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    first = {r["model"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    for name in ("popularity", "ease"):
+        assert again[name]["ndcg_at_10"] == pytest.approx(first[name]["ndcg_at_10"])
+
+
+def test_bad_split_dir_and_unknown_model_fail_clearly(ml_small, tmp_path):
+    result = runner.invoke(app, ["benchmark", "--data-dir", str(ml_small), "--split-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "train.parquet is missing" in result.output
+    result = runner.invoke(
+        app, ["benchmark", "--data-dir", str(ml_small), "--models", "popularity,magic", "--encoder", "tfidf",
+              "--out", str(tmp_path / "o")]
+    )  # fmt: skip
+    assert result.exit_code == 2 and "unknown model(s) ['magic']" in result.output
+
+
+def test_time_protocol_trains_on_the_past(ml_small, tmp_path):
+    result = runner.invoke(
+        app, ["benchmark", "--data-dir", str(ml_small), "--protocol", "time", "--models", "popularity",
+              "--encoder", "tfidf", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    train = pd.read_parquet(tmp_path / "split" / "train.parquet")
+    test = pd.read_parquet(tmp_path / "split" / "test.parquet")
+    assert train.timestamp.max() <= test.timestamp.min()
+    assert np.isfinite(json.loads((tmp_path / "results.json").read_text())["rows"][0]["recall_at_10"])
