@@ -1,0 +1,238 @@
+"""The second stage: an XGBoost learning-to-rank model over the hybrid union's candidates.
+
+One row per (user, candidate video, request time) carries:
+- each generator's score and rank for the pair, and how many generators proposed it;
+- Feast features of the user and the video as of the request time (point-in-time correct);
+- cross features: content similarity of the video to the user's history, genre match,
+  the video's popularity against what the user usually watches;
+- context: hour of day, day of week, device.
+Labels are graded by engagement (see `grade_labels`). Training groups rows by user (qid),
+early-stops on held-out users, and is deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import xgboost as xgb
+
+from models.content import weighted_mean_profiles
+from models.hybrid import HybridUnion
+from models.interactions import Interactions
+
+DEVICES = ("mobile", "desktop", "tv", "tablet", "unknown")
+# (entity rows: user_id, video_id, event_timestamp) -> the same rows with numeric feature columns.
+FeatureLookup = Callable[[pd.DataFrame], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    objective: str = "rank:ndcg"
+    n_estimators: int = 400
+    learning_rate: float = 0.05
+    max_depth: int = 6
+    min_child_weight: float = 1.0
+    subsample: float = 0.9
+    colsample_bytree: float = 0.9
+    early_stopping_rounds: int = 40
+    validation_users: float = 0.2
+    label_scheme: str = "graded"  # graded | watch_time
+    seed: int = 42
+    extra: dict = field(default_factory=dict)
+
+    def params(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "extra"} | self.extra
+
+
+@dataclass
+class CatalogSide:
+    """What cross features need about the catalog, aligned with `Interactions.video_ids`."""
+
+    content: np.ndarray | sp.csr_matrix  # one row per video (L2-normalised)
+    genres: sp.csr_matrix  # videos x genres, 0/1
+
+    @classmethod
+    def build(cls, videos: pd.DataFrame, data: Interactions, content) -> CatalogSide:
+        position = pd.Index(videos["video_id"]).get_indexer(data.video_ids)
+        genre_lists = [list(videos["genres"].iloc[p]) if p >= 0 and videos["genres"].iloc[p] is not None else [] for p in position]
+        vocabulary = sorted({g for gs in genre_lists for g in gs})
+        index = {g: i for i, g in enumerate(vocabulary)}
+        rows = np.repeat(np.arange(len(genre_lists)), [len(gs) for gs in genre_lists])
+        cols = [index[g] for gs in genre_lists for g in gs]
+        genres = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(genre_lists), len(vocabulary)))
+        return cls(content=content, genres=genres)
+
+
+def candidate_frame(union: HybridUnion, user_rows: np.ndarray, exclude_seen: bool = True) -> pd.DataFrame:
+    """The union's candidates with ids added; missing ranks become a rank past the list's end."""
+    frame = union.candidates(np.asarray(user_rows), filter_seen=exclude_seen)
+    data = union.data
+    frame.insert(0, "user_id", data.user_ids[frame["user_row"].to_numpy()])
+    frame.insert(1, "video_id", data.video_ids[frame["video_row"].to_numpy()])
+    for column in [c for c in frame.columns if c.startswith("rank_")]:
+        frame[column] = frame[column].fillna(union.per_source_k + 1)
+    return frame
+
+
+def cross_features(frame: pd.DataFrame, data: Interactions, catalog: CatalogSide) -> pd.DataFrame:
+    """Content similarity, genre match and relative popularity for each (user_row, video_row)."""
+    users = frame["user_row"].to_numpy()
+    videos = frame["video_row"].to_numpy()
+    out = pd.DataFrame(index=frame.index)
+
+    history = data.matrix.copy()
+    history.data = np.ones_like(history.data)
+    profiles = weighted_mean_profiles(history, catalog.content)
+    out["content_sim"] = _rowwise_dot(profiles, catalog.content, users, videos)
+
+    genre_profile = history @ catalog.genres
+    totals = np.asarray(genre_profile.sum(axis=1)).ravel()
+    genre_profile = sp.diags(1.0 / np.where(totals > 0, totals, 1.0)) @ genre_profile
+    out["genre_match"] = _rowwise_dot(sp.csr_matrix(genre_profile), catalog.genres, users, videos)
+
+    popularity = np.log1p(np.asarray((data.matrix > 0).sum(axis=0)).ravel())
+    seen_pop = history @ popularity
+    counts = np.asarray(history.sum(axis=1)).ravel()
+    usual = np.where(counts > 0, seen_pop / np.maximum(counts, 1), 0.0)
+    out["log_popularity"] = popularity[videos]
+    out["popularity_vs_usual"] = popularity[videos] - usual[users]
+    out["user_history_len"] = counts[users]
+    return out
+
+
+def context_features(request_ts: pd.Series, device: pd.Series) -> pd.DataFrame:
+    """Hour of day and day of week (cyclic and raw) and the device, one-hot."""
+    ts = pd.to_datetime(request_ts, utc=True)
+    hour = ts.dt.hour.to_numpy()
+    out = pd.DataFrame(
+        {
+            "ctx_hour": hour,
+            "ctx_hour_sin": np.sin(2 * np.pi * hour / 24),
+            "ctx_hour_cos": np.cos(2 * np.pi * hour / 24),
+            "ctx_dow": ts.dt.dayofweek.to_numpy(),
+        },
+        index=request_ts.index,
+    )
+    dev = device.fillna("unknown").astype(str).to_numpy()
+    for name in DEVICES:
+        out[f"ctx_device_{name}"] = (dev == name).astype(np.float32)
+    return out
+
+
+def grade_labels(frame: pd.DataFrame, label_events: pd.DataFrame, scheme: str = "graded") -> np.ndarray:
+    """Relevance of each (user_id, video_id) row from what the user did in the label window.
+
+    graded: 0 shown or proposed but ignored (or disliked), 1 watched/clicked/played,
+    2 completed (>= 80%) or liked or rated >= 4, 3 rated >= 4.5 or shared. For MovieLens
+    every rating is a watch, so grades come from the rating.
+    watch_time: the fraction of the video watched (0..1, ratings map to rating / 5), as in
+    YouTube's watch-time-weighted ranking.
+    """
+    ev = label_events[label_events["video_id"].notna()].copy()
+    types = ev["event_type"].to_numpy()
+    rating = ev["rating"].to_numpy(np.float64) if "rating" in ev else np.full(len(ev), np.nan)
+    completion = ev["completion"].to_numpy(np.float64) if "completion" in ev else np.full(len(ev), np.nan)
+    if scheme == "graded":
+        grade = np.zeros(len(ev))
+        grade = np.where(np.isin(types, ["watch", "click", "play", "comment", "rating", "tag"]), 1, grade)
+        grade = np.where((types == "like") | (completion >= 0.8) | (rating >= 4.0), 2, grade)
+        grade = np.where((types == "share") | (rating >= 4.5), 3, grade)
+        grade = np.where((types == "dislike") | (rating < 2.0), 0, grade)
+    elif scheme == "watch_time":
+        grade = np.where(types == "rating", rating / 5.0, np.nan_to_num(completion, nan=0.0))
+        grade = np.where(types == "dislike", 0.0, grade)
+    else:
+        raise ValueError(f"unknown label scheme {scheme!r}: expected graded or watch_time")
+    ev["grade"] = grade
+    best = ev.groupby(["user_id", "video_id"])["grade"].max()
+    keys = pd.MultiIndex.from_arrays([frame["user_id"], frame["video_id"]])
+    return best.reindex(keys).fillna(0.0).to_numpy()
+
+
+@dataclass
+class RankerModel:
+    """A fitted XGBoost ranker and the exact feature columns it expects, in order."""
+
+    booster: xgb.XGBRanker
+    features: list[str]
+    config: RankerConfig
+    best_iteration: int
+    validation_ndcg: float
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.features if c not in frame]
+        if missing:
+            raise KeyError(f"ranker input lacks feature columns {missing}")
+        return self.booster.predict(frame[self.features].astype(np.float32))
+
+    def importance(self) -> pd.Series:
+        gain = self.booster.get_booster().get_score(importance_type="gain")
+        return pd.Series({f: gain.get(f, 0.0) for f in self.features}).sort_values(ascending=False)
+
+
+def feature_columns(frame: pd.DataFrame) -> list[str]:
+    """Every numeric (or boolean) column except ids, row indices, labels and timestamps."""
+    skip = {"user_id", "video_id", "user_row", "video_row", "label", "event_timestamp", "request_ts"}
+    return [c for c in frame.columns if c not in skip and pd.api.types.is_numeric_dtype(frame[c])]
+
+
+def train_ranker(frame: pd.DataFrame, labels: np.ndarray, config: RankerConfig = RankerConfig()) -> RankerModel:
+    """Fit XGBRanker grouped by user; users are split (seeded) into train and early-stopping sets."""
+    if len(frame) != len(labels):
+        raise ValueError(f"{len(frame)} rows but {len(labels)} labels")
+    features = feature_columns(frame)
+    users = frame["user_id"].astype(str).to_numpy()
+    unique = np.unique(users)
+    rng = np.random.default_rng(config.seed)
+    n_val = max(1, int(round(len(unique) * config.validation_users))) if len(unique) > 1 else 0
+    val_users = set(rng.choice(unique, size=n_val, replace=False)) if n_val else set()
+    is_val = np.array([u in val_users for u in users])
+
+    def grouped(mask):
+        order = np.argsort(users[mask], kind="stable")
+        x = frame.loc[mask, features].astype(np.float32).iloc[order]
+        y = labels[mask][order]
+        _, qid = np.unique(users[mask][order], return_inverse=True)
+        return x, y, qid
+
+    x_train, y_train, q_train = grouped(~is_val)
+    model = xgb.XGBRanker(
+        objective=config.objective,
+        n_estimators=config.n_estimators,
+        learning_rate=config.learning_rate,
+        max_depth=config.max_depth,
+        min_child_weight=config.min_child_weight,
+        subsample=config.subsample,
+        colsample_bytree=config.colsample_bytree,
+        random_state=config.seed,
+        tree_method="hist",
+        n_jobs=1,  # determinism: one thread gives bit-identical trees
+        eval_metric="ndcg@10",
+        early_stopping_rounds=config.early_stopping_rounds if n_val else None,
+        lambdarank_pair_method="topk",
+        lambdarank_num_pair_per_sample=10,
+        **config.extra,
+    )
+    fit_kwargs = {}
+    if n_val:
+        x_val, y_val, q_val = grouped(is_val)
+        fit_kwargs = {"eval_set": [(x_val, y_val)], "eval_qid": [q_val], "verbose": False}
+    model.fit(x_train, y_train, qid=q_train, **fit_kwargs)
+    best = int(getattr(model, "best_iteration", config.n_estimators - 1) or 0)
+    val_ndcg = float(model.best_score) if n_val and getattr(model, "best_score", None) is not None else float("nan")
+    return RankerModel(model, features, config, best, val_ndcg)
+
+
+def _rowwise_dot(left, right, left_rows: np.ndarray, right_rows: np.ndarray, batch: int = 50_000) -> np.ndarray:
+    """sum(left[i] * right[j]) for each pair (i, j), in batches so memory stays small."""
+    out = np.empty(len(left_rows), dtype=np.float64)
+    for start in range(0, len(left_rows), batch):
+        a = left[left_rows[start : start + batch]]
+        b = right[right_rows[start : start + batch]]
+        product = a.multiply(b) if sp.issparse(a) else (np.asarray(a) * (b.toarray() if sp.issparse(b) else np.asarray(b)))
+        out[start : start + batch] = np.asarray(product.sum(axis=1)).ravel()
+    return out

@@ -1,0 +1,155 @@
+"""Candidates, then ranking: the system the registry versions and serving runs.
+
+`TwoStage` holds the fitted generators (as a `HybridUnion`), the catalog side for cross
+features and the XGBoost ranker. Feature lookup is passed in per call, so the same object ranks
+with point-in-time features offline and with online features in serving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from models.base import Recommender
+from models.hybrid import HybridUnion
+from models.interactions import Interactions
+from models.ranker import (
+    CatalogSide,
+    FeatureLookup,
+    RankerConfig,
+    RankerModel,
+    candidate_frame,
+    context_features,
+    cross_features,
+    grade_labels,
+    train_ranker,
+)
+
+
+@dataclass(frozen=True)
+class Requests:
+    """Per user row: when the request happens and on which device."""
+
+    user_rows: np.ndarray
+    request_ts: pd.Series  # UTC timestamps, aligned with user_rows
+    device: pd.Series
+
+    @classmethod
+    def at(cls, user_rows: np.ndarray, when: pd.Timestamp, device: str = "unknown") -> Requests:
+        n = len(user_rows)
+        return cls(np.asarray(user_rows), pd.Series([when] * n), pd.Series([device] * n))
+
+    @classmethod
+    def first_events(cls, data: Interactions, events: pd.DataFrame) -> Requests:
+        """Each user's first event in a window: the moment their session starts, and its device."""
+        first = events.sort_values("event_ts", kind="stable").groupby("user_id").first()
+        rows = data.user_rows(first.index)
+        known = rows >= 0
+        device = first["device"] if "device" in first else pd.Series("unknown", index=first.index)
+        return cls(rows[known], first["event_ts"][known].reset_index(drop=True), device[known].reset_index(drop=True))
+
+
+def ranking_frame(
+    union: HybridUnion, catalog: CatalogSide, requests: Requests, lookup: FeatureLookup | None
+) -> pd.DataFrame:
+    """Every candidate row with generator, cross, context and (when given) Feast features."""
+    frame = candidate_frame(union, requests.user_rows)
+    if frame.empty:
+        return frame
+    position = pd.Series(np.arange(len(requests.user_rows)), index=requests.user_rows)
+    per_row = position.reindex(frame["user_row"].to_numpy()).to_numpy()
+    request_ts = pd.Series(pd.to_datetime(requests.request_ts, utc=True).to_numpy()[per_row], index=frame.index)
+    device = pd.Series(requests.device.to_numpy()[per_row], index=frame.index)
+    frame = pd.concat([frame, cross_features(frame, union.data, catalog), context_features(request_ts, device)], axis=1)
+    frame["event_timestamp"] = request_ts
+    if lookup is not None:
+        looked_up = lookup(frame[["user_id", "video_id", "event_timestamp"]].assign(device=device))
+        added = [c for c in looked_up.columns if c not in frame.columns]
+        frame = pd.concat([frame, looked_up[added].set_axis(frame.index)], axis=1)
+    return frame
+
+
+@dataclass
+class TwoStage:
+    union: HybridUnion
+    catalog: CatalogSide
+    ranker: RankerModel
+
+    @property
+    def data(self) -> Interactions:
+        return self.union.data
+
+    @classmethod
+    def train(
+        cls,
+        union: HybridUnion,
+        catalog: CatalogSide,
+        label_events: pd.DataFrame,
+        lookup: FeatureLookup | None = None,
+        config: RankerConfig = RankerConfig(),
+    ) -> tuple[TwoStage, pd.DataFrame]:
+        """Fit the ranker on the candidates of users active in the label window.
+
+        Returns the system and its training frame (with `label`), for logging and inspection.
+        """
+        requests = Requests.first_events(union.data, label_events)
+        frame = ranking_frame(union, catalog, requests, lookup)
+        if frame.empty:
+            raise ValueError("no candidates for the label window's users: nothing to train the ranker on")
+        labels = grade_labels(frame, label_events, config.label_scheme)
+        if not (labels > 0).any():
+            raise ValueError("no candidate of any label-window user was engaged with: labels are all zero")
+        frame["label"] = labels
+        return cls(union, catalog, train_ranker(frame, labels, config)), frame
+
+    def rank(self, requests: Requests, k: int, lookup: FeatureLookup | None = None) -> pd.DataFrame:
+        """Top-k per user: user_id, video_id, rank, score, and which generators proposed it."""
+        frame = ranking_frame(self.union, self.catalog, requests, lookup)
+        if frame.empty:
+            return pd.DataFrame(columns=["user_id", "video_id", "rank", "score", "sources"])
+        frame["score"] = self.ranker.predict(frame)
+        frame = frame.sort_values(["user_row", "score"], ascending=[True, False], kind="stable")
+        frame["rank"] = frame.groupby("user_row").cumcount() + 1
+        top = frame[frame["rank"] <= k]
+        rank_cols = [c for c in frame.columns if c.startswith("rank_")]
+        sources = top[rank_cols].le(self.union.per_source_k).to_numpy()
+        names = np.array([c.removeprefix("rank_") for c in rank_cols])
+        top = top.assign(sources=[list(names[row]) for row in sources])
+        return top[["user_id", "video_id", "rank", "score", "sources"]].reset_index(drop=True)
+
+
+class TwoStageRecommender(Recommender):
+    """A fitted `TwoStage` behind the generator interface, so one evaluation serves all models."""
+
+    name = "two-stage"
+
+    def __init__(self, system: TwoStage, requests: Requests, lookup: FeatureLookup | None = None):
+        super().__init__()
+        self.system, self.requests, self.lookup = system, requests, lookup
+        self.data = system.data
+
+    def _fit(self, data: Interactions) -> None:
+        raise TypeError("a TwoStageRecommender wraps an already trained system; train it with TwoStage.train")
+
+    def score(self, user_rows: np.ndarray) -> np.ndarray:
+        """Ranker scores on each user's candidates, -inf elsewhere (so only candidates are listed)."""
+        at = pd.Series(np.arange(len(self.requests.user_rows)), index=self.requests.user_rows)
+        chosen = at.reindex(user_rows).to_numpy()
+        if np.isnan(chosen.astype(float)).any():
+            raise KeyError("some users have no request (time, device) set for two-stage scoring")
+        subset = Requests(
+            np.asarray(user_rows),
+            self.requests.request_ts.iloc[chosen].reset_index(drop=True),
+            self.requests.device.iloc[chosen].reset_index(drop=True),
+        )
+        frame = ranking_frame(self.system.union, self.system.catalog, subset, self.lookup)
+        scores = np.full((len(user_rows), self.data.n_videos), -np.inf, dtype=np.float32)
+        if frame.empty:
+            return scores
+        local = pd.Series(np.arange(len(user_rows)), index=np.asarray(user_rows))
+        rows = local.reindex(frame["user_row"].to_numpy()).to_numpy()
+        scores[rows, frame["video_row"].to_numpy()] = self.system.ranker.predict(frame)
+        return scores
+
