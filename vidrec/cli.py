@@ -178,6 +178,8 @@ def features(
     end: Annotated[str | None, typer.Option(help="Materialize up to this time (UTC; default: the newest as-of time)")] = None,
 ) -> None:
     """Compute feature tables from the lake, register them in Feast, and materialize them online."""
+    import time
+
     import pandas as pd
     from rich.progress import SpinnerColumn
 
@@ -200,11 +202,15 @@ def features(
     with Progress(*columns, console=err_console, transient=False) as progress:
         task = progress.add_task("features", total=steps)
 
+        started: dict[str, float] = {}
+
         def step(name: str) -> None:
+            started[name] = time.perf_counter()
             progress.update(task, description=f"features: {name}")
 
         def done(name: str, detail: str) -> None:
-            progress.console.print(f"[green]✓[/] {name}: {detail}")
+            seconds = time.perf_counter() - started.get(name, time.perf_counter())
+            progress.console.print(f"[green]✓[/] {name} ({seconds:.1f} s): {detail}")
             progress.advance(task)
 
         try:

@@ -1,0 +1,580 @@
+"""Feast for vidrec: the store of a profile, apply, materialize, training frames, online reads.
+
+    feature_store(settings)          the FeatureStore of the profile (cached per location)
+    apply_repo(settings)             register feature_repo/feast_repo's definitions
+    materialize(settings, end)       offline -> online up to `end`, incrementally
+    training_frame(entity_df)        point-in-time features for labelled rows
+    online_user_features(user_ids)   one row per user from the online store
+    build_features(settings, ...)    the whole job: transforms -> apply -> materialize
+
+Configuration: `feast_repo/feature_store.yaml` (local profile) or `feature_store.prod.yaml`
+(prod, spark) with `${VAR}` placeholders, filled here from an environment variable of that name
+or else from vidrec's settings (see `locations`). Data source paths are relative and resolve
+against the features folder (the config's `repo_path`), so one registry serves any checkout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+
+from vidrec.settings import Settings
+
+REPO_DIR = Path(__file__).resolve().parent / "feast_repo"
+PROFILE_YAML = {
+    "local": "feature_store.yaml",
+    "prod": "feature_store.prod.yaml",
+    # The Spark offline store is not wired yet: the spark profile serves from the prod stores.
+    "spark": "feature_store.prod.yaml",
+}
+PROD_REGISTRY_URL = "postgresql+psycopg://vidrec:vidrec@localhost:5432/feast"
+PROD_REDIS = "localhost:6379,db=0"
+PUSH_SOURCE = "user_recent_push"
+USER_VIEWS = ("user_profile", "user_recent")
+VIDEO_VIEWS = ("video_stats",)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+
+
+@dataclass(frozen=True)
+class FeastLocations:
+    """Where a profile's Feast state lives, after settings and environment overrides."""
+
+    profile: str
+    yaml_file: Path
+    features_dir: Path
+    variables: tuple[tuple[str, str], ...]
+
+    @property
+    def values(self) -> dict[str, str]:
+        return dict(self.variables)
+
+
+def locations(settings: Settings | None = None) -> FeastLocations:
+    """Resolve the profile's yaml and the values of its ${VARS}.
+
+    Defaults: features in `$VIDREC_HOME/features`; local registry and SQLite online store in
+    `$VIDREC_HOME/feast/`; prod registry `PROD_REGISTRY_URL`, Redis `PROD_REDIS`. Every one is
+    overridden by the environment variable of the same name.
+    """
+    settings = settings or Settings.from_env()
+    features_dir = Path(os.environ.get("VIDREC_FEATURES_DIR", settings.home / "features")).resolve()
+    defaults = {
+        "VIDREC_FEATURES_DIR": str(features_dir),
+        "VIDREC_FEAST_REGISTRY": str(settings.home / "feast" / "registry.db"),
+        "VIDREC_FEAST_ONLINE_PATH": str(settings.home / "feast" / "online.db"),
+        "VIDREC_FEAST_REGISTRY_URL": PROD_REGISTRY_URL,
+        "VIDREC_FEAST_REDIS": PROD_REDIS,
+    }
+    values = {name: os.environ.get(name, default) for name, default in defaults.items()}
+    return FeastLocations(
+        profile=settings.profile,
+        yaml_file=REPO_DIR / PROFILE_YAML[settings.profile],
+        features_dir=features_dir,
+        variables=tuple(sorted(values.items())),
+    )
+
+
+def load_config(settings: Settings | None = None, where: FeastLocations | None = None):
+    """The RepoConfig of the profile, placeholders filled, `repo_path` = the features folder."""
+    from feast.repo_config import RepoConfig
+
+    where = where or locations(settings)
+    values = where.values
+
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name in values:
+            return values[name]
+        if name in os.environ:
+            return os.environ[name]
+        raise KeyError(f"{where.yaml_file.name}: no value for ${{{name}}}")
+
+    raw = yaml.safe_load(_PLACEHOLDER.sub(fill, where.yaml_file.read_text()))
+    config = RepoConfig(**raw)
+    config.repo_path = where.features_dir
+    return config
+
+
+_STORES: dict[FeastLocations, object] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def feature_store(settings: Settings | None = None):
+    """The FeatureStore of the profile; one per location per process (it caches the registry)."""
+    from feast import FeatureStore
+
+    where = locations(settings)
+    with _STORES_LOCK:
+        store = _STORES.get(where)
+        if store is None:
+            config = load_config(where=where)
+            where.features_dir.mkdir(parents=True, exist_ok=True)
+            if config.registry.registry_type == "file":
+                Path(config.registry.path).parent.mkdir(parents=True, exist_ok=True)
+            if getattr(config.online_store, "type", None) == "sqlite":
+                Path(config.online_store.path).parent.mkdir(parents=True, exist_ok=True)
+            store = FeatureStore(repo_path=str(where.features_dir), config=config)
+            _STORES[where] = store
+    return store
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool = True) -> Iterator[None]:
+    """Feast prints banners and tqdm bars; the vidrec CLI shows its own progress."""
+    if not enabled:
+        yield
+        return
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
+        yield
+
+
+# ---- apply ---------------------------------------------------------------------------------------
+
+
+def repo_objects() -> list:
+    """Every Feast object the repo declares (feature_repo/feast_repo/repo.py), each once."""
+    from feast import Entity, FeatureService
+    from feast.base_feature_view import BaseFeatureView
+    from feast.data_source import DataSource
+
+    from feature_repo.feast_repo import repo
+
+    kinds = (Entity, DataSource, BaseFeatureView, FeatureService)
+    objects, seen = [], set()
+    for name in sorted(vars(repo)):
+        obj = getattr(repo, name)
+        if isinstance(obj, kinds) and id(obj) not in seen:
+            seen.add(id(obj))
+            objects.append(obj)
+    return objects
+
+
+@dataclass
+class ApplyReport:
+    applied: list[str]
+    deleted: list[str]
+
+
+def apply_repo(settings: Settings | None = None, quiet: bool = True) -> ApplyReport:
+    """Register the repo's definitions; remove registered objects the repo no longer declares.
+
+    Ranker feature services registered at runtime (`ranker_v{n}`) are kept: a registered ranker
+    version must stay servable. Idempotent.
+    """
+    from feast import Entity, FeatureService, FeatureView
+    from feast.on_demand_feature_view import OnDemandFeatureView
+
+    from feature_repo.feast_repo.feature_services import service_version
+
+    store = feature_store(settings)
+    objects = repo_objects()
+    declared = {(type(o).__name__, o.name) for o in objects}
+    declared_names = {o.name for o in objects}
+    registered = [
+        *store.list_entities(),
+        *store.list_feature_views(),
+        *store.list_on_demand_feature_views(),
+        *store.list_feature_services(),
+    ]
+    stale = [
+        o
+        for o in registered
+        if o.name not in declared_names
+        and not (isinstance(o, FeatureService) and service_version(o.name) is not None)
+        and isinstance(o, (Entity, FeatureView, OnDemandFeatureView, FeatureService))
+    ]
+    with _quiet(quiet):
+        store.apply(objects, objects_to_delete=stale, partial=False)
+    return ApplyReport(applied=sorted(f"{kind}:{name}" for kind, name in declared), deleted=sorted(o.name for o in stale))
+
+
+def register_ranker_service(version: int, features: list | None = None, settings: Settings | None = None):
+    """Apply the feature service of ranker version `version` (see feature_services.py); returns it."""
+    from feature_repo.feast_repo.feature_services import ranker_feature_service
+
+    service = ranker_feature_service(version, features)
+    store = feature_store(settings)
+    with _quiet():
+        store.apply([service])
+    return service
+
+
+def newest_ranker_service(settings: Settings | None = None) -> str:
+    """The name of the registered ranker feature service with the highest version."""
+    from feature_repo.feast_repo.feature_services import service_version
+
+    store = feature_store(settings)
+    versions = [v for v in (service_version(s.name) for s in store.list_feature_services()) if v is not None]
+    if not versions:
+        raise LookupError("no ranker feature service is registered: run `vidrec features` first")
+    from feature_repo.feast_repo.feature_services import service_name
+
+    return service_name(max(versions))
+
+
+# ---- materialize ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Materialized:
+    view: str
+    start: datetime | None
+    end: datetime
+    mode: str  # initial, incremental, refreshed, full, up to date, or "skipped: <why>"
+
+
+def latest_feature_time(settings: Settings | None = None) -> datetime | None:
+    """The newest `event_timestamp` in the user and video feature tables (None if none)."""
+    from feature_repo.feast_repo import data_sources as ds
+
+    where = locations(settings)
+    latest = None
+    for table in (ds.USER_FEATURES_TABLE, ds.VIDEO_FEATURES_TABLE):
+        path = where.features_dir / f"{table}.parquet"
+        if not path.exists():
+            continue
+        column = pq.read_table(path, columns=[ds.TIMESTAMP_FIELD]).column(0)
+        if len(column):
+            value = pd.Timestamp(column.to_pandas().max())
+            latest = value if latest is None else max(latest, value)
+    return None if latest is None else latest.to_pydatetime()
+
+
+def _utc_time(value) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def materialize(
+    settings: Settings | None = None,
+    end: datetime | None = None,
+    *,
+    full: bool = False,
+    quiet: bool = True,
+    progress: Callable[[Materialized], None] | None = None,
+) -> list[Materialized]:
+    """Load feature values up to `end` (default: the newest feature time) into the online store.
+
+    Each view goes through `FeatureStore.materialize_incremental`, which continues from the end of
+    the view's previous materialization. A view never materialized starts at `end - ttl` (the
+    beginning of time for views without TTL) with one `materialize` call: Feast would otherwise
+    start at *now* - ttl, which misses every row of a lake whose data lies in the past (MovieLens).
+    A view already materialized up to exactly `end` is loaded again over that window (its newest
+    snapshot may have been recomputed with late events); one materialized past `end` is left as
+    it is. `full` re-materializes the whole window. Views whose table is missing are skipped.
+    """
+    store = feature_store(settings)
+    where = locations(settings)
+    end = end or latest_feature_time(settings)
+    if end is None:
+        raise LookupError(f"no feature tables under {where.features_dir}: compute features first")
+    end = _utc_time(end).to_pydatetime()
+    done: list[Materialized] = []
+    for view in sorted(store.list_feature_views(), key=lambda v: v.name):
+        if not view.online:
+            continue
+        path = view.batch_source.path if view.batch_source is not None else None
+        previous = _utc_time(view.most_recent_end_time) if view.most_recent_end_time else None
+        ttl = view.ttl if view.ttl and view.ttl.total_seconds() > 0 else None
+        window_start = end - ttl if ttl else EPOCH
+        if path is None or not (where.features_dir / path).exists():
+            result = Materialized(view.name, None, end, f"skipped: no table {path}")
+        elif previous is not None and previous > pd.Timestamp(end):
+            result = Materialized(view.name, previous.to_pydatetime(), end, "up to date")
+        elif full or previous is None or previous == pd.Timestamp(end):
+            # First time, on request, or the snapshot at `end` was recomputed: load the window.
+            with _quiet(quiet):
+                store.materialize(start_date=window_start, end_date=end, feature_views=[view.name])
+            mode = "initial" if previous is None else "full" if full else "refreshed"
+            result = Materialized(view.name, window_start, end, mode)
+        else:
+            with _quiet(quiet):
+                store.materialize_incremental(end_date=end, feature_views=[view.name])
+            result = Materialized(view.name, previous.to_pydatetime(), end, "incremental")
+        done.append(result)
+        if progress:
+            progress(result)
+    return done
+
+
+# ---- retrieval -----------------------------------------------------------------------------------
+
+
+def _feature_refs(store, features) -> list[str] | object:
+    """A FeatureService stays as it is; a service name becomes the service; views expand to refs."""
+    from feast import FeatureService
+
+    if isinstance(features, FeatureService):
+        return features
+    if isinstance(features, str):
+        return store.get_feature_service(features) if ":" not in features else [features]
+    refs: list[str] = []
+    for item in features:
+        if ":" in item:
+            refs.append(item)
+            continue
+        view = _any_view(store, item)
+        refs.extend(f"{view.name}:{f.name}" for f in view.features)
+    return refs
+
+
+def _any_view(store, name: str):
+    try:
+        return store.get_feature_view(name)
+    except Exception:
+        return store.get_on_demand_feature_view(name)
+
+
+def _retrieval_groups(store, features) -> list[tuple[list[str], list[str], list[str]]]:
+    """Split feature refs by the join keys they need: [(join keys, request columns, refs)].
+
+    Each group is retrieved with its own de-duplicated entity rows (see `training_frame`).
+    On-demand views go with the join keys of their source views and add their request columns.
+    """
+    from feast import FeatureService
+
+    if isinstance(features, FeatureService):
+        refs = [f"{p.name}:{f.name}" for p in features.feature_view_projections for f in p.features]
+    else:
+        refs = list(features)
+    groups: dict[tuple[str, ...], tuple[set[str], list[str]]] = {}
+    for ref in refs:
+        view = _any_view(store, ref.split(":", 1)[0])
+        request: set[str] = set()
+        if hasattr(view, "source_request_sources"):
+            keys: set[str] = set()
+            for source in view.source_feature_view_projections.values():
+                keys |= {c.name for c in store.get_feature_view(source.name).entity_columns}
+            for source in view.source_request_sources.values():
+                request |= {f.name for f in source.schema}
+        else:
+            keys = {c.name for c in view.entity_columns}
+        group = groups.setdefault(tuple(sorted(keys)), (set(), []))
+        group[0].update(request)
+        group[1].append(ref)
+    return [(list(keys), sorted(request), group_refs) for keys, (request, group_refs) in groups.items()]
+
+
+def _utc(series: pd.Series) -> pd.Series:
+    ts = pd.to_datetime(series)
+    return ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
+
+
+def training_frame(
+    entity_df: pd.DataFrame,
+    features=None,
+    *,
+    settings: Settings | None = None,
+    timestamp_column: str = "event_timestamp",
+) -> pd.DataFrame:
+    """Point-in-time correct features for labelled rows.
+
+    `entity_df` holds the join keys the features need (user_id, video_id), the label time in
+    `timestamp_column`, and anything else (labels), which is passed through. Each row gets, per
+    feature view, the newest feature row stamped at or before its label time and within the
+    view's TTL — built only from events strictly before that stamp, so nothing from the label
+    time or later reaches it. `features`: a FeatureService, a service name, feature refs
+    ("view:feature") or view names; default: the newest ranker service. Request-context features
+    get `request_ts` = the label time and `device` = "unknown" unless the frame has them.
+    Columns are full feature names (`<view>__<feature>`); rows keep the input's order.
+    """
+    store = feature_store(settings)
+    features = _feature_refs(store, features if features is not None else newest_ranker_service(settings))
+    df = entity_df.reset_index(drop=True).copy()
+    if timestamp_column != "event_timestamp":
+        df = df.rename(columns={timestamp_column: "event_timestamp"})
+    df["event_timestamp"] = _utc(df["event_timestamp"]).astype("datetime64[ns, UTC]")
+    for key in ("user_id", "video_id"):
+        if key in df:
+            df[key] = df[key].astype(str)
+    groups = _retrieval_groups(store, features)
+    if any(request for _, request, _ in groups):
+        if "request_ts" not in df:
+            df["request_ts"] = df["event_timestamp"]
+        if "device" not in df:
+            df["device"] = "unknown"
+    # Feast's file (Dask) offline store keeps one row per (join keys so far, timestamp) and drops
+    # the rest (feast-dev/feast#6787, #5590): a user with several candidate videos at one label
+    # time would lose rows. So each group of views is retrieved for its distinct entity rows, in
+    # rounds within which (join keys, timestamp) is unique, and spread back onto every row.
+    if df.empty:
+        raise ValueError("entity_df has no rows")
+    out = df
+    for keys, request, refs in groups:
+        missing = [k for k in [*keys, *request] if k not in df]
+        if missing:
+            raise KeyError(f"entity_df lacks {missing}, needed by {refs[0].split(':')[0]}")
+        on = [*keys, *request, "event_timestamp"]
+        distinct = df[on].drop_duplicates().reset_index(drop=True)
+        distinct["_vidrec_key"] = range(len(distinct))
+        rounds = distinct.groupby([*keys, "event_timestamp"], sort=False).cumcount()
+        parts = []
+        for r in range(int(rounds.max()) + 1):
+            part = distinct[rounds == r].reset_index(drop=True)
+            with _quiet():
+                got = store.get_historical_features(entity_df=part, features=refs, full_feature_names=True).to_df()
+            # The Dask store also drops an entity row whose feature rows all lie outside the TTL
+            # instead of returning NULLs: such rows come back here as missing values.
+            if got["_vidrec_key"].duplicated().any() or not set(got["_vidrec_key"]) <= set(part["_vidrec_key"]):
+                raise RuntimeError(f"Feast returned unexpected rows for {len(part)} distinct entity rows")
+            parts.append(got)
+        got = pd.concat(parts, ignore_index=True).set_index("_vidrec_key")
+        added = [c for c in got.columns if c not in on]
+        row_keys = df[on].merge(distinct, on=on, how="left")["_vidrec_key"]
+        out = pd.concat([out, got[added].reindex(row_keys.to_numpy()).reset_index(drop=True)], axis=1)
+    if timestamp_column != "event_timestamp":
+        out = out.rename(columns={"event_timestamp": timestamp_column})
+    return out
+
+
+def online_features(
+    entity_rows: Sequence[dict],
+    features,
+    *,
+    settings: Settings | None = None,
+) -> pd.DataFrame:
+    """Online values for `entity_rows` (join keys, plus request_ts/device for request features)."""
+    store = feature_store(settings)
+    refs = _feature_refs(store, features)
+    rows = [{k: (str(v) if k in ("user_id", "video_id") else v) for k, v in row.items()} for row in entity_rows]
+    return store.get_online_features(features=refs, entity_rows=rows, full_feature_names=True).to_df()
+
+
+def online_user_features(
+    user_ids: Iterable, features: Iterable[str] = USER_VIEWS, *, settings: Settings | None = None
+) -> pd.DataFrame:
+    """One row per user id (in order) with the user views' online values; NaN/None when unknown."""
+    return online_features([{"user_id": u} for u in user_ids], list(features), settings=settings)
+
+
+def online_video_features(
+    video_ids: Iterable, features: Iterable[str] = VIDEO_VIEWS, *, settings: Settings | None = None
+) -> pd.DataFrame:
+    """One row per video id (in order) with the video views' online values."""
+    return online_features([{"video_id": v} for v in video_ids], list(features), settings=settings)
+
+
+def push_user_recent(frame: pd.DataFrame, settings: Settings | None = None) -> None:
+    """Write fresh `user_recent` values (user_id, event_timestamp, created_ts, its features) online."""
+    from feast.data_source import PushMode
+
+    store = feature_store(settings)
+    df = frame.copy()
+    df["user_id"] = df["user_id"].astype(str)
+    for column in ("event_timestamp", "created_ts"):
+        if column in df:
+            df[column] = _utc(df[column])
+    with _quiet():
+        store.push(PUSH_SOURCE, df, to=PushMode.ONLINE)
+
+
+# ---- the whole job -------------------------------------------------------------------------------
+
+
+@dataclass
+class FeaturesRun:
+    as_of_times: list[pd.Timestamp]
+    tables: dict[str, Path]
+    rows: dict[str, int] = field(default_factory=dict)
+    embeddings: str = "none"
+    applied: ApplyReport | None = None
+    materialized: list[Materialized] = field(default_factory=list)
+
+
+def build_features(
+    settings: Settings | None = None,
+    *,
+    lake=None,
+    as_of_times: list[pd.Timestamp] | None = None,
+    freq: str = "W",
+    periods: int | None = 52,
+    embeddings: str = "minilm",
+    end: datetime | None = None,
+    step: Callable[[str], None] | None = None,
+    done: Callable[[str, str], None] | None = None,
+) -> FeaturesRun:
+    """Transforms -> embeddings -> feast apply -> materialize (the `vidrec features` job).
+
+    `step(name)` is told when a step starts, `done(name, detail)` when it ends. Embeddings:
+    "minilm", "tfidf" or "none"; they need `models.content` and are skipped (with a note)
+    when it cannot be imported.
+    """
+    from feature_repo.lake import Lake
+    from feature_repo.transforms import compute_features, default_as_of_times
+
+    settings = settings or Settings.from_env()
+    lake = lake or Lake(settings.lake_dir)
+    where = locations(settings)
+    step = step or (lambda name: None)
+    done = done or (lambda name, detail: None)
+
+    as_of = as_of_times or default_as_of_times(lake, freq=freq, periods=periods)
+    if not as_of:
+        raise LookupError(f"the lake at {lake.root} has no events: ingest data first")
+    run = FeaturesRun(as_of_times=list(as_of), tables={})
+
+    step("transforms")
+    run.tables = compute_features(lake, as_of, where.features_dir, progress=lambda t, n: run.rows.__setitem__(t, n))
+    done("transforms", ", ".join(f"{t}: {n:,} rows" for t, n in run.rows.items()) + f" over {len(as_of)} as-of times")
+
+    if embeddings != "none":
+        step("embeddings")
+        try:
+            from feature_repo.transforms.embeddings import compute_embeddings
+
+            with _quiet():  # model loading prints its own progress bars
+                path = compute_embeddings(lake, where.features_dir, method=embeddings)
+        except ImportError as exc:
+            done("embeddings", f"skipped: {exc}")
+        else:
+            run.tables["video_embeddings"] = path
+            run.embeddings = embeddings
+            done("embeddings", f"{embeddings} -> {path.name}")
+
+    step("feast apply")
+    run.applied = apply_repo(settings)
+    done("feast apply", f"{len(run.applied.applied)} objects" + (f", removed {', '.join(run.applied.deleted)}" if run.applied.deleted else ""))
+
+    step("materialize")
+    run.materialized = materialize(settings, end or max(as_of).to_pydatetime())
+    done("materialize", "; ".join(f"{m.view}: {m.mode}" for m in run.materialized))
+    return run
+
+
+__all__ = [
+    "ApplyReport",
+    "FeastLocations",
+    "FeaturesRun",
+    "Materialized",
+    "apply_repo",
+    "build_features",
+    "feature_store",
+    "latest_feature_time",
+    "load_config",
+    "locations",
+    "materialize",
+    "newest_ranker_service",
+    "online_features",
+    "online_user_features",
+    "online_video_features",
+    "push_user_recent",
+    "register_ranker_service",
+    "repo_objects",
+    "training_frame",
+]
+
