@@ -70,7 +70,7 @@ def locations(settings: Settings | None = None) -> FeastLocations:
     overridden by the environment variable of the same name.
     """
     settings = settings or Settings.from_env()
-    features_dir = Path(os.environ.get("VIDREC_FEATURES_DIR", settings.home / "features")).resolve()
+    features_dir = settings.features_dir
     defaults = {
         "VIDREC_FEATURES_DIR": str(features_dir),
         "VIDREC_FEAST_REGISTRY": str(settings.home / "feast" / "registry.db"),

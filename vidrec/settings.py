@@ -24,6 +24,9 @@ class Settings:
     home: Path
     lake_dir: Path
     cache_dir: Path
+    features_dir: Path
+    mlflow_uri: str
+    mlflow_artifacts: str
 
     @classmethod
     def from_env(cls, profile: str | None = None) -> Settings:
@@ -31,6 +34,11 @@ class Settings:
         if profile not in PROFILES:
             raise SettingsError(f"unknown profile {profile!r}: expected one of {', '.join(PROFILES)}")
         home = Path(os.environ.get("VIDREC_HOME", ".vidrec")).resolve()
+        default_mlflow = (
+            f"sqlite:///{home / 'mlflow.db'}"
+            if profile == "local"
+            else f"postgresql+psycopg://{os.environ.get('VIDREC_PG_USER', 'postgres')}@127.0.0.1:5432/mlflow"
+        )
         return cls(
             profile=profile,
             home=home,
@@ -38,4 +46,7 @@ class Settings:
             cache_dir=Path(
                 os.environ.get("VIDREC_CACHE_DIR", Path.home() / ".cache" / "vidrec")
             ).resolve(),
+            features_dir=Path(os.environ.get("VIDREC_FEATURES_DIR", home / "features")).resolve(),
+            mlflow_uri=os.environ.get("VIDREC_MLFLOW_URI", os.environ.get("MLFLOW_TRACKING_URI", default_mlflow)),
+            mlflow_artifacts=os.environ.get("VIDREC_MLFLOW_ARTIFACTS", str(home / "mlartifacts")),
         )
