@@ -88,7 +88,7 @@ def decide(
                             "champion" if champion else "baseline", policy)  # fmt: skip
     if champion is None:
         need = baseline[primary] + policy.baseline_gain
-        ok = challenger[primary] >= need
+        ok = bool(challenger[primary] >= need)
         reasons.append(
             f"{primary} {challenger[primary]:.4f} {'>=' if ok else '<'} popularity baseline "
             f"{baseline[primary]:.4f} + {policy.baseline_gain}"
@@ -96,7 +96,7 @@ def decide(
         return GateDecision(ok, reasons, challenger, baseline, "baseline", policy)
 
     need = champion[primary] + policy.min_gain
-    gain_ok = challenger[primary] >= need
+    gain_ok = bool(challenger[primary] >= need)
     ok &= gain_ok
     reasons.append(
         f"{primary} {challenger[primary]:.4f} {'>=' if gain_ok else '<'} champion {champion[primary]:.4f} + {policy.min_gain}"
@@ -105,7 +105,7 @@ def decide(
         if metric not in challenger or metric not in champion:
             continue
         drop = champion[metric] - challenger[metric]
-        guard_ok = drop <= tolerance
+        guard_ok = bool(drop <= tolerance)
         ok &= guard_ok
         if not guard_ok:
             reasons.append(
@@ -178,7 +178,7 @@ def record_decision(client: MlflowClient, run_id: str, decision: GateDecision, v
     client.set_tag(run_id, "gate.decision", "promoted" if decision.promoted else "blocked")
     client.set_tag(run_id, "gate.against", decision.against)
     client.set_tag(run_id, "gate.reasons", " | ".join(decision.reasons)[:5000])
-    client.log_text(run_id, json.dumps({**decision.as_dict(), "versions": versions}, indent=2), "gate_report.json")
+    client.log_text(run_id, json.dumps({**decision.as_dict(), "versions": versions}, indent=2, default=float), "gate_report.json")
     for model, version in versions.items():
         client.set_model_version_tag(model, version, "gate.decision", "promoted" if decision.promoted else "blocked")
     (log.info if decision.promoted else log.warning)("gate: %s", decision.summary())

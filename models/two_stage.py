@@ -33,8 +33,11 @@ class Requests:
     """Per user row: when the request happens and on which device."""
 
     user_rows: np.ndarray
-    request_ts: pd.Series  # UTC timestamps, aligned with user_rows
+    request_ts: pd.Series  # UTC timestamps, aligned with user_rows (context: hour, weekday)
     device: pd.Series
+    # When features are looked up as of (defaults to request_ts). Offline windows use the window
+    # start, so every row's features come from events strictly before the window.
+    feature_ts: pd.Series | None = None
 
     @classmethod
     def at(cls, user_rows: np.ndarray, when: pd.Timestamp, device: str = "unknown") -> Requests:
@@ -42,13 +45,26 @@ class Requests:
         return cls(np.asarray(user_rows), pd.Series([when] * n), pd.Series([device] * n))
 
     @classmethod
-    def first_events(cls, data: Interactions, events: pd.DataFrame) -> Requests:
-        """Each user's first event in a window: the moment their session starts, and its device."""
+    def first_events(cls, data: Interactions, events: pd.DataFrame, as_of: pd.Timestamp | None = None) -> Requests:
+        """Each user's first event in a window: the moment their session starts, and its device.
+
+        `as_of`: the window's start, when features are looked up (default: each request's time).
+        """
         first = events.sort_values("event_ts", kind="stable").groupby("user_id").first()
         rows = data.user_rows(first.index)
         known = rows >= 0
         device = first["device"] if "device" in first else pd.Series("unknown", index=first.index)
-        return cls(rows[known], first["event_ts"][known].reset_index(drop=True), device[known].reset_index(drop=True))
+        request_ts = first["event_ts"][known].reset_index(drop=True)
+        feature_ts = None if as_of is None else pd.Series([as_of] * int(known.sum()))
+        return cls(rows[known], request_ts, device[known].reset_index(drop=True), feature_ts)
+
+    def subset(self, user_rows: np.ndarray) -> Requests:
+        at = pd.Series(np.arange(len(self.user_rows)), index=self.user_rows)
+        chosen = at.reindex(np.asarray(user_rows)).to_numpy()
+        if np.isnan(chosen.astype(float)).any():
+            raise KeyError("some users have no request (time, device) set for two-stage scoring")
+        pick = lambda s: None if s is None else s.iloc[chosen.astype(int)].reset_index(drop=True)  # noqa: E731
+        return Requests(np.asarray(user_rows), pick(self.request_ts), pick(self.device), pick(self.feature_ts))
 
 
 def ranking_frame(
@@ -63,9 +79,11 @@ def ranking_frame(
     request_ts = pd.Series(pd.to_datetime(requests.request_ts, utc=True).to_numpy()[per_row], index=frame.index)
     device = pd.Series(requests.device.to_numpy()[per_row], index=frame.index)
     frame = pd.concat([frame, cross_features(frame, union.data, catalog), context_features(request_ts, device)], axis=1)
-    frame["event_timestamp"] = request_ts
     if lookup is not None:
-        looked_up = lookup(frame[["user_id", "video_id", "event_timestamp"]].assign(device=device))
+        as_of = requests.feature_ts if requests.feature_ts is not None else requests.request_ts
+        feature_ts = pd.Series(pd.to_datetime(as_of, utc=True).to_numpy()[per_row], index=frame.index)
+        entities = frame[["user_id", "video_id"]].assign(event_timestamp=feature_ts, request_ts=request_ts, device=device)
+        looked_up = lookup(entities)
         added = [c for c in looked_up.columns if c not in frame.columns]
         frame = pd.concat([frame, looked_up[added].set_axis(frame.index)], axis=1)
     return frame
@@ -94,7 +112,8 @@ class TwoStage:
 
         Returns the system and its training frame (with `label`), for logging and inspection.
         """
-        requests = Requests.first_events(union.data, label_events)
+        start = pd.to_datetime(label_events["event_ts"], utc=True).min()
+        requests = Requests.first_events(union.data, label_events, as_of=start)
         frame = ranking_frame(union, catalog, requests, lookup)
         if frame.empty:
             raise ValueError("no candidates for the label window's users: nothing to train the ranker on")
@@ -135,16 +154,7 @@ class TwoStageRecommender(Recommender):
 
     def score(self, user_rows: np.ndarray) -> np.ndarray:
         """Ranker scores on each user's candidates, -inf elsewhere (so only candidates are listed)."""
-        at = pd.Series(np.arange(len(self.requests.user_rows)), index=self.requests.user_rows)
-        chosen = at.reindex(user_rows).to_numpy()
-        if np.isnan(chosen.astype(float)).any():
-            raise KeyError("some users have no request (time, device) set for two-stage scoring")
-        subset = Requests(
-            np.asarray(user_rows),
-            self.requests.request_ts.iloc[chosen].reset_index(drop=True),
-            self.requests.device.iloc[chosen].reset_index(drop=True),
-        )
-        frame = ranking_frame(self.system.union, self.system.catalog, subset, self.lookup)
+        frame = ranking_frame(self.system.union, self.system.catalog, self.requests.subset(user_rows), self.lookup)
         scores = np.full((len(user_rows), self.data.n_videos), -np.inf, dtype=np.float32)
         if frame.empty:
             return scores

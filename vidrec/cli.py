@@ -163,6 +163,74 @@ def benchmark(
     console.print(f"wrote {out / 'results.json'}, {out / 'recs'}/, {out / 'split'}/ ({len(rows)} models)")
 
 
+@app.command()
+def train(
+    ctx: typer.Context,
+    protocol: Annotated[str, typer.Option(help="time | stratified")] = "time",
+    generators: Annotated[str | None, typer.Option(help="Comma-separated candidate generators (default: the standard set)")] = None,
+    per_source_k: Annotated[int, typer.Option(min=10, max=1000, help="Candidates per generator per user")] = 100,
+    feast: Annotated[bool, typer.Option(help="Join Feast point-in-time features (time protocol)")] = True,
+    min_gain: Annotated[float, typer.Option(help="Gate: nDCG@10 gain needed over the champion")] = 0.002,
+    baseline_gain: Annotated[float, typer.Option(help="Gate: nDCG@10 gain over popularity for a first model")] = 0.01,
+    shuffle_labels: Annotated[bool, typer.Option(help="Sanity check: train the ranker on shuffled labels (must be blocked)")] = False,
+    dataset: Annotated[str, typer.Option(help="Name recorded with the run")] = "lake",
+    seed: int = 42,
+) -> None:
+    """Train generators and the ranker on the lake, evaluate, register in MLflow, gate, promote."""
+    from models.registry import GatePolicy
+    from models.train import DEFAULT_GENERATORS, TrainConfig, train_and_gate
+
+    settings: Settings = ctx.obj
+    config = TrainConfig(
+        protocol=protocol,
+        generators=tuple(g.strip() for g in generators.split(",")) if generators else DEFAULT_GENERATORS,
+        per_source_k=per_source_k,
+        use_feast=feast,
+        gate=GatePolicy(min_gain=min_gain, baseline_gain=baseline_gain),
+        shuffle_labels=shuffle_labels,
+        seed=seed,
+    )
+    with progress_bar("train", None) as advance:
+        try:
+            result = train_and_gate(settings, config, dataset=dataset, progress=lambda m: (advance(1), console.print(f"  {m}")))
+        except (FileNotFoundError, ValueError) as exc:
+            fail(str(exc))
+    shown = ["precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10", "coverage_at_10", "candidate_recall_at_200"]
+    console.print(result.table[[c for c in shown if c in result.table]].to_string(float_format=lambda v: f"{v:.4f}"))
+    style = "green" if result.decision.promoted else "yellow"
+    console.print(f"[{style}]{result.decision.summary()}[/]")
+    console.print(f"MLflow run {result.run_id}; registered {result.versions}")
+
+
+@app.command()
+def promote(
+    ctx: typer.Context,
+    rollback: Annotated[bool, typer.Option("--rollback", help="Restore the previous champion")] = False,
+    candidates_version: Annotated[str | None, typer.Option(help="vidrec-candidates version to promote by hand")] = None,
+    ranker_version: Annotated[str | None, typer.Option(help="vidrec-ranker version to promote by hand")] = None,
+) -> None:
+    """Move the `champion` alias: roll back to `previous`, or promote given versions by hand."""
+    from mlflow import MlflowClient
+
+    from models import registry, tracking
+
+    settings: Settings = ctx.obj
+    tracking.configure(settings)
+    client = MlflowClient()
+    try:
+        if rollback:
+            restored = registry.rollback(client)
+            console.print(f"rolled back: champion is now {restored}")
+        elif candidates_version and ranker_version:
+            old = registry.promote(client, {registry.CANDIDATES_MODEL: candidates_version, registry.RANKER_MODEL: ranker_version})
+            console.print(f"promoted; previous champion {old}")
+        else:
+            fail("say --rollback, or give both --candidates-version and --ranker-version")
+    except registry.RegistryError as exc:
+        fail(str(exc))
+    console.print(f"champion: {registry.champion_versions(client)}")
+
+
 if __name__ == "__main__":
     app()
 

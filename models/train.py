@@ -1,0 +1,337 @@
+"""Train, evaluate, register and gate: one training run, as the `vidrec_training` DAG runs it.
+
+Windows (time protocol, the default; every window ends where the next starts):
+
+    fit window ──────────────▶│ label window ─▶│ held-out window ─▶
+    generators learn here       ranker learns    every model is evaluated here
+                                 labels here      (generators refit on fit + label)
+
+The stratified protocol splits per user at random instead (to compare with published tables);
+Feast features are then left out, because snapshots as of any time would contain test events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+
+from feature_repo.lake import Lake
+from models import registry, tracking
+from models.catalog import generator_factories
+from models.content import align_vectors, tfidf_vectors, video_text
+from models.evaluate import evaluate_model, users_with_truth
+from models.hybrid import HybridUnion
+from models.interactions import Interactions
+from models.metrics import ndcg_at_k
+from models.protocols import relevant_sets, stratified_split, time_split
+from models.ranker import CatalogSide, FeatureLookup, RankerConfig
+from models.two_stage import Requests, TwoStage, TwoStageRecommender
+from vidrec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GENERATORS = ("popularity", "trending", "item-cf", "als", "ease", "content-tfidf")
+LEARNING_TYPES = ("rating", "watch", "like", "share", "comment", "play", "click")
+GUARD_K = 200
+
+
+@dataclass
+class TrainConfig:
+    protocol: str = "time"  # time | stratified
+    generators: tuple[str, ...] = DEFAULT_GENERATORS
+    per_source_k: int = 100
+    k: int = 10
+    test_fraction: float = 0.2
+    label_fraction: float = 0.2
+    use_feast: bool = True
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    gate: registry.GatePolicy = field(default_factory=registry.GatePolicy)
+    shuffle_labels: bool = False  # a sanity check: a ranker on shuffled labels must be blocked
+    seed: int = 42
+
+    def params(self) -> dict:
+        flat = {k: v for k, v in asdict(self).items() if k not in ("ranker", "gate")}
+        flat["generators"] = ",".join(self.generators)
+        flat |= {f"ranker.{k}": v for k, v in self.ranker.params().items()}
+        flat |= {f"gate.{k}": v for k, v in asdict(self.gate).items()}
+        return flat
+
+
+@dataclass
+class Windows:
+    fit: pd.DataFrame
+    label: pd.DataFrame
+    test: pd.DataFrame
+    label_start: pd.Timestamp | None
+    test_start: pd.Timestamp | None
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    versions: dict[str, str]
+    decision: registry.GateDecision
+    table: pd.DataFrame  # one row per model, metrics as columns
+
+    def summary(self) -> str:
+        return f"run {self.run_id}: versions {self.versions}; {self.decision.summary()}"
+
+
+def split_windows(events: pd.DataFrame, config: TrainConfig) -> Windows:
+    """Fit / label / held-out windows by the configured protocol."""
+    if config.protocol == "time":
+        train, test = time_split(events, test_fraction=config.test_fraction)
+        fit, label = time_split(train, test_fraction=config.label_fraction / (1 - config.test_fraction))
+        return Windows(fit, label, test, label["event_ts"].min(), test["event_ts"].min())
+    if config.protocol == "stratified":
+        train, test = stratified_split(events, ratio=1 - config.test_fraction, seed=config.seed)
+        fit, label = stratified_split(train, ratio=1 - config.label_fraction, seed=config.seed + 1)
+        return Windows(fit, label, test, None, None)
+    raise ValueError(f"unknown protocol {config.protocol!r}: expected time or stratified")
+
+
+def fit_union(events: pd.DataFrame, videos: pd.DataFrame, config: TrainConfig, content) -> tuple[HybridUnion, CatalogSide]:
+    data = Interactions.from_events(events, catalog=videos["video_id"], weighting="binary")
+    factories = generator_factories(videos)
+    unknown = sorted(set(config.generators) - set(factories))
+    if unknown:
+        raise ValueError(f"unknown generator(s) {unknown}: available {sorted(factories)}")
+    union = HybridUnion({name: factories[name]() for name in config.generators}, per_source_k=config.per_source_k)
+    union.fit(data)
+    vectors = align_vectors(content, videos["video_id"].to_numpy(), data.video_ids)
+    return union, CatalogSide.build(videos, data, vectors)
+
+
+def feast_lookup(settings: Settings, service: str) -> FeatureLookup:
+    """Point-in-time features from Feast's offline store, for the rows of a ranking frame."""
+    from feature_repo.store import training_frame
+
+    def lookup(entities: pd.DataFrame) -> pd.DataFrame:
+        frame = training_frame(entities, features=service, settings=settings)
+        return frame.drop(columns=[c for c in entities.columns if c in frame.columns])
+
+    return lookup
+
+
+def prepare_features(settings: Settings, lake: Lake, as_of: list[pd.Timestamp], ranker_version: int) -> str:
+    """Feature snapshots at the window starts, applied to Feast, and this version's feature service."""
+    from feature_repo.store import apply_repo, register_ranker_service
+    from feature_repo.transforms.run import compute_features
+
+    compute_features(lake, as_of, settings.features_dir)
+    apply_repo(settings)
+    return register_ranker_service(ranker_version, settings=settings).name
+
+
+def candidate_recall(union: HybridUnion, relevant: list[set[int]], user_rows: np.ndarray, cap: int = GUARD_K) -> float:
+    """Share of held-out engagements the union proposes within its best `cap` candidates per user."""
+    frame = union.candidates(user_rows)
+    rank_cols = [c for c in frame.columns if c.startswith("rank_")]
+    frame["best_rank"] = frame[rank_cols].min(axis=1)
+    frame = frame.sort_values(["user_row", "n_sources", "best_rank"], ascending=[True, False, True])
+    top = frame.groupby("user_row").head(cap).groupby("user_row")["video_row"].agg(set)
+    recalls = [len(relevant[u] & top.get(u, set())) / len(relevant[u]) for u in user_rows if relevant[u]]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def evaluate_all(
+    union: HybridUnion,
+    system: TwoStage,
+    test: pd.DataFrame,
+    requests: Requests,
+    lookup: FeatureLookup | None,
+    k: int,
+) -> tuple[pd.DataFrame, dict[str, dict[int, float]]]:
+    """Every generator and the two-stage system on the same held-out users; plus nDCG@k curves."""
+    data = union.data
+    relevant = relevant_sets(test, data)
+    users = np.intersect1d(users_with_truth(relevant), requests.user_rows)
+    vectors = system.catalog.content
+    models = {**union.generators, "two-stage": TwoStageRecommender(system, requests, lookup)}
+    rows, curves = {}, {}
+    truth = [relevant[u] for u in users]
+    for name, model in models.items():
+        rows[name] = evaluate_model(model, data, relevant, users, k=k, item_vectors=vectors)
+        ids, _ = model.recommend(users, k=50)
+        curves[name] = {kk: ndcg_at_k(ids, truth, kk) for kk in (1, 3, 5, 10, 20, 50)}
+    table = pd.DataFrame(rows).T
+    table[f"candidate_recall_at_{GUARD_K}"] = np.nan
+    table.loc["two-stage", f"candidate_recall_at_{GUARD_K}"] = candidate_recall(union, relevant, users)
+    return table, curves
+
+
+def evaluate_champion(champion_system: TwoStage, test: pd.DataFrame, as_of, lookup, k: int) -> dict[str, float] | None:
+    """The champion's two-stage metrics on this run's held-out window (None if it knows none of its users)."""
+    requests = Requests.first_events(champion_system.data, test, as_of=as_of)
+    if len(requests.user_rows) == 0:
+        return None
+    table, _ = evaluate_all(champion_system.union, champion_system, test, requests, lookup, k)
+    return table.loc["two-stage"].to_dict()
+
+
+def gate_metrics(row: pd.Series | dict) -> dict[str, float]:
+    row = dict(row)
+    return {
+        "ndcg_at_10": row.get("ndcg_at_10"),
+        f"candidate_recall_at_{GUARD_K}": row.get(f"candidate_recall_at_{GUARD_K}"),
+        "coverage_at_10": row.get("coverage_at_10"),
+        "diversity_at_10": row.get("diversity_at_10"),
+    }
+
+
+def train_and_gate(
+    settings: Settings,
+    config: TrainConfig = TrainConfig(),
+    dataset: str = "lake",
+    progress: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """The whole run: windows, generators, ranker, evaluation, MLflow, registry, gate."""
+    step = progress or (lambda message: log.info(message))
+    lake = Lake(settings.lake_dir)
+    if not lake.event_files():
+        raise FileNotFoundError(f"the lake at {lake.root} holds no events: run `vidrec ingest` first")
+    events = lake.read_events(columns=["user_id", "video_id", "event_type", "rating", "event_ts", "device"])
+    events = events[events["event_type"].isin(LEARNING_TYPES) & events["video_id"].notna()]
+    videos = lake.read_table("videos")
+    windows = split_windows(events, config)
+    tracking.configure(settings)
+    client = MlflowClient()
+
+    with mlflow.start_run(run_name=f"train-{config.protocol}") as run:
+        mlflow.log_params(config.params())
+        mlflow.set_tags({"dataset": dataset, "protocol": config.protocol})
+        mlflow.log_params(
+            {
+                "data.fingerprint": tracking.lake_fingerprint(lake.event_files()),
+                "data.events": len(events),
+                "data.videos": len(videos),
+                "data.users": events["user_id"].nunique(),
+                "data.fit_events": len(windows.fit),
+                "data.label_events": len(windows.label),
+                "data.test_events": len(windows.test),
+                "data.label_start": str(windows.label_start),
+                "data.test_start": str(windows.test_start),
+            }
+        )
+        use_feast = config.use_feast and config.protocol == "time"
+        service = None
+        lookup = None
+        if use_feast:
+            step("feature snapshots at the window starts, feast apply")
+            next_version = _next_ranker_version(client)
+            service = prepare_features(settings, lake, [windows.label_start, windows.test_start], next_version)
+            lookup = feast_lookup(settings, service)
+
+        step("content vectors")
+        content = tfidf_vectors(video_text(videos).tolist())
+        step(f"generators on the fit window ({len(windows.fit):,} events)")
+        union, catalog = fit_union(windows.fit, videos, config, content)
+        label = windows.label
+        if config.shuffle_labels:
+            rng = np.random.default_rng(config.seed)
+            label = label.assign(video_id=rng.permutation(label["video_id"].to_numpy()))
+        step(f"ranker on the label window ({len(label):,} events)")
+        started = time.perf_counter()
+        staged, ranking = TwoStage.train(union, catalog, label, lookup, config.ranker)
+        mlflow.log_metric("ranker.train_seconds", time.perf_counter() - started)
+        mlflow.log_metric("ranker.best_iteration", staged.ranker.best_iteration)
+        mlflow.log_metric("ranker.validation_ndcg_at_10", staged.ranker.validation_ndcg)
+        mlflow.log_metric("ranker.training_rows", len(ranking))
+
+        step("generators refit on fit + label windows")
+        train_events = pd.concat([windows.fit, windows.label], ignore_index=True)
+        final_union, final_catalog = fit_union(train_events, videos, config, content)
+        system = TwoStage(final_union, final_catalog, staged.ranker)
+
+        step(f"evaluation on the held-out window ({len(windows.test):,} events)")
+        requests = _test_requests(system, windows)
+        table, curves = evaluate_all(final_union, system, windows.test, requests, lookup, config.k)
+        for model, row in table.iterrows():
+            for metric, value in row.items():
+                if pd.notna(value):
+                    mlflow.log_metric(tracking.metric_name(model, metric), float(value))
+        _log_artifacts(table, curves, staged, ranking)
+
+        step("register vidrec-candidates and vidrec-ranker")
+        versions = registry.register_system(
+            system,
+            ranking,
+            service,
+            tags={"run_id": run.info.run_id, "dataset": dataset, "protocol": config.protocol,
+                  "data.fingerprint": tracking.lake_fingerprint(lake.event_files())[:16]},
+        )  # fmt: skip
+
+        step("gate against the champion on the same window")
+        champion_versions = registry.champion_versions(client)
+        champion_metrics = None
+        if champion_versions is not None:
+            champion_system = registry.load_system(champion_versions)
+            champion_row = evaluate_champion(champion_system, windows.test, windows.test_start, lookup, config.k)
+            champion_metrics = gate_metrics(champion_row) if champion_row else None
+            if champion_metrics:
+                for metric, value in champion_metrics.items():
+                    if value is not None and pd.notna(value):
+                        mlflow.log_metric(tracking.metric_name("champion", metric), float(value))
+        challenger = gate_metrics(table.loc["two-stage"])
+        baseline = gate_metrics(table.loc["popularity"]) if "popularity" in table.index else {"ndcg_at_10": 0.0}
+        if champion_versions is not None and champion_metrics is None:
+            decision = registry.GateDecision(
+                False, ["the champion knows none of this window's users: compare by hand"], challenger, {},
+                "champion", config.gate,
+            )  # fmt: skip
+        else:
+            decision = registry.decide(challenger, champion_metrics, baseline, config.gate)
+        registry.mark_challenger(client, versions)
+        if decision.promoted:
+            registry.promote(client, versions)
+        registry.record_decision(client, run.info.run_id, decision, versions)
+        return TrainResult(run.info.run_id, versions, decision, table)
+
+
+def _test_requests(system: TwoStage, windows: Windows) -> Requests:
+    return Requests.first_events(system.data, windows.test, as_of=windows.test_start)
+
+
+def _next_ranker_version(client: MlflowClient) -> int:
+    try:
+        versions = client.search_model_versions(f"name='{registry.RANKER_MODEL}'")
+    except Exception:  # the registered model does not exist yet
+        versions = []
+    return 1 + max((int(v.version) for v in versions), default=0)
+
+
+def _log_artifacts(table: pd.DataFrame, curves: dict, staged: TwoStage, ranking: pd.DataFrame) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "metrics.md").write_text(table.to_markdown(floatfmt=".4f") if _has_tabulate() else table.to_string())
+        table.to_csv(folder / "metrics.csv")
+        (folder / "ndcg_curves.json").write_text(json.dumps(curves, indent=2))
+        tracking.plot_metrics_by_model(
+            table, ["precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10", "coverage_at_10", "diversity_at_10"],
+            folder / "plots" / "metrics_by_model.png",
+        )  # fmt: skip
+        tracking.plot_ndcg_curve(curves, folder / "plots" / "ndcg_at_k.png")
+        importance = staged.ranker.importance()
+        importance.to_csv(folder / "ranker_importance.csv")
+        tracking.plot_importance(importance, folder / "plots" / "ranker_importance.png")
+        scores = staged.ranker.predict(ranking)
+        tracking.plot_score_distributions(scores, ranking["label"].to_numpy(), folder / "plots" / "score_distributions.png")
+        mlflow.log_artifacts(str(folder))
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
