@@ -118,7 +118,7 @@ def decide(
 
 def alias_version(client: MlflowClient, model: str, alias: str) -> str | None:
     try:
-        return client.get_model_version_by_alias(model, alias).version
+        return str(client.get_model_version_by_alias(model, alias).version)
     except MlflowException:
         return None
 
@@ -300,10 +300,10 @@ def load_champion(alias: str = CHAMPION) -> Champion:
     ranker = client.get_model_version_by_alias(RANKER_MODEL, alias)
     candidates = client.get_model_version_by_alias(CANDIDATES_MODEL, alias)
     expected = ranker.tags.get(TAG_CANDIDATES_VERSION)
-    if expected is not None and expected != candidates.version:
+    if expected is not None and expected != str(candidates.version):
         raise RegistryError(
             f"{alias}: ranker v{ranker.version} was trained with candidates v{expected}, "
             f"but {CANDIDATES_MODEL}@{alias} is v{candidates.version}"
         )
-    versions = {CANDIDATES_MODEL: candidates.version, RANKER_MODEL: ranker.version}
+    versions = {CANDIDATES_MODEL: str(candidates.version), RANKER_MODEL: str(ranker.version)}
     return Champion(load_system(versions), versions, ranker.tags.get(TAG_FEATURE_SERVICE), alias)

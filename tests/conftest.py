@@ -23,3 +23,5 @@ def isolated_vidrec_home(tmp_path, monkeypatch):
     monkeypatch.setenv("VIDREC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("VIDREC_LAKE_DIR", raising=False)
     monkeypatch.delenv("VIDREC_PROFILE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)

@@ -47,6 +47,7 @@ class Settings:
                 os.environ.get("VIDREC_CACHE_DIR", Path.home() / ".cache" / "vidrec")
             ).resolve(),
             features_dir=Path(os.environ.get("VIDREC_FEATURES_DIR", home / "features")).resolve(),
-            mlflow_uri=os.environ.get("VIDREC_MLFLOW_URI", os.environ.get("MLFLOW_TRACKING_URI", default_mlflow)),
+            # Not MLFLOW_TRACKING_URI: mlflow.set_tracking_uri() writes that variable itself.
+            mlflow_uri=os.environ.get("VIDREC_MLFLOW_URI", default_mlflow),
             mlflow_artifacts=os.environ.get("VIDREC_MLFLOW_ARTIFACTS", str(home / "mlartifacts")),
         )
