@@ -12,8 +12,6 @@ triples come in one fixed order, so the same seed gives the same model.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from implicit.cpu.bpr import BayesianPersonalizedRanking
 from threadpoolctl import threadpool_limits
@@ -51,7 +49,7 @@ class BPR(Recommender):
         super().__init__()
         self.factors = check_positive_int("factors", factors)
         self.learning_rate = check_non_negative_float("learning_rate", learning_rate)
-        if self.learning_rate == 0 or not math.isfinite(self.learning_rate):
+        if self.learning_rate == 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
         self.regularization = check_non_negative_float("regularization", regularization)
         self.iterations = check_positive_int("iterations", iterations)

@@ -108,6 +108,8 @@ class ItemKNN(Recommender):
     The matrix's weights (binary, rating or engagement) enter both the cosine and the votes.
     `similar_items` reads the learned neighbour lists directly: a video's similar videos are its
     kept neighbours, best first, and slots beyond its neighbour count are -1 with score -inf.
+    `item_vectors` stays the base's matrix columns, the very vectors whose cosine the neighbours
+    come from, so callers that compare videos by vectors (hybrid, diversity) see the same measure.
     """
 
     name = "item-cf"
@@ -125,11 +127,6 @@ class ItemKNN(Recommender):
         data = self._require()
         rows = data.matrix[np.asarray(user_rows, dtype=np.int64)].astype(np.float32)
         return (rows @ self.similarity_).toarray()
-
-    def item_vectors(self) -> sp.csr_matrix:
-        """Each video's row of neighbour similarities (videos x videos, sparse)."""
-        self._require()
-        return self.similarity_
 
     def similar_items(self, video_rows: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest kept neighbours of each video by the learned (shrunk) cosine."""

@@ -1,0 +1,187 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from models.interactions import Interactions
+from models.item_cf import ItemKNN, cosine_knn
+from models.metrics import recall_at_k
+from models.popularity import Popularity
+from recommender_contract import RecommenderContract
+
+# ---- helpers the other collaborative-filtering tests share -----------------------------------------
+
+
+def holdout(data: Interactions, fraction: float = 0.2, seed: int = 0) -> tuple[Interactions, sp.csr_matrix]:
+    """Hide a random `fraction` of the interactions: (train interactions, held-out truth matrix)."""
+    coo = data.matrix.tocoo()
+    held = np.random.default_rng(seed).random(coo.nnz) < fraction
+
+    def part(mask: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix((coo.data[mask], (coo.row[mask], coo.col[mask])), shape=data.matrix.shape)
+
+    return Interactions(part(~held), data.user_ids, data.video_ids), part(held)
+
+
+def held_out_recall(model, train: Interactions, truth: sp.csr_matrix, k: int = 10) -> float:
+    users = np.flatnonzero(truth.getnnz(axis=1) > 0)
+    return recall_at_k(model.fit(train).recommend(users, k=k)[0], truth[users], k)
+
+
+def two_communities(n_users: int = 20, n_items: int = 6, seed: int = 0) -> Interactions:
+    """Users 0..n-1 watch videos among 0..m-1 only, users n..2n-1 among m..2m-1 only; the last
+    user (row 2n) watched video 0 and nothing else."""
+    rng = np.random.default_rng(seed)
+    dense = np.zeros((2 * n_users + 1, 2 * n_items), dtype=np.float32)
+    for group in (0, 1):
+        users = slice(group * n_users, (group + 1) * n_users)
+        dense[users, group * n_items : (group + 1) * n_items] = rng.random((n_users, n_items)) < 0.6
+    dense[-1, 0] = 1.0
+    ids = np.array([f"u{i}" for i in range(dense.shape[0])])
+    return Interactions(sp.csr_matrix(dense), ids, np.array([f"v{j}" for j in range(dense.shape[1])]))
+
+
+def title_rows(data: Interactions, videos, prefixes: list[str]) -> list[int]:
+    """Video rows of the first movie whose title starts with each prefix."""
+    titles = videos.set_index("video_id")["title"].reindex(data.video_ids).fillna("").to_numpy()
+    return [int(np.flatnonzero(np.char.startswith(titles.astype(str), prefix))[0]) for prefix in prefixes]
+
+
+SERIES = {
+    "Lord of the Rings: The Two Towers": ["Lord of the Rings: The Fellowship", "Lord of the Rings: The Return"],
+    "Star Wars: Episode V": ["Star Wars: Episode IV", "Star Wars: Episode VI"],
+}
+
+
+def assert_sequels_near(model, data: Interactions, videos, k: int = 5) -> None:
+    """similar_items of a middle film includes both its neighbours in the series."""
+    for film, others in SERIES.items():
+        query = title_rows(data, videos, [film])
+        ids, _ = model.similar_items(np.array(query), k=k)
+        assert set(title_rows(data, videos, others)) <= set(ids[0]), f"{film}: {ids[0]}"
+
+
+# ---- the model ------------------------------------------------------------------------------------
+
+
+class TestItemKNN(RecommenderContract):
+    def make_model(self, videos):
+        return ItemKNN(k_neighbors=100)
+
+    def test_keeps_at_most_k_neighbours_and_never_itself(self, fitted, data):
+        interactions, _ = data
+        sim = fitted.similarity_
+        assert sim.shape == (interactions.n_videos, interactions.n_videos)
+        assert sim.getnnz(axis=1).max() <= 100
+        assert sim.diagonal().max() == 0
+        assert (sim.data > 0).all() and (sim.data <= 1 + 1e-5).all()
+
+    def test_similar_items_are_the_learned_neighbours(self, fitted, data):
+        interactions, _ = data
+        video = int(np.argmax(interactions.matrix.getnnz(axis=0)))
+        ids, scores = fitted.similar_items(np.array([video]), k=10)
+        row = fitted.similarity_[video].toarray().ravel()
+        np.testing.assert_allclose(scores[0], np.sort(row)[::-1][:10], rtol=1e-6)
+        np.testing.assert_allclose(row[ids[0]], scores[0], rtol=1e-6)
+
+    def test_sequels_are_similar(self, fitted, data):
+        interactions, videos = data
+        assert_sequels_near(fitted, interactions, videos)
+
+    def test_beats_popularity_on_held_out_slice(self, data):
+        train, truth = holdout(data[0])
+        knn = held_out_recall(ItemKNN(k_neighbors=100), train, truth)
+        pop = held_out_recall(Popularity(), train, truth)
+        assert knn > 1.2 * pop, f"item-cf recall@10 {knn:.3f} vs popularity {pop:.3f}"
+
+
+def test_neighbours_match_brute_force_cosine():
+    rng = np.random.default_rng(3)
+    x = sp.csr_matrix((rng.random((30, 12)) < 0.3) * rng.integers(1, 5, (30, 12)), dtype=np.float32)
+    dense = x.T.toarray().astype(np.float64)
+    norms = np.linalg.norm(dense, axis=1)
+    norms[norms == 0] = 1
+    expected = dense @ dense.T / np.outer(norms, norms)
+    np.fill_diagonal(expected, 0)
+    np.testing.assert_allclose(cosine_knn(x.T, k=11).toarray(), expected, atol=1e-6)
+    top3 = cosine_knn(x.T, k=3).toarray()
+    for row in range(12):
+        kept = np.flatnonzero(top3[row])
+        assert len(kept) <= 3
+        assert top3[row, kept].min() >= np.sort(expected[row])[-3] - 1e-6
+
+
+def test_shrink_distrusts_small_support():
+    # Videos 0 and 1 share 2 viewers, videos 2 and 3 share 20: both pairs have cosine 1.
+    dense = np.zeros((22, 4), dtype=np.float32)
+    dense[:2, :2] = 1
+    dense[2:, 2:] = 1
+    data = Interactions(sp.csr_matrix(dense), np.arange(22).astype(str), np.array(list("abcd")))
+    plain = ItemKNN(k_neighbors=3).fit(data).similarity_
+    assert plain[0, 1] == pytest.approx(1) and plain[2, 3] == pytest.approx(1)
+    shrunk = ItemKNN(k_neighbors=3, shrink=10).fit(data).similarity_
+    assert shrunk[0, 1] == pytest.approx(2 / 12)
+    assert shrunk[2, 3] == pytest.approx(20 / 30)
+
+
+def test_recommends_from_the_users_community():
+    data = two_communities()
+    ids, _ = ItemKNN(k_neighbors=5).fit(data).recommend(np.array([data.n_users - 1]), k=5)
+    assert set(ids[0]) - {-1} <= set(range(1, 6)), "one video of the first half must lead to the first half"
+
+
+def test_similar_items_pads_beyond_the_neighbour_list():
+    data = two_communities()
+    ids, scores = ItemKNN(k_neighbors=2).fit(data).similar_items(np.array([0]), k=4)
+    assert (ids[0, :2] >= 0).all() and (ids[0, 2:] == -1).all()
+    assert np.isneginf(scores[0, 2:]).all()
+
+
+def test_scores_weight_votes_by_interaction_weight():
+    # The bridge user watched video 0 (first community) intensely and video 6 (second) barely.
+    data = two_communities()
+    matrix = data.matrix.tolil()
+    matrix[data.n_users - 1, 0] = 5.0
+    matrix[data.n_users - 1, 6] = 0.1
+    data = Interactions(matrix.tocsr(), data.user_ids, data.video_ids)
+    ids, _ = ItemKNN().fit(data).recommend(np.array([data.n_users - 1]), k=3)
+    assert set(ids[0]) <= set(range(1, 6))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"k_neighbors": 0}, {"k_neighbors": 2.5}, {"k_neighbors": True},
+        {"shrink": -1.0}, {"shrink": float("nan")}, {"shrink": "x"},
+    ],  # fmt: skip
+)
+def test_bad_parameters_are_refused(params):
+    with pytest.raises(ValueError):
+        ItemKNN(**params)
+
+
+def test_nan_weights_are_refused():
+    data = two_communities()
+    data.matrix.data[0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        ItemKNN().fit(data)
+
+
+def test_fits_the_whole_small_movielens(ml_small):
+    import pandas as pd
+
+    ratings = pd.read_csv(ml_small / "ratings.csv")
+    events = pd.DataFrame(
+        {
+            "user_id": ratings.userId.astype(str),
+            "video_id": ratings.movieId.astype(str),
+            "event_type": "rating",
+            "rating": ratings.rating.astype(float),
+            "event_ts": pd.to_datetime(ratings.timestamp, unit="s", utc=True),
+        }
+    )
+    data = Interactions.from_events(events, weighting="binary")
+    model = ItemKNN(k_neighbors=50).fit(data)
+    assert model.similarity_.getnnz(axis=1).max() <= 50
+    ids, _ = model.recommend(np.arange(3), k=10)
+    assert (ids >= 0).all()
+

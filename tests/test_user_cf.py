@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from models.interactions import Interactions
+from models.popularity import Popularity
+from models.user_cf import UserKNN
+from recommender_contract import RecommenderContract
+from test_item_cf import held_out_recall, holdout, two_communities
+
+
+class TestUserKNN(RecommenderContract):
+    def make_model(self, videos):
+        return UserKNN(k_neighbors=50)
+
+    def test_neighbour_lists(self, fitted, data):
+        interactions, _ = data
+        neighbours = fitted.neighbours_
+        assert neighbours.shape == (interactions.n_users, interactions.n_users)
+        assert neighbours.getnnz(axis=1).max() <= 50
+        assert neighbours.diagonal().max() == 0
+
+    def test_beats_popularity_on_held_out_slice(self, data):
+        train, truth = holdout(data[0])
+        knn = held_out_recall(UserKNN(k_neighbors=50), train, truth)
+        pop = held_out_recall(Popularity(), train, truth)
+        assert knn > 1.2 * pop, f"user-cf recall@10 {knn:.3f} vs popularity {pop:.3f}"
+
+
+def test_scores_are_similarity_weighted_neighbour_rows():
+    # Continuous weights: no two users tie in similarity, so the top-3 neighbours are unique.
+    rng = np.random.default_rng(5)
+    dense = (rng.random((15, 25)) < 0.4) * rng.uniform(0.5, 3.0, (15, 25))
+    data = Interactions(sp.csr_matrix(dense.astype(np.float32)), np.arange(15).astype(str), np.arange(25).astype(str))
+    model = UserKNN(k_neighbors=3).fit(data)
+    norms = np.linalg.norm(dense, axis=1)
+    cos = dense @ dense.T / np.outer(norms, norms)
+    np.fill_diagonal(cos, 0)
+    for user in range(15):
+        top = np.argsort(-cos[user])[:3]
+        expected = cos[user, top] @ dense[top]
+        assert model.neighbours_[user].nnz == 3
+        np.testing.assert_allclose(model.score(np.array([user]))[0], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_recommends_what_similar_users_watched():
+    data = two_communities()
+    ids, _ = UserKNN(k_neighbors=10).fit(data).recommend(np.array([data.n_users - 1]), k=5)
+    assert set(ids[0]) - {-1} <= set(range(1, 6))
+
+
+def test_user_without_neighbours_scores_zero():
+    dense = np.array([[1, 0, 0], [0, 1, 1], [0, 1, 0]], dtype=np.float32)
+    data = Interactions(sp.csr_matrix(dense), np.array(["a", "b", "c"]), np.array(["x", "y", "z"]))
+    model = UserKNN(k_neighbors=2).fit(data)
+    assert (model.score(np.array([0])) == 0).all()
+    assert model.score(np.array([2]))[0, 2] > 0  # c's neighbour b watched z
+
+
+@pytest.mark.parametrize("k", [0, -3, 1.5, "10", None])
+def test_bad_neighbour_counts_are_refused(k):
+    with pytest.raises(ValueError):
+        UserKNN(k_neighbors=k)
