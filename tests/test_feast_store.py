@@ -6,6 +6,8 @@ the real MovieLens lake and from the hand-made lake of test_features.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,7 +33,10 @@ A3 = pd.Timestamp("2018-09-25", tz="UTC")
 
 
 def settings_for(home: Path, lake: Path) -> Settings:
-    return Settings(profile="local", home=home, lake_dir=lake, cache_dir=home / "cache")
+    return Settings(
+        profile="local", home=home, lake_dir=lake, cache_dir=home / "cache", features_dir=home / "features",
+        mlflow_uri=f"sqlite:///{home / 'mlflow.db'}", mlflow_artifacts=str(home / "mlartifacts"),
+    )  # fmt: skip
 
 
 def view_columns(view: str) -> list[str]:
@@ -253,7 +258,7 @@ def test_profiles_fill_the_feature_store_yaml(tmp_path, monkeypatch):
     monkeypatch.setenv("VIDREC_FEAST_REGISTRY_URL", "postgresql://u:p@db.internal:5432/feast")
     monkeypatch.setenv("VIDREC_FEAST_REDIS", "redis.internal:6379,db=2")
     monkeypatch.setenv("VIDREC_FEATURES_DIR", str(tmp_path / "shared" / "features"))
-    prod = store.load_config(Settings(profile="prod", home=tmp_path, lake_dir=tmp_path / "lake", cache_dir=tmp_path))
+    prod = store.load_config(replace(settings_for(tmp_path, tmp_path / "lake"), profile="prod"))
     assert prod.registry.registry_type == "sql" and "db.internal:5432/feast" in prod.registry.path
     assert prod.online_store.type == "redis" and prod.online_store.connection_string == "redis.internal:6379,db=2"
     assert Path(prod.repo_path) == (tmp_path / "shared" / "features").resolve()
