@@ -6,7 +6,6 @@ the real MovieLens lake and from the hand-made lake of test_features.
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 from datetime import datetime, timezone
 from pathlib import Path
@@ -258,7 +257,8 @@ def test_profiles_fill_the_feature_store_yaml(tmp_path, monkeypatch):
     monkeypatch.setenv("VIDREC_FEAST_REGISTRY_URL", "postgresql://u:p@db.internal:5432/feast")
     monkeypatch.setenv("VIDREC_FEAST_REDIS", "redis.internal:6379,db=2")
     monkeypatch.setenv("VIDREC_FEATURES_DIR", str(tmp_path / "shared" / "features"))
-    prod = store.load_config(replace(settings_for(tmp_path, tmp_path / "lake"), profile="prod"))
+    monkeypatch.setenv("VIDREC_HOME", str(tmp_path))
+    prod = store.load_config(Settings.from_env("prod"))
     assert prod.registry.registry_type == "sql" and "db.internal:5432/feast" in prod.registry.path
     assert prod.online_store.type == "redis" and prod.online_store.connection_string == "redis.internal:6379,db=2"
     assert Path(prod.repo_path) == (tmp_path / "shared" / "features").resolve()
