@@ -24,12 +24,14 @@ from feature_repo.ingest import ingest
 from feature_repo.lake import Lake, write_parquet_atomic
 from feature_repo.sources import open_source
 from models.base import Recommender
+from models.hybrid import HybridUnion
 from models.catalog import generator_factories
 from models.evaluate import evaluate_model, users_with_truth
 from models.interactions import Interactions
 from models.protocols import rating_triples, relevant_sets, stratified_split, time_split
 
 PROTOCOLS = ("time", "stratified")
+TWO_STAGE = "two-stage"
 SPLIT_COLUMNS = ["user_id", "video_id", "rating", "timestamp"]
 # What counts as an interaction for learning and for relevance: explicit feedback and real viewing.
 INTERACTION_TYPES = ("rating", "watch", "like", "share", "comment")
@@ -112,6 +114,41 @@ def write_recs(path: Path, data: Interactions, user_rows: np.ndarray, ids: np.nd
     write_parquet_atomic(pa.Table.from_pandas(frame, preserve_index=False), path)
 
 
+def train_events_of(data: BenchmarkData) -> pd.DataFrame:
+    return split_to_events(data.train)
+
+
+def two_stage_model(data: BenchmarkData, train_events: pd.DataFrame, protocol: str, vectors, factories) -> Recommender:
+    """The generators' union plus the XGBoost ranker, trained inside the train split only.
+
+    The train split is split again (same protocol): generators fit on the first part, the ranker
+    learns from the second; then the generators are refit on the whole train split and the
+    ranker ranks their candidates for the test users. No Feast features here: the benchmark
+    compares models on the split alone (`vidrec train` adds them).
+    """
+    from models.ranker import CatalogSide
+    from models.two_stage import Requests, TwoStage, TwoStageRecommender
+    from models.train import DEFAULT_GENERATORS
+
+    if protocol == "time":
+        fit, label = time_split(train_events, test_fraction=0.2)
+    else:
+        fit, label = stratified_split(train_events, ratio=0.75, seed=7)
+
+    def union_on(events: pd.DataFrame):
+        interactions = Interactions.from_events(events, catalog=data.videos["video_id"], weighting="binary")
+        union = HybridUnion({name: factories[name]() for name in DEFAULT_GENERATORS}, per_source_k=100).fit(interactions)
+        return union, CatalogSide.build(data.videos, interactions, align_rows(vectors, data.videos["video_id"], interactions.video_ids))
+
+    union, catalog = union_on(fit)
+    staged, _ = TwoStage.train(union, catalog, label)
+    final_union, final_catalog = union_on(train_events)
+    system = TwoStage(final_union, final_catalog, staged.ranker)
+    # Request context for every user: just after the train split ends.
+    when = pd.to_datetime(train_events["event_ts"], utc=True).max()
+    return TwoStageRecommender(system, Requests.at(np.arange(final_union.data.n_users), when))
+
+
 def run_benchmark(
     data: BenchmarkData,
     out_dir: Path,
@@ -119,6 +156,7 @@ def run_benchmark(
     models: list[str] | None = None,
     encoder: str = "minilm",
     progress: Callable[[str], None] | None = None,
+    protocol: str = "stratified",
 ) -> list[dict]:
     """Fit every generator on `data.train`, evaluate on `data.test`, write recs and results.
 
@@ -136,6 +174,7 @@ def run_benchmark(
     vectors = content_vectors(data.videos, encoder)
     factories = generator_factories(data.videos, minilm=vectors if encoder == "minilm" else None)
     item_vectors = align_rows(vectors, data.videos["video_id"], train.video_ids)
+    factories[TWO_STAGE] = lambda: two_stage_model(data, train_events_of(data), protocol, vectors, factories)
     names = models or list(factories)
     unknown = sorted(set(names) - set(factories))
     if unknown:
@@ -144,9 +183,10 @@ def run_benchmark(
     for name in names:
         if progress:
             progress(name)
-        model: Recommender = factories[name]()
         started = time.perf_counter()
-        model.fit(train)
+        model: Recommender = factories[name]()
+        if name != TWO_STAGE:  # the two-stage factory trains its own generators and ranker
+            model.fit(train)
         train_seconds = time.perf_counter() - started
         metrics = evaluate_model(
             model, train, relevant, user_rows, k=k, item_vectors=item_vectors, test_ratings=test_ratings

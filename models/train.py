@@ -40,7 +40,7 @@ from vidrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GENERATORS = ("popularity", "trending", "item-cf", "als", "ease", "content-tfidf")
+DEFAULT_GENERATORS = ("popularity", "trending", "item-cf", "user-cf", "als", "ease", "content-tfidf")
 LEARNING_TYPES = ("rating", "watch", "like", "share", "comment", "play", "click")
 GUARD_K = 200
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from vidrec.cli import app
 
 runner = CliRunner()
-MODELS = "popularity,trending,ease"
+MODELS = "popularity,trending,ease,two-stage"
 
 
 @pytest.fixture(scope="module")

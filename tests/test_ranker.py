@@ -26,7 +26,7 @@ def test_grade_labels_order_engagement():
 def test_grade_labels_from_movielens_ratings():
     frame = pd.DataFrame({"user_id": ["u"] * 4, "video_id": list("abcd")})
     events = pd.DataFrame({"user_id": ["u"] * 3, "video_id": list("abc"), "event_type": "rating", "rating": [1.5, 3.0, 5.0]})
-    assert grade_labels(frame, events).tolist() == [0, 1, 3, 0]
+    assert grade_labels(frame, events).tolist() == [1, 1, 3, 0]
     assert grade_labels(frame, events, "watch_time").tolist() == pytest.approx([0.3, 0.6, 1.0, 0.0])
     with pytest.raises(ValueError, match="unknown label scheme"):
         grade_labels(frame, events, "clicks")

@@ -155,6 +155,7 @@ def benchmark(
         try:
             rows = run_benchmark(
                 BenchmarkData(train, test, videos), out, k=k, models=names, encoder=encoder,
+                protocol="stratified" if split_dir else protocol,
                 progress=lambda name: (advance(1), console.print(f"  fitting {name}")),
             )
         except ValueError as exc:
