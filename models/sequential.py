@@ -11,8 +11,6 @@ Item index 0 is padding; catalog video row `v` is item `v + 1`.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,29 +19,9 @@ from torch import nn
 
 from models.base import NotFittedError, Recommender
 from models.interactions import Interactions
+from models.torch_state import TorchStateMixin, torch_determinism
 
 PAD = 0
-
-
-@contextlib.contextmanager
-def torch_determinism(seed: int) -> Iterator[None]:
-    """Run torch code single-threaded, seeded and deterministic, then restore global state.
-
-    Why: results must not depend on thread scheduling or on what ran before, and a fit must not
-    change the caller's RNG, thread count or determinism flag (other code shares the process).
-    """
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            yield
-    finally:
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-        torch.set_num_threads(threads)
 
 
 def ordered_histories(data: Interactions) -> list[np.ndarray]:
@@ -153,7 +131,7 @@ class SASRecNet(nn.Module):
         return (hidden * self.item_emb(items)).sum(-1)
 
 
-class SASRec(Recommender):
+class SASRec(TorchStateMixin, Recommender):
     """Next-video model: causal self-attention over the user's time-ordered history."""
 
     name = "sasrec"
@@ -258,31 +236,16 @@ class SASRec(Recommender):
         """The learned item embeddings (padding row dropped), one row per catalog video."""
         return self._module().item_emb.weight[1:].detach().numpy().copy()
 
+    def _build_net(self, state: dict) -> SASRecNet:
+        n_items = state["item_emb.weight"].shape[0] - 1
+        return SASRecNet(n_items, self.max_len, self.hidden, self.heads, self.layers, self.dropout)
+
     def _module(self) -> SASRecNet:
         """The trained network, or NotFittedError before fit()."""
         self._require()
         if self.net is None:
             raise NotFittedError("SASRec has no trained network: call fit() first")
         return self.net
-
-    # ---- pickling: keep a state_dict, rebuild the module on load --------------------------------
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        net = state.pop("net")
-        state["net_state"] = None if net is None else {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        net_state = state.pop("net_state")
-        self.__dict__.update(state)
-        self.net = None
-        if net_state is not None:
-            n_items = net_state["item_emb.weight"].shape[0] - 1
-            self.net = SASRecNet(n_items, self.max_len, self.hidden, self.heads, self.layers, self.dropout)
-            self.net.load_state_dict(net_state)
-            self.net.eval()
-
 
 def sample_negatives(
     targets: np.ndarray, owners: np.ndarray, seen: sp.csr_matrix, rng: np.random.Generator, tries: int = 5

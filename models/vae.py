@@ -16,7 +16,7 @@ from torch import nn
 
 from models.base import NotFittedError, Recommender
 from models.interactions import Interactions
-from models.sequential import torch_determinism
+from models.torch_state import TorchStateMixin, torch_determinism
 
 
 class MultVAENet(nn.Module):
@@ -59,7 +59,7 @@ def dense_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> torch.Tensor:
     return torch.from_numpy((block > 0).astype(np.float32).toarray())
 
 
-class MultVAE(Recommender):
+class MultVAE(TorchStateMixin, Recommender):
     """Score = decoder logits of the user's encoded mean; item vectors = decoder output rows."""
 
     name = "mult-vae"
@@ -135,6 +135,9 @@ class MultVAE(Recommender):
         assert isinstance(output, nn.Linear)
         return output.weight.detach().numpy().copy()
 
+    def _build_net(self, state: dict) -> MultVAENet:
+        return MultVAENet(state["decoder.2.weight"].shape[0], self.hidden, self.latent, self.dropout)
+
     def _module(self) -> MultVAENet:
         """The trained network, or NotFittedError before fit()."""
         self._require()
@@ -142,20 +145,3 @@ class MultVAE(Recommender):
             raise NotFittedError("MultVAE has no trained network: call fit() first")
         return self.net
 
-    # ---- pickling: keep a state_dict, rebuild the module on load --------------------------------
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        net = state.pop("net")
-        state["net_state"] = None if net is None else {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        net_state = state.pop("net_state")
-        self.__dict__.update(state)
-        self.net = None
-        if net_state is not None:
-            n_items = net_state["decoder.2.weight"].shape[0]
-            self.net = MultVAENet(n_items, self.hidden, self.latent, self.dropout)
-            self.net.load_state_dict(net_state)
-            self.net.eval()

@@ -14,17 +14,14 @@ seeded truncated SVD (LSA) before storage.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from feature_repo.lake import Lake
+from feature_repo.lake import Lake, write_parquet_atomic
 
 TABLE = "video_embeddings"
 METHODS = ("minilm", "tfidf")
@@ -88,13 +85,7 @@ def compute_embeddings(
     vectors = encode(texts, method, tfidf_dims) if texts else np.zeros((0, 1), dtype=np.float32)
     table = embedding_table(videos, vectors)
     target = Path(out_dir) / f"{TABLE}.parquet"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_parquet_atomic(table, target)
     if progress:
         progress(TABLE, table.num_rows)
     return target
