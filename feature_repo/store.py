@@ -39,7 +39,7 @@ PROFILE_YAML = {
     # The Spark offline store is not wired yet: the spark profile serves from the prod stores.
     "spark": "feature_store.prod.yaml",
 }
-PROD_REGISTRY_URL = "postgresql+psycopg://vidrec:vidrec@localhost:5432/feast"
+PROD_REGISTRY_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/feast"
 PROD_REDIS = "localhost:6379,db=0"
 PUSH_SOURCE = "user_recent_push"
 USER_VIEWS = ("user_profile", "user_recent")

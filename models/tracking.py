@@ -24,7 +24,7 @@ from vidrec.settings import Settings  # noqa: E402
 
 
 def configure(settings: Settings) -> str:
-    """Point MLflow at the profile's tracking store and make sure experiment `vidrec` exists.
+    """Point MLflow at the profile's tracking store and make experiment `vidrec` the active one.
 
     The experiment's artifact location is set explicitly: with a SQLite or PostgreSQL backend
     MLflow would otherwise write artifacts under the current directory.
@@ -42,8 +42,12 @@ def configure(settings: Settings) -> str:
         if "://" not in location:
             Path(location).mkdir(parents=True, exist_ok=True)
             location = Path(location).resolve().as_uri()
-        return client.create_experiment(EXPERIMENT, artifact_location=location)
-    return experiment.experiment_id
+        experiment_id = client.create_experiment(EXPERIMENT, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    # Without this, runs land in MLflow's "Default" experiment (and its ./mlruns artifacts).
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 def lake_fingerprint(event_files: list[Path]) -> str:
