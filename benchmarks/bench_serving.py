@@ -1,0 +1,238 @@
+"""Load benchmark of the online service: POST /recommend (k=10) at 4 and 32 connections.
+
+Starts `bentoml serve serving.service:Vidrec` on 127.0.0.1 against a champion trained on the full
+ml-latest-small (popularity, trending, item-cf, EASE and TF-IDF content generators, 100 candidates
+each; a 200-tree XGBoost ranker on 59 features incl. Feast user, request and video features),
+materialized into the SQLite online store. Every request takes the real-time path: one Feast online
+read of the user row, the generators' candidates (>= 200 per request, checked), features, the
+ranker, the re-rank. Precomputed lists are switched off so none is served from the batch store.
+
+Load comes from wrk (apt-get install wrk) with a Lua script cycling over 500 known users and the
+devices; without wrk a bounded asyncio httpx client runs instead. Two server configurations:
+
+    cache on   the default: a user's pooled candidates (and their user x video cross features)
+               are reused for VIDREC_CANDIDATE_CACHE_S; every request still reads the user's
+               online row, builds the features and ranks >= 200 candidates with the ranker
+    cache off  every request also scores the whole catalog with every generator
+
+Prints p50/p95/p99 latency and requests/s per configuration and concurrency and writes
+benchmarks/results/serving.json.
+
+    python benchmarks/bench_serving.py [--duration 15] [--connections 4 32] [--workers 2] [--cache on off]
+
+The first run builds the champion into benchmarks/results/serving-home (a few minutes); later runs
+reuse it (--rebuild to start over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from serving.process import ServerProcess  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+ML_SMALL = ROOT.parent / "shared" / "datasets" / "ml-latest-small"
+GENERATORS = ("popularity", "trending", "item-cf", "ease", "content-tfidf")
+DEVICES = ("mobile", "desktop", "tv", "tablet")
+
+WRK_SCRIPT = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local users = {%(users)s}
+local devices = {"mobile", "desktop", "tv", "tablet"}
+local counter = 0
+request = function()
+  counter = counter + 1
+  local user = users[(counter %% #users) + 1]
+  local device = devices[(counter %% #devices) + 1]
+  return wrk.format(nil, "/recommend", nil, '{"user_id":"' .. user .. '","k":10,"context":{"device":"' .. device .. '"}}')
+end
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout
+  io.write(string.format('RESULT {"requests": %%d, "seconds": %%.3f, "errors": %%d, "non_2xx": %%d, "p50_ms": %%.3f, "p95_ms": %%.3f, "p99_ms": %%.3f, "max_ms": %%.3f, "mean_ms": %%.3f}\n',
+    summary.requests, summary.duration / 1e6, errors, summary.errors.status,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000, latency.max / 1000, latency.mean / 1000))
+end
+"""
+
+
+def build_champion(home: Path, data_dir: Path) -> dict:
+    env = {**os.environ, "VIDREC_HOME": str(home), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    code = (
+        "import json; from pathlib import Path; from vidrec.settings import Settings; "
+        "from serving.sample_champion import build_sample_champion as b; "
+        f"c = b(Settings.from_env(), Path({str(data_dir)!r}), generators={GENERATORS!r}, n_estimators=200, early_stopping_rounds=None); "
+        "print('RESULT ' + json.dumps({'versions': c.versions, 'timings': c.timings, 'features': len(c.system.ranker.features), "
+        "'trees': c.system.ranker.booster.get_booster().num_boosted_rounds(), 'users': int(c.system.data.n_users), 'videos': int(c.system.data.n_videos)}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"building the champion failed:\n{proc.stderr[-4000:]}")
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    (home / "champion.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def known_users(home: Path, n: int = 500) -> list[str]:
+    import pyarrow.parquet as pq
+
+    users = pq.read_table(home / "lake" / "users" / "users.parquet", columns=["user_id"]).column(0).to_pylist()
+    return sorted(users, key=lambda u: (len(u), u))[:n]
+
+
+def run_wrk(url: str, users: list[str], connections: int, seconds: float, threads: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(WRK_SCRIPT % {"users": ", ".join(f'"{u}"' for u in users)})
+        script = fh.name
+    try:
+        proc = subprocess.run(
+            ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--timeout", "5s", "-s", script, url],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    finally:
+        os.unlink(script)
+    if "RESULT " not in proc.stdout:
+        raise SystemExit(f"wrk failed:\n{proc.stdout}\n{proc.stderr}")
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    result["requests_per_s"] = result["requests"] / result["seconds"]
+    return result
+
+
+def run_httpx(url: str, users: list[str], connections: int, seconds: float) -> dict:
+    """Fallback load generator: `connections` closed-loop clients on one event loop."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+
+    async def client(index: int, stop_at: float, http: httpx.AsyncClient) -> None:
+        nonlocal errors
+        i = index
+        while time.perf_counter() < stop_at:
+            body = {"user_id": users[i % len(users)], "k": 10, "context": {"device": DEVICES[i % 4]}}
+            started = time.perf_counter()
+            try:
+                response = await http.post(url + "/recommend", json=body)
+                if response.status_code != 200:
+                    errors += 1
+            except httpx.HTTPError:
+                errors += 1
+            latencies.append(time.perf_counter() - started)
+            i += connections
+
+    async def main() -> float:
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(limits=limits, timeout=5.0) as http:
+            started = time.perf_counter()
+            await asyncio.gather(*(client(i, started + seconds, http) for i in range(connections)))
+            return time.perf_counter() - started
+
+    elapsed = asyncio.run(main())
+    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
+    return {
+        "requests": len(latencies), "seconds": elapsed, "errors": errors, "non_2xx": errors,
+        "p50_ms": cuts[49] * 1000, "p95_ms": cuts[94] * 1000, "p99_ms": cuts[98] * 1000, "max_ms": max(latencies) * 1000,
+        "mean_ms": statistics.fmean(latencies) * 1000, "requests_per_s": len(latencies) / elapsed,
+    }  # fmt: skip
+
+
+def check_requests(url: str, users: list[str]) -> dict:
+    """A few requests through the real path: enough candidates ranked, the online read used."""
+    import httpx
+
+    ranked, paths = [], set()
+    for user in users[:20]:
+        body = httpx.post(url + "/recommend", json={"user_id": user, "k": 10}, timeout=10).raise_for_status().json()
+        ranked.append(body["candidates"])
+        paths.add((body["served_from"], body["degraded"]))
+        assert len(body["items"]) == 10, body
+    if paths != {("realtime", False)}:
+        raise SystemExit(f"requests did not all take the real-time path with the online read: {paths}")
+    if min(ranked) < 200:
+        raise SystemExit(f"only {min(ranked)} candidates ranked for some users (need >= 200)")
+    return {"candidates_min": min(ranked), "candidates_mean": statistics.fmean(ranked)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency level")
+    parser.add_argument("--connections", type=int, nargs="+", default=[4, 32])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--home", type=Path, default=RESULTS / "serving-home")
+    parser.add_argument("--data-dir", type=Path, default=ML_SMALL)
+    parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto")
+    parser.add_argument("--cache", nargs="+", choices=["on", "off"], default=["on", "off"], help="candidate cache configurations")
+    args = parser.parse_args()
+
+    if args.rebuild and args.home.exists():
+        shutil.rmtree(args.home)
+    if not (args.home / "champion.json").exists():
+        print(f"building the benchmark champion in {args.home} ...", flush=True)
+        args.home.mkdir(parents=True, exist_ok=True)
+        champion = build_champion(args.home, args.data_dir)
+    else:
+        champion = json.loads((args.home / "champion.json").read_text())
+    print(f"champion: {champion}", flush=True)
+    users = known_users(args.home)
+    client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "httpx")
+
+    rows = []
+    checked = {}
+    for cache in args.cache:
+        env = {
+            "VIDREC_HOME": str(args.home),
+            "VIDREC_SERVE_WORKERS": str(args.workers),
+            "VIDREC_PRECOMPUTED_URL": "off",
+            "VIDREC_RELOAD_POLL_S": "30",
+            "VIDREC_CANDIDATE_CACHE": "5000" if cache == "on" else "0",
+        }
+        with ServerProcess(env=env, log_path=RESULTS / f"serving-server-cache-{cache}.log") as server:
+            checked = check_requests(server.url, users)
+            print(f"[candidate cache {cache}] server ready at {server.url}; {checked}", flush=True)
+            # Warm up both workers (lazy imports, allocator growth; with the cache on, fills it).
+            (run_wrk(server.url, users, 8, 4, 1) if client == "wrk" else run_httpx(server.url, users, 8, 4))
+            for connections in args.connections:
+                if client == "wrk":
+                    result = run_wrk(server.url, users, connections, args.duration, threads=1 if connections <= 4 else 2)
+                else:
+                    result = run_httpx(server.url, users, connections, args.duration)
+                rows.append({"candidate_cache": cache, "connections": connections, "client": client, **result})
+                print(
+                    f"[candidate cache {cache}] {connections:>3} connections: {result['requests_per_s']:7.1f} req/s  "
+                    f"p50 {result['p50_ms']:6.2f} ms  p95 {result['p95_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
+                    f"max {result['max_ms']:7.2f} ms  errors {result['errors']}",
+                    flush=True,
+                )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    report = {
+        "endpoint": "POST /recommend k=10",
+        "workers": args.workers,
+        "duration_s": args.duration,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "champion": champion,
+        **checked,
+        "results": rows,
+    }
+    (RESULTS / "serving.json").write_text(json.dumps(report, indent=2))
+    print("\n| candidate cache | connections | req/s | p50 ms | p95 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['candidate_cache']} | {r['connections']} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
+
+
+if __name__ == "__main__":
+    main()

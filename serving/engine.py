@@ -1,0 +1,527 @@
+"""The online ranking path: one user's candidates, features and scores in a few milliseconds.
+
+`TwoStage.rank` (models/two_stage.py) is written for batches: it pivots candidate frames in
+pandas and recomputes cross features for every user of the matrix. `Engine` computes the same
+features for one user with numpy, from structures prepared once per loaded model:
+
+    candidates   each generator's `recommend(user, per_source_k)` (seen videos filtered), pooled
+    generator    score_<g> or z_<g> (catalog z-score), rank_<g> (per_source_k + 1 when <g> did not
+                 propose it), n_sources
+    cross        content_sim, genre_match, log_popularity, popularity_vs_usual, user_history_len
+    context      ctx_hour(_sin/_cos), ctx_dow, ctx_device_*
+    Feast        user views from the one online row, `request_features` computed locally, video
+                 views from the in-memory `VideoTable`
+
+and scores them with the ranker's booster (`inplace_predict`, the iterations `RankerModel.predict`
+uses). tests/test_serving_logic.py checks that features and scores equal `ranking_frame` +
+`RankerModel.predict` for the same user. A ranker that needs a feature the engine cannot
+compute is refused at load time rather than served with a silent gap.
+
+Besides ranking: `similar` (content + collaborative cosine), `cold_start` (trending/popular
+adapted to the context, the user's recent videos and favourite genres when the online store
+knows them) and the per-catalog signals the re-rank uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.base import _normalize_rows, top_k
+from models.ranker import DEVICES
+from serving.online import (
+    REQUEST_VIEW,
+    USER_VIEWS,
+    VIDEO_VIEWS,
+    VideoTable,
+    parse_genre_shares,
+    parse_video_list,
+    request_features,
+    to_float,
+    view_of,
+)
+from serving.cache import LRU
+from serving.rerank import ItemSignals, percentile
+
+log = logging.getLogger("vidrec.serving")
+
+CROSS = ("content_sim", "genre_match", "log_popularity", "popularity_vs_usual", "user_history_len")
+CONTEXT = ("ctx_hour", "ctx_hour_sin", "ctx_hour_cos", "ctx_dow", *(f"ctx_device_{d}" for d in DEVICES))
+COLD_POOL = 300
+SIMILAR_WEIGHTS = {"content": 0.5, "collaborative": 0.5}
+
+
+class EngineError(RuntimeError):
+    """The loaded models cannot be served (e.g. the ranker needs a feature nobody computes)."""
+
+
+@dataclass
+class Pool:
+    """One user's candidates and what about them does not depend on the request."""
+
+    rows: np.ndarray  # candidate video rows, sorted
+    scores: np.ndarray  # (candidates, sources) raw generator scores, NaN where not proposed
+    z: np.ndarray  # (candidates, sources) z-score of each generator's score over the catalog
+    ranks: np.ndarray  # (candidates, sources) rank in each generator's list; per_source_k + 1 = not proposed
+    cross: dict[str, np.ndarray]  # cross features per candidate
+
+    def without(self, exclude: np.ndarray) -> Pool:
+        keep = ~np.isin(self.rows, exclude)
+        return Pool(self.rows[keep], self.scores[keep], self.z[keep], self.ranks[keep], {k: v[keep] for k, v in self.cross.items()})
+
+
+@dataclass
+class Ranked:
+    rows: np.ndarray  # candidate video rows
+    scores: np.ndarray  # ranker scores, aligned with rows
+    ranks: np.ndarray  # (candidates, sources) rank within each source; per_source_k + 1 = not proposed
+    features: np.ndarray  # the ranker's input matrix (kept for inspection and parity tests)
+
+
+@dataclass
+class Suggestions:
+    """Videos to personalize: rows, relevance in [0, 1], and per row who proposed it."""
+
+    rows: np.ndarray
+    relevance: np.ndarray  # in [0, 1]
+    sources: Any  # list[list[str]] or RankSources: sources[i] for row i
+
+
+class RankSources:
+    """Sources of ranked candidates, worked out only for the few rows that are shown."""
+
+    def __init__(self, engine: Engine, ranks: np.ndarray):
+        self.engine, self.ranks = engine, ranks
+
+    def __getitem__(self, position: int) -> list[str]:
+        return self.engine.sources_of(self.ranks[position])
+
+    def __len__(self) -> int:
+        return len(self.ranks)
+
+
+class Engine:
+    def __init__(
+        self,
+        system,
+        versions: dict[str, str],
+        alias: str,
+        videos: VideoTable | None = None,
+        candidate_cache: int = 0,
+        candidate_ttl_s: float = 300.0,
+    ):
+        self.system = system
+        self.versions = dict(versions)
+        self.alias = alias
+        self.union = system.union
+        self.catalog = system.catalog
+        self.ranker = system.ranker
+        data = system.data
+        self.n_videos = data.n_videos
+        self.video_ids = np.asarray(data.video_ids).astype(str).astype(object)
+        self.video_pos = {v: i for i, v in enumerate(self.video_ids)}
+        self.user_pos = {str(u): i for i, u in enumerate(data.user_ids)}
+        self.per_source_k = self.union.per_source_k
+        self.sources = list(self.union.generators)
+
+        history = sp.csr_matrix(data.matrix, copy=True)
+        history.data = np.ones_like(history.data)
+        history.sort_indices()
+        self.history = history
+        self.counts = np.diff(history.indptr).astype(np.float64)
+        users_per_video = np.asarray((data.matrix > 0).sum(axis=0)).ravel().astype(np.float64)
+        self.popularity = np.log1p(users_per_video)
+        seen_pop = history @ self.popularity
+        self.usual = np.where(self.counts > 0, seen_pop / np.maximum(self.counts, 1), 0.0)
+        self.content = self.catalog.content
+        self.content_sparse = sp.issparse(self.content)
+        self.genres = sp.csr_matrix(self.catalog.genres, dtype=np.float64)
+        # similar: both sides L2-normalised once
+        self.content_normed = _normalize_rows(self.content)
+        if sp.issparse(self.content_normed):
+            self.content_normed = sp.csr_matrix(self.content_normed, dtype=np.float32)
+        self.collab_normed = sp.csr_matrix(_normalize_rows(history.T.tocsr()), dtype=np.float32)
+        # Diversity (MMR) compares genres: a dense videos x genres block, rows L2-normalised, so a
+        # request's 50 x 50 similarity costs microseconds. Without genres, the content vectors.
+        if self.genres.shape[1] > 0:
+            self.diversity_vectors = np.asarray(_normalize_rows(self.genres.toarray().astype(np.float32)))
+        else:
+            self.diversity_vectors = self.content_normed
+
+        self._plan_features()
+        self._prepare_scorers()
+        self.booster = self.ranker.booster.get_booster()
+        self.booster.set_param({"nthread": 1})
+        best = getattr(self.ranker, "best_iteration", None)
+        n_trees = self.booster.num_boosted_rounds()
+        self.iteration_range = (0, min(int(best) + 1, n_trees)) if best is not None and best >= 0 else (0, 0)
+        self.set_videos(videos or VideoTable.empty(self.n_videos))
+        # Retrieval depends on the user and the model only (not on the context or the online
+        # features), so a user's pooled candidates are kept for a while: repeated requests
+        # (refreshes, pagination) rank them again with fresh features without re-scoring the
+        # catalog with every generator.
+        self.candidate_cache = LRU(candidate_cache, ttl_s=candidate_ttl_s)
+
+    # ---- preparation -----------------------------------------------------------------------------
+
+    def _plan_features(self) -> None:
+        features = list(self.ranker.features)
+        self.features = features
+        self.n_features = len(features)
+        index = {name: i for i, name in enumerate(features)}
+        self.score_col = {s: index.get(f"score_{s}", -1) for s in self.sources}
+        self.rank_col = {s: index.get(f"rank_{s}", -1) for s in self.sources}
+        self.z_col = {s: index.get(f"z_{s}", -1) for s in self.sources}
+        self.needs_z = any(c >= 0 for c in self.z_col.values())
+        self.cross_col = {name: index.get(name, -1) for name in CROSS}
+        self.n_sources_col = index.get("n_sources", -1)
+        self.context_cols = {name: index[name] for name in CONTEXT if name in index}
+        self.user_cols = {n: i for n, i in index.items() if view_of(n) in USER_VIEWS}
+        self.request_cols = {n: i for n, i in index.items() if view_of(n) == REQUEST_VIEW}
+        self.video_cols = {n: i for n, i in index.items() if view_of(n) in VIDEO_VIEWS}
+        known = (
+            {f"score_{s}" for s in self.sources}
+            | {f"rank_{s}" for s in self.sources}
+            | {f"z_{s}" for s in self.sources}
+            | set(CROSS)
+            | {"n_sources"}
+            | set(self.context_cols)
+            | set(self.user_cols)
+            | set(self.request_cols)
+            | set(self.video_cols)
+        )
+        unknown = [f for f in features if f not in known]
+        if unknown:
+            raise EngineError(f"the ranker needs features the service cannot compute: {unknown}")
+
+    def _prepare_scorers(self) -> None:
+        """One dense catalog row per (generator, user), as `generator.score([user])[0]`.
+
+        A few generators get a faster equivalent that avoids per-call conversions (EASE sums the
+        item-weight rows of the user's videos; TF-IDF content multiplies by a transposed matrix
+        prepared once; popularity and trending are the same row for everyone). Each fast path
+        is checked bit for bit against `score` on sample users at load time and dropped if it
+        differs, so a change in a generator's internals can cost speed, never correctness.
+        """
+        self.scorers = {}
+        self.static_dense: dict[str, np.ndarray] = {}
+        self.static_moments: dict[str, tuple[float, float]] = {}
+        samples = np.unique(np.linspace(0, max(self.history.shape[0] - 1, 0), num=min(5, self.history.shape[0])).astype(np.int64))
+        for name, generator in self.union.generators.items():
+            exact = lambda row, g=generator: np.asarray(g.score(np.array([row], dtype=np.int64)))[0]  # noqa: E731
+            fast = None
+            try:
+                fast = _fast_scorer(generator, self.system.data)
+            except Exception:  # internals not as expected: use the generator's own score
+                log.debug("no fast scorer for %s", name, exc_info=True)
+            if fast is not None and len(samples) and all(np.array_equal(fast(int(u)), exact(int(u)), equal_nan=True) for u in samples):
+                self.scorers[name] = fast
+            else:
+                if fast is not None:
+                    log.warning("fast scorer of %s differs from its score(): using score()", name)
+                self.scorers[name] = exact
+            if type(generator).__name__ in ("Popularity", "Trending") and len(samples) > 1:
+                rows = [self.scorers[name](int(u)) for u in samples]
+                if all(np.array_equal(rows[0], r) for r in rows[1:]):
+                    dense = rows[0].astype(np.float64)
+                    dense[~np.isfinite(dense)] = np.nan
+                    self.static_dense[name] = dense
+                    self.static_moments[name] = (float(np.nanmean(dense)), float(np.nanstd(dense)))
+                    constant = rows[0]
+                    self.scorers[name] = lambda row, c=constant: c
+
+    def set_videos(self, videos: VideoTable) -> None:
+        """Install (or refresh) the in-memory video features and the signals derived from them."""
+        if videos.values.shape[0] != self.n_videos:
+            raise EngineError(f"video table has {videos.values.shape[0]} rows, the model {self.n_videos} videos")
+        self.videos = videos
+        self.video_feature_cols = np.array(list(self.video_cols.values()), dtype=np.int64)
+        self.video_block = np.column_stack([videos.column(n) for n in self.video_cols]).astype(np.float32) if self.video_cols else np.zeros((self.n_videos, 0), np.float32)
+        missing = [n for n in self.video_cols if n not in videos.columns]
+        if missing and videos.columns:
+            log.warning("video features missing from the online store (served as missing values): %s", missing)
+        trending = videos.column("video_stats__trending_score")
+        if not np.isfinite(trending).any():
+            generator = self.union.generators.get("trending")
+            trending = np.asarray(generator.counts, dtype=np.float64) if generator is not None and hasattr(generator, "counts") else self.popularity
+        self.signals = ItemSignals(
+            trending=percentile(trending),
+            age_days=videos.column("video_stats__age_days"),
+            duration_s=videos.column("video_stats__duration_s"),
+        )
+        self.popularity_pct = percentile(self.popularity)
+        base = 0.5 * self.popularity_pct + 0.5 * self.signals.trending
+        self.cold_pool = np.argsort(-base, kind="stable")[:COLD_POOL]
+        self.cold_base = base
+        self.genre_vocabulary, self.genre_matrix = _genre_matrix(videos.genres, self.n_videos)
+
+    # ---- ids ------------------------------------------------------------------------------------
+
+    def user_row(self, user_id: str) -> int | None:
+        return self.user_pos.get(user_id)
+
+    def video_row(self, video_id: str) -> int | None:
+        return self.video_pos.get(video_id)
+
+    def rows_of(self, video_ids) -> np.ndarray:
+        """Catalog rows of the known ids among `video_ids` (unknown ids are ignored)."""
+        rows = [self.video_pos[v] for v in video_ids if v in self.video_pos]
+        return np.unique(np.asarray(rows, dtype=np.int64))
+
+    def seen_rows(self, user_row: int) -> np.ndarray:
+        return self.history.indices[self.history.indptr[user_row] : self.history.indptr[user_row + 1]]
+
+    # ---- ranking --------------------------------------------------------------------------------
+
+    def candidates(self, user_row: int, exclude: np.ndarray | None = None) -> Pool:
+        """The pooled candidates of one user, with every feature that depends only on (user, video).
+
+        Each generator scores the catalog once; its top `per_source_k` after masking seen and
+        excluded videos is exactly `Recommender.recommend`'s, and the z-score of every candidate
+        over the whole catalog row is `models.ranker.candidate_frame`'s `z_<name>`.
+        """
+        seen = self.seen_rows(user_row)
+        lists, dense_rows = [], []
+        for name in self.sources:
+            raw = self.scorers[name](user_row)
+            dense_rows.append(raw)
+            block = raw.astype(np.float32, copy=True)[None, :]
+            block[0, seen] = -np.inf
+            if exclude is not None and len(exclude):
+                block[0, exclude] = -np.inf
+            ids, values = top_k(block, self.per_source_k)
+            ids, values = ids[0], values[0]
+            keep = ids >= 0
+            lists.append((ids[keep], values[keep], np.flatnonzero(keep) + 1))
+        rows = np.unique(np.concatenate([ids for ids, _, _ in lists])) if lists else np.zeros(0, np.int64)
+        n, m = len(rows), len(self.sources)
+        scores = np.full((n, m), np.nan)
+        ranks = np.full((n, m), float(self.per_source_k + 1))
+        z = np.empty((n, m), dtype=np.float32)
+        for j, (ids, values, positions) in enumerate(lists):
+            at = np.searchsorted(rows, ids)
+            scores[at, j] = values
+            ranks[at, j] = positions
+            if self.needs_z:
+                name = self.sources[j]
+                if name in self.static_moments:
+                    mean, std = self.static_moments[name]
+                    dense = self.static_dense[name]
+                else:
+                    dense = dense_rows[j].astype(np.float64)
+                    if np.isfinite(dense).all():
+                        mean, std = dense.mean(), dense.std()
+                    else:
+                        dense[~np.isfinite(dense)] = np.nan
+                        mean, std = np.nanmean(dense), np.nanstd(dense)
+                z[:, j] = (dense[rows] - mean) / (std if std > 0 else 1.0)
+        return Pool(rows, scores, z, ranks, self._cross(user_row, rows))
+
+    def _cross(self, user_row: int, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """models.ranker.cross_features for one user's candidates."""
+        seen = self.seen_rows(user_row)
+        count = len(seen)
+        out: dict[str, np.ndarray] = {}
+        if self.cross_col["content_sim"] >= 0:
+            if count:
+                profile = np.asarray(self.content[seen].sum(axis=0) / count, dtype=np.float32).ravel()
+                out["content_sim"] = np.asarray(self.content[rows] @ profile).ravel()
+            else:
+                out["content_sim"] = np.zeros(len(rows))
+        if self.cross_col["genre_match"] >= 0:
+            genre_profile = np.asarray(self.genres[seen].sum(axis=0)).ravel()
+            total = genre_profile.sum()
+            out["genre_match"] = self.genres[rows] @ (genre_profile / total) if total > 0 else np.zeros(len(rows))
+        out["log_popularity"] = self.popularity[rows]
+        out["popularity_vs_usual"] = self.popularity[rows] - self.usual[user_row]
+        return out
+
+    def pool(self, user_row: int, exclude: np.ndarray | None = None) -> Pool:
+        """`candidates`, through the per-user cache when it is on (exclusions filtered afterwards)."""
+        if self.candidate_cache.size <= 0:
+            return self.candidates(user_row, exclude)
+        found = self.candidate_cache.fresh(user_row)
+        if found is None:
+            found = self.candidates(user_row)
+            self.candidate_cache.put(user_row, found)
+        if exclude is not None and len(exclude):
+            found = found.without(exclude)
+        return found
+
+    def feature_matrix(
+        self,
+        user_row: int,
+        pool: Pool,
+        user: dict[str, object] | None,
+        ts: datetime,
+        device: str,
+    ) -> np.ndarray:
+        """The ranker's input, one row per candidate, columns in `ranker.features` order."""
+        constant = np.full(self.n_features, np.nan, dtype=np.float32)
+        hour = ts.hour
+        context = {
+            "ctx_hour": hour,
+            "ctx_hour_sin": math.sin(2 * math.pi * hour / 24),
+            "ctx_hour_cos": math.cos(2 * math.pi * hour / 24),
+            "ctx_dow": ts.weekday(),
+        }
+        device = device if device in DEVICES else "unknown"
+        for name in DEVICES:
+            context[f"ctx_device_{name}"] = 1.0 if device == name else 0.0
+        for name, col in self.context_cols.items():
+            constant[col] = context[name]
+        if user:
+            for name, col in self.user_cols.items():
+                constant[col] = to_float(user.get(name))
+        if self.request_cols:
+            requested = request_features(user, ts, device)
+            for name, col in self.request_cols.items():
+                constant[col] = requested.get(name, math.nan)
+        col = self.cross_col["user_history_len"]
+        if col >= 0:
+            constant[col] = self.counts[user_row]
+        x = np.empty((len(pool.rows), self.n_features), dtype=np.float32)
+        x[:] = constant
+        for j, name in enumerate(self.sources):
+            if self.score_col[name] >= 0:
+                x[:, self.score_col[name]] = pool.scores[:, j]
+            if self.rank_col[name] >= 0:
+                x[:, self.rank_col[name]] = pool.ranks[:, j]
+            if self.z_col[name] >= 0:
+                x[:, self.z_col[name]] = pool.z[:, j]
+        if self.n_sources_col >= 0:
+            x[:, self.n_sources_col] = (pool.ranks <= self.per_source_k).sum(axis=1)
+        for name, values in pool.cross.items():
+            if self.cross_col[name] >= 0:
+                x[:, self.cross_col[name]] = values
+        if len(self.video_feature_cols):
+            x[:, self.video_feature_cols] = self.video_block[pool.rows]
+        return x
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self.booster.inplace_predict(x, iteration_range=self.iteration_range, missing=np.nan, validate_features=False)
+
+    def rank(
+        self,
+        user_row: int,
+        user: dict[str, object] | None,
+        ts: datetime,
+        device: str,
+        exclude: np.ndarray | None = None,
+    ) -> Ranked:
+        pool = self.pool(user_row, exclude)
+        x = self.feature_matrix(user_row, pool, user, ts, device)
+        return Ranked(pool.rows, np.asarray(self.score(x), dtype=np.float64), pool.ranks, x)
+
+    def sources_of(self, ranks: np.ndarray) -> list[str]:
+        """The generators that proposed one candidate (its row of `Ranked.ranks`), best rank first."""
+        order = np.argsort(ranks, kind="stable")
+        return [self.sources[j] for j in order if ranks[j] <= self.per_source_k]
+
+    # ---- without the ranker -----------------------------------------------------------------------
+
+    def similar(self, video_row: int, k: int) -> Suggestions:
+        """Blend of content cosine and co-watch (collaborative) cosine; the video itself excluded."""
+        content = np.asarray((self.content_normed @ self.content_normed[video_row].T).toarray() if sp.issparse(self.content_normed) else self.content_normed @ self.content_normed[video_row]).ravel()
+        collab = np.asarray((self.collab_normed @ self.collab_normed[video_row].T).toarray()).ravel()
+        blend = SIMILAR_WEIGHTS["content"] * content + SIMILAR_WEIGHTS["collaborative"] * collab
+        blend[video_row] = -np.inf
+        blend[blend <= 0] = -np.inf
+        ids, values = top_k(blend[None, :].astype(np.float32), k)
+        ids, values = ids[0], values[0]
+        keep = ids >= 0
+        ids, values = ids[keep], values[keep]
+        sources = [
+            [name for name, part in (("content", content[i]), ("collaborative", collab[i])) if part > 0]
+            for i in ids
+        ]
+        return Suggestions(ids, values.astype(np.float64), sources)
+
+    def cold_start(self, user: dict[str, object] | None, exclude: np.ndarray | None = None) -> Suggestions:
+        """Trending and popular videos, pulled towards the user's recent videos and favourite genres
+        when the online store knows the user (a new user the model has not been trained on)."""
+        relevance = {int(r): float(self.cold_base[r]) for r in self.cold_pool}
+        sources = {int(r): ["trending" if self.signals.trending[r] >= self.popularity_pct[r] else "popularity"] for r in self.cold_pool}
+        if user:
+            recent = [self.video_pos[v] for v in parse_video_list(user.get("user_recent__last_video_ids")) if v in self.video_pos][:3]
+            for row in recent:
+                similar = self.similar(row, 30)
+                for r, s in zip(similar.rows, similar.relevance, strict=True):
+                    r = int(r)
+                    relevance[r] = relevance.get(r, 0.0) + 0.6 * float(s)
+                    sources.setdefault(r, []).insert(0, "similar-to-recent")
+            shares = parse_genre_shares(user.get("user_profile__top_genres"))
+            if shares and self.genre_vocabulary:
+                weights = np.zeros(len(self.genre_vocabulary))
+                for name, share in shares.items():
+                    if name in self.genre_vocabulary:
+                        weights[self.genre_vocabulary[name]] = share if math.isfinite(share) else 0.0
+                if weights.any():
+                    affinity = self.genre_matrix @ (weights / weights.sum())
+                    for r in list(relevance):
+                        if affinity[r] > 0:
+                            relevance[r] += 0.3 * float(affinity[r])
+                            if "genres" not in sources[r]:
+                                sources[r].append("genres")
+        rows = np.fromiter(relevance.keys(), dtype=np.int64, count=len(relevance))
+        values = np.fromiter(relevance.values(), dtype=np.float64, count=len(relevance))
+        if exclude is not None and len(exclude):
+            keep = ~np.isin(rows, exclude)
+            rows, values = rows[keep], values[keep]
+        top = values.max() if len(values) else 1.0
+        return Suggestions(rows, values / top if top > 0 else values, [sources[int(r)] for r in rows])
+
+    def popular_for(self, user_row: int | None, exclude: np.ndarray | None = None) -> Suggestions:
+        """The fallback when the online store is down: trending/popular minus what the user has seen."""
+        blocked = [] if exclude is None else [exclude]
+        if user_row is not None:
+            blocked.append(self.seen_rows(user_row))
+        return self.cold_start(None, np.concatenate(blocked) if blocked else None)
+
+
+def _fast_scorer(generator, data):
+    """A faster `score` for one user for the generators whose structure allows it (else None)."""
+    kind = type(generator).__name__
+    if kind == "EASE" and hasattr(generator, "weights_") and hasattr(generator, "active_items_"):
+        # score() slices the user's row and then its active columns on every call; slice the
+        # columns once for all users instead (same values, same float32 products and sums).
+        weights = generator.weights_
+        active = generator.active_items_
+        by_active = sp.csr_matrix(generator.data.matrix[:, active], dtype=np.float32)
+        n = generator.data.n_videos
+
+        def ease(row: int) -> np.ndarray:
+            out = np.zeros(n, dtype=np.float32)
+            out[active] = np.asarray(by_active[row] @ weights)[0]
+            return out
+
+        return ease
+    if kind == "ContentBased" and hasattr(generator, "profiles_") and sp.issparse(getattr(generator, "vectors_", None)):
+        transposed = sp.csr_matrix(generator.vectors_.T)
+        profiles = sp.csr_matrix(_normalize_rows(generator.profiles_))
+
+        def content(row: int) -> np.ndarray:
+            return (profiles[row] @ transposed).toarray()[0].astype(np.float32, copy=False)
+
+        return content
+    return None
+
+
+def _genre_matrix(genres: list[str] | None, n_videos: int) -> tuple[dict[str, int], sp.csr_matrix]:
+    """Videos x genres (0/1, rows L2-normalised) from '|'-joined genre strings."""
+    if not genres:
+        return {}, sp.csr_matrix((n_videos, 0))
+    lists = [[g for g in (value or "").split("|") if g and g != "(no genres listed)"] for value in genres]
+    vocabulary = {g: i for i, g in enumerate(sorted({g for gs in lists for g in gs}))}
+    rows = np.repeat(np.arange(n_videos), [len(gs) for gs in lists])
+    cols = [vocabulary[g] for gs in lists for g in gs]
+    matrix = sp.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(n_videos, len(vocabulary)))
+    return vocabulary, sp.csr_matrix(_normalize_rows(matrix))

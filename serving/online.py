@@ -1,0 +1,232 @@
+"""What the service reads from Feast: one user row per request, the catalog's video rows once.
+
+- `OnlineFeatures.user_row(user_id)`: the user views (`user_profile`, `user_recent`) in one
+  `get_online_features` call, behind a circuit breaker: when the online store fails the call
+  raises `StoreUnavailable` at once for `retry_after` seconds and the service degrades.
+- `VideoTable`: every catalog video's `video_stats` row, read in chunks at load time and kept in
+  memory as a float matrix aligned with the model's video rows (refreshed when the champion
+  changes or a newer materialization is seen), so a request never reads video rows online.
+- `request_features`: the `request_features` on-demand view (feature_repo/feast_repo/on_demand.py)
+  computed for one request in plain Python, the same values Feast computes (tested for parity),
+  without a pandas round trip per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+
+from serving.breaker import CircuitBreaker
+from vidrec.settings import Settings
+
+log = logging.getLogger("vidrec.serving")
+
+USER_VIEWS = ("user_profile", "user_recent")
+VIDEO_VIEWS = ("video_stats",)
+REQUEST_VIEW = "request_features"
+DAYPARTS = ("night", "morning", "afternoon", "evening")
+AFFINITY_DEVICES = ("mobile", "desktop", "tv", "tablet")
+
+
+class StoreUnavailable(RuntimeError):
+    """The online store cannot be read now (it failed, or failed recently: the breaker is open)."""
+
+
+def view_of(feature: str) -> str | None:
+    """'user_profile__avg_rating' -> 'user_profile'; names without '__' are not Feast features."""
+    return feature.split("__", 1)[0] if "__" in feature else None
+
+
+def to_float(value) -> float:
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+class OnlineFeatures:
+    def __init__(self, settings: Settings, retry_after: float = 5.0):
+        self.settings = settings
+        self.breaker = CircuitBreaker("feast online store", retry_after)
+        self._user_refs: list[str] | None = None
+        self._reconnect = False
+        self.store = self._connect()
+
+    def _connect(self):
+        """A FeatureStore of its own (not the process-wide cached one), so a reconnect is possible."""
+        from feast import FeatureStore
+
+        from feature_repo.store import load_config, locations
+
+        where = locations(self.settings)
+        return FeatureStore(repo_path=str(where.features_dir), config=load_config(where=where))
+
+    def _store(self):
+        # After a failure the next try starts from a new store object: a new connection to the
+        # online store (Feast keeps one SQLite connection for ever, whose cached schema would
+        # otherwise outlive the store's recovery).
+        if self._reconnect:
+            self.store = self._connect()
+            self._reconnect = False
+        return self.store
+
+    def _failed(self, exc: BaseException) -> StoreUnavailable:
+        self.breaker.failure(exc)
+        self._reconnect = True
+        return StoreUnavailable(str(exc))
+
+    def user_refs(self) -> list[str]:
+        if self._user_refs is None:
+            refs: list[str] = []
+            for name in USER_VIEWS:
+                view = self._store().get_feature_view(name)
+                refs.extend(f"{view.name}:{f.name}" for f in view.features)
+            self._user_refs = refs
+        return self._user_refs
+
+    def user_row(self, user_id: str) -> dict[str, object]:
+        """{'user_profile__x': value, ...} for one user; values are None when the store has none."""
+        if not self.breaker.allow():
+            raise StoreUnavailable(self.breaker.status())
+        try:
+            response = self._store().get_online_features(
+                features=self.user_refs(), entity_rows=[{"user_id": user_id}], full_feature_names=True
+            )
+            row = {name: values[0] for name, values in response.to_dict().items()}
+        except Exception as exc:  # any failure of the store or its client means: degrade
+            raise self._failed(exc) from exc
+        self.breaker.success()
+        return row
+
+    def ping(self, user_id: str = "__vidrec_readiness__") -> None:
+        """One real read, whatever the breaker says; raises StoreUnavailable when it fails."""
+        try:
+            self._store().get_online_features(features=self.user_refs(), entity_rows=[{"user_id": user_id}], full_feature_names=True)
+        except Exception as exc:
+            raise self._failed(exc) from exc
+        self.breaker.success()
+
+    def video_features_as_of(self) -> datetime | None:
+        """When `video_stats` was last materialized (from the Feast registry), None if never."""
+        store = self._store()
+        store.refresh_registry()
+        ends = [store.get_feature_view(name).most_recent_end_time for name in VIDEO_VIEWS]
+        ends = [e for e in ends if e is not None]
+        return max(ends) if ends else None
+
+    def video_table(self, video_ids: np.ndarray, chunk: int = 2000) -> VideoTable:
+        """Every numeric column of the video views for `video_ids` (NaN where the store has none)."""
+        store = self._store()
+        refs: list[str] = []
+        for name in VIDEO_VIEWS:
+            view = store.get_feature_view(name)
+            refs.extend(f"{view.name}:{f.name}" for f in view.features)
+        parts = []
+        started = time.perf_counter()
+        for start in range(0, len(video_ids), chunk):
+            rows = [{"video_id": str(v)} for v in video_ids[start : start + chunk]]
+            parts.append(store.get_online_features(features=refs, entity_rows=rows, full_feature_names=True).to_df())
+        frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        table = VideoTable.from_frame(frame, video_ids, self.video_features_as_of())
+        log.info("video features of %d videos loaded in %.2fs", len(video_ids), time.perf_counter() - started)
+        return table
+
+
+@dataclass(frozen=True)
+class VideoTable:
+    """Numeric video features aligned with a model's video rows: values[row, column]."""
+
+    columns: list[str]
+    values: np.ndarray  # float64, NaN where missing
+    as_of: datetime | None
+    genres: list[str] | None = None  # 'A|B' per row, from video_stats__genres
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, video_ids: np.ndarray, as_of: datetime | None) -> VideoTable:
+        if frame.empty:
+            return cls.empty(len(video_ids))
+        frame = frame.set_index(frame["video_id"].astype(str))
+        frame = frame[~frame.index.duplicated()].reindex(pd.Index(np.asarray(video_ids).astype(str)))
+        numeric = [
+            c for c in frame.columns if c != "video_id" and (pd.api.types.is_numeric_dtype(frame[c]) or _numeric_object(frame, c))
+        ]
+        values = np.column_stack([pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64) for c in numeric]) if numeric else np.zeros((len(frame), 0))
+        genres = None
+        if "video_stats__genres" in frame:
+            genres = [g if isinstance(g, str) else "" for g in frame["video_stats__genres"].tolist()]
+        return cls(numeric, values, as_of, genres)
+
+    @classmethod
+    def empty(cls, n: int) -> VideoTable:
+        return cls([], np.zeros((n, 0)), None, None)
+
+    def column(self, name: str) -> np.ndarray:
+        if name in self.columns:
+            return self.values[:, self.columns.index(name)]
+        return np.full(self.values.shape[0], np.nan)
+
+
+def _numeric_object(frame: pd.DataFrame, column: str) -> bool:
+    """An object column of numbers and None (how Feast returns an int column with gaps)."""
+    if column == "video_id" or frame[column].dtype != object:
+        return False
+    present = frame[column].dropna()
+    if len(present) == 0:  # a feature nobody has a value for yet (e.g. completion on MovieLens)
+        return True
+    return all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in present.head(50))
+
+
+def utc(ts: datetime | None) -> datetime:
+    if ts is None:
+        return datetime.now(timezone.utc)
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+
+
+def daypart(hour: int) -> str:
+    return "night" if hour < 6 else "morning" if hour < 12 else "afternoon" if hour < 18 else "evening"
+
+
+def request_features(user: dict[str, object] | None, ts: datetime, device: str) -> dict[str, float]:
+    """`request_features__*` for one request: hour, weekday, weekend, daypart and device affinity.
+
+    `ts` must be UTC. Affinities are NaN when the user has no profile (as Feast computes them).
+    """
+    user = user or {}
+    hour, dow = ts.hour, ts.weekday()
+    daypart_share = to_float(user.get(f"user_profile__share_{daypart(hour)}"))
+    has_profile = not math.isnan(to_float(user.get("user_profile__share_mobile")))
+    device_share = to_float(user.get(f"user_profile__share_{device}")) if device in AFFINITY_DEVICES else 0.0
+    return {
+        "request_features__hour_of_day": float(hour),
+        "request_features__day_of_week": float(dow),
+        "request_features__is_weekend": float(dow >= 5),
+        "request_features__daypart_affinity": daypart_share,
+        "request_features__device_affinity": device_share if has_profile else math.nan,
+    }
+
+
+def parse_video_list(value) -> list[str]:
+    """`user_recent__last_video_ids` ('v1|v2|...') -> ids, newest first."""
+    if not value or not isinstance(value, str):
+        return []
+    return [v for v in value.split("|") if v]
+
+
+def parse_genre_shares(value) -> dict[str, float]:
+    """`user_profile__top_genres` ('Comedy:0.229|Drama:0.2') -> {'Comedy': 0.229, ...}."""
+    out: dict[str, float] = {}
+    if not value or not isinstance(value, str):
+        return out
+    for part in value.split("|"):
+        name, _, share = part.rpartition(":")
+        if name:
+            out[name] = to_float(share) if share else 0.0
+    return out
