@@ -3,11 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The real MovieLens copy next to the checkout; without it, `vidrec ingest` downloads into the cache.
-ML_SMALL := $(wildcard ../shared/datasets/ml-latest-small)
-DEMO_DATA := $(if $(ML_SMALL),--data-dir $(ML_SMALL),)
 
-.PHONY: install demo test bench lock clean
+.PHONY: install demo ui serve test bench lock clean
 
 install: $(STAMP)
 
@@ -20,14 +17,29 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The main job: Airflow on SQLite (.vidrec/airflow), the three DAGs in order with `airflow dags test`
+# on ml-latest-small (../shared/datasets/ml-latest-small when present, else downloaded), then the
+# BentoML service on the champion answers a few users (scripts/demo.py; stage timings at the end).
 demo: $(STAMP)
-	$(BIN)/vidrec ingest --dataset movielens-small $(DEMO_DATA)
+	$(BIN)/python scripts/demo.py
+
+# Airflow standalone and the MLflow server on localhost (scripts/ui.sh; Ctrl-C stops both).
+ui: $(STAMP)
+	BIN=$(CURDIR)/$(BIN) scripts/ui.sh
+
+# The BentoML service on the `champion` models of the MLflow registry (train one first: make demo).
+serve: $(STAMP)
+	$(BIN)/bentoml serve serving.service:Vidrec --host 127.0.0.1 --port 3000
 
 test: $(STAMP)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_models.py
+	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python benchmarks/bench_serving.py --online-store redis
+	$(BIN)/python benchmarks/bench_redis.py
 
 # Re-resolve the environment and record it (run after changing dependencies in pyproject.toml).
 lock:

@@ -1,0 +1,148 @@
+"""
+### vidrec_features: raw data -> lake -> features -> Feast (daily)
+
+`ingest` (the dataset named by the Params, plus the serving feedback log `<VIDREC_HOME>/feedback`
+when it holds events) -> `validate` (an unreadable file, or a quarantine rate above
+`max_quarantine_rate`, fails the run here: nothing downstream runs and training refuses the
+lake) -> `transform` (feature tables as of the data interval's end) and `embeddings` ->
+`feast_apply` -> `materialize` (online store up to the interval's end).
+
+Every task calls one function of `vidrec.pipeline` and passes paths and counts, never data.
+Each is idempotent: re-running an interval leaves the same lake, tables and online rows.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, get_current_context, task
+
+# The online store was refreshed (lineage in the UI; vidrec_batch_recs runs on its own schedule).
+ONLINE_FEATURES = Asset(name="vidrec_online_features", uri="x-vidrec://feast/online")
+
+# Early enough for any logical date a backfill or `airflow dags test` gives (MovieLens starts in
+# 1995): a task never runs for a logical date before its start_date. catchup=False keeps the
+# scheduler from creating the past runs.
+START_DATE = datetime(1990, 1, 1, tzinfo=timezone.utc)
+
+DEFAULT_ARGS = {
+    "owner": "vidrec",
+    "retries": int(os.environ.get("VIDREC_TASK_RETRIES", "2")),
+    "retry_delay": timedelta(seconds=int(os.environ.get("VIDREC_RETRY_DELAY_S", "60"))),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=30),
+    "execution_timeout": timedelta(hours=4),
+}
+
+
+def _interval_end(context) -> datetime:
+    """The end of the data interval (the as-of time); a run without one uses its run_after."""
+    end = context.get("data_interval_end") or context.get("logical_date") or context["dag_run"].run_after
+    return end.astimezone(timezone.utc)
+
+
+@dag(
+    dag_id="vidrec_features",
+    description="Ingest + validate raw data, compute features, feast apply, materialize online",
+    schedule=CronTriggerTimetable("0 0 * * *", timezone="UTC", interval=timedelta(days=1)),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["vidrec", "features"],
+    doc_md=__doc__,
+    params={
+        "dataset": Param(
+            os.environ.get("VIDREC_DATASET", "movielens-small"),
+            type="string",
+            enum=["movielens-small", "movielens-100k", "movielens-1m", "movielens-25m", "movielens-32m",
+                  "canonical", "synthetic", "none"],
+            description="Dataset to ingest ('none': only the feedback log).",
+        ),
+        "data_dir": Param(
+            os.environ.get("VIDREC_DATA_DIR", ""),
+            type="string",
+            description="Folder with the dataset's files (empty: the cache, downloading MovieLens).",
+        ),
+        "include_feedback": Param(True, type="boolean", description="Also ingest <VIDREC_HOME>/feedback."),
+        "max_quarantine_rate": Param(
+            0.05, type="number", minimum=0, maximum=1,
+            description="Fail validation when a table quarantines more than this share of its rows.",
+        ),
+        "embeddings": Param(
+            os.environ.get("VIDREC_EMBEDDINGS", "minilm"), type="string", enum=["minilm", "tfidf", "none"],
+            description="Video content embeddings.",
+        ),
+        "snapshots": Param(
+            1, type="integer", minimum=1, maximum=366,
+            description="Daily feature snapshots ending at the interval end (more than 1 backfills).",
+        ),
+    },
+)
+def vidrec_features():
+    @task
+    def ingest() -> dict:
+        """Dataset + feedback log -> lake (rejected rows -> quarantine); writes the ingest report."""
+        from vidrec.pipeline import ingest_sources, run_dir
+        from vidrec.settings import Settings
+
+        context = get_current_context()
+        params = context["params"]
+        from airflow.sdk.exceptions import AirflowFailException
+
+        report = run_dir(Settings.from_env(), "vidrec_features", _interval_end(context)) / "ingest.json"
+        try:
+            return ingest_sources(
+                params["dataset"], params["data_dir"] or None, str(report), include_feedback=params["include_feedback"]
+            )
+        except ValueError as exc:  # a bad Param (unknown dataset, nothing to ingest): retrying cannot help
+            raise AirflowFailException(str(exc)) from exc
+
+    @task
+    def validate(ingested: dict) -> dict:
+        """Fails the run (no retry) on an unreadable file or a quarantine rate above the threshold."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from vidrec.pipeline import ValidationFailed, validate_ingest
+
+        params = get_current_context()["params"]
+        try:
+            return validate_ingest(ingested["report"], float(params["max_quarantine_rate"]))
+        except ValidationFailed as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+    @task
+    def transform(validated: dict) -> dict:
+        """Feature tables (DuckDB SQL) as of the data interval's end."""
+        from vidrec.pipeline import compute_feature_tables
+
+        context = get_current_context()
+        return compute_feature_tables(_interval_end(context).isoformat(), int(context["params"]["snapshots"]))
+
+    @task
+    def embeddings(validated: dict) -> dict:
+        """Content embeddings of every video."""
+        from vidrec.pipeline import compute_video_embeddings
+
+        return compute_video_embeddings(get_current_context()["params"]["embeddings"])
+
+    @task
+    def feast_apply(tables: dict, embedded: dict) -> dict:
+        """Register the Feast repo's entities, sources, views and services."""
+        from vidrec.pipeline import apply_feature_repo
+
+        return apply_feature_repo()
+
+    @task(outlets=[ONLINE_FEATURES])
+    def materialize(applied: dict) -> dict:
+        """Offline -> online store up to the data interval's end."""
+        from vidrec.pipeline import materialize_online
+
+        return materialize_online(_interval_end(get_current_context()).isoformat())
+
+    checked = validate(ingest())
+    materialize(feast_apply(transform(checked), embeddings(checked)))
+
+
+vidrec_features()

@@ -1,0 +1,173 @@
+"""
+### vidrec_training: train, evaluate, register, gate, promote or block (weekly, or by hand)
+
+`check_data` (the lake must be the one `vidrec_features` last validated) -> `train_and_gate`
+(`models.train.train_and_gate` on the events before the data interval's end: candidate
+generators, XGBoost ranker, evaluation of every model on the same held-out window, MLflow run
+and registered versions, gate against the champion; a passed gate moves the `champion` alias)
+-> `promote_or_block`, which follows one branch:
+
+* `champion_promoted` (emits the `vidrec_champion` asset, which triggers `vidrec_batch_recs`)
+  -> `reload_serving` (POST `$VIDREC_SERVING_URL/reload` with `$VIDREC_RELOAD_TOKEN`;
+  skipped, with a log line, when `VIDREC_SERVING_URL` is unset);
+* `gate_blocked` (logs why): `champion_promoted` and `reload_serving` are skipped.
+
+Trigger by hand from the UI with Params: protocol, generators, per_source_k, ranker
+hyperparameters, gate margins and guards. A second run on the same data and configuration reuses the
+MLflow run instead of registering new versions (`force_retrain` to train anyway).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, get_current_context, task
+
+# Same definition in dags/vidrec_batch_recs.py (DAG files import nothing from each other).
+CHAMPION = Asset(name="vidrec_champion", uri="x-vidrec://mlflow/champion")
+
+GENERATORS = ["popularity", "trending", "item-cf", "user-cf", "als", "ease", "content-tfidf"]
+
+# Early enough for any logical date a backfill or `airflow dags test` gives (MovieLens starts in
+# 1995): a task never runs for a logical date before its start_date. catchup=False keeps the
+# scheduler from creating the past runs.
+START_DATE = datetime(1990, 1, 1, tzinfo=timezone.utc)
+
+DEFAULT_ARGS = {
+    "owner": "vidrec",
+    "retries": int(os.environ.get("VIDREC_TASK_RETRIES", "2")),
+    "retry_delay": timedelta(seconds=int(os.environ.get("VIDREC_RETRY_DELAY_S", "60"))),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=30),
+    "execution_timeout": timedelta(hours=6),
+}
+
+
+def _interval_end(context) -> datetime:
+    end = context.get("data_interval_end") or context.get("logical_date") or context["dag_run"].run_after
+    return end.astimezone(timezone.utc)
+
+
+@dag(
+    dag_id="vidrec_training",
+    description="Train candidates + ranker, evaluate, register in MLflow, gate, promote or block, reload serving",
+    schedule=CronTriggerTimetable("0 6 * * 1", timezone="UTC", interval=timedelta(days=7)),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["vidrec", "training"],
+    doc_md=__doc__,
+    params={
+        "protocol": Param("time", type="string", enum=["time", "stratified"],
+                          description="time: train on the past, evaluate on the future; stratified: per-user random split."),
+        "generators": Param(GENERATORS, type="array", items={"type": "string", "enum": [
+            "popularity", "trending", "item-cf", "user-cf", "als", "bpr", "svd", "ease", "content-tfidf",
+            "content-minilm", "mult-vae", "sasrec"]},
+            description="Candidate generators to train."),
+        "per_source_k": Param(100, type="integer", minimum=10, maximum=1000, description="Candidates per generator per user."),
+        "use_feast": Param(True, type="boolean", description="Join Feast point-in-time features (time protocol)."),
+        "ranker": Param({}, type="object", description="XGBoost ranker hyperparameters (models.ranker.RankerConfig fields), e.g. {\"max_depth\": 6}."),
+        "min_gain": Param(0.002, type="number", description="Gate: nDCG@10 gain needed over the champion."),
+        "baseline_gain": Param(0.01, type="number", description="Gate: nDCG@10 gain over popularity for a first model."),
+        "guards": Param({}, type="object", description="Gate: largest allowed drop per guard metric against the champion, "
+                        "e.g. {\"coverage_at_10\": 0.05} (empty: the defaults of models.registry.GatePolicy)."),
+        "shuffle_labels": Param(False, type="boolean", description="Sanity check: train on shuffled labels (must be blocked)."),
+        "seed": Param(42, type="integer"),
+        "dataset": Param("lake", type="string", description="Name recorded with the MLflow run."),
+        "require_validated_lake": Param(True, type="boolean", description="Refuse a lake that changed since vidrec_features validated it."),
+        "force_retrain": Param(False, type="boolean", description="Train even when an MLflow run with the same data and config exists."),
+    },
+)
+def vidrec_training():
+    @task
+    def check_data() -> dict:
+        """The lake must be exactly what the last passed validation saw (fails the run otherwise)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from vidrec.pipeline import ValidationFailed, check_lake_validated
+
+        if not get_current_context()["params"]["require_validated_lake"]:
+            print("require_validated_lake is off: training on the lake as it is")
+            return {"fingerprint": None}
+        try:
+            return check_lake_validated()
+        except ValidationFailed as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+    @task
+    def train_and_gate(checked: dict) -> dict:
+        """Generators + ranker on the events before the interval's end; evaluate; register; gate."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from vidrec.pipeline import NotReady, train_models
+
+        context = get_current_context()
+        tags = {"airflow.dag_id": context["dag"].dag_id, "airflow.run_id": context["run_id"]}
+        try:
+            result = train_models(dict(context["params"]), _interval_end(context).isoformat(), run_tags=tags)
+        except (NotReady, ValueError) as exc:  # no data before the interval end, or a bad Param
+            raise AirflowFailException(str(exc)) from exc
+        print(f"MLflow run {result['run_id']}{' (reused)' if result['reused'] else ''}: versions {result['versions']}")
+        print(f"gate: {result['summary']}")
+        return result
+
+    @task.branch
+    def promote_or_block(result: dict) -> str:
+        """Follow the gate: champion_promoted or gate_blocked (the other branch is skipped)."""
+        return "champion_promoted" if result["promoted"] else "gate_blocked"
+
+    @task
+    def gate_blocked(result: dict) -> dict:
+        """The challenger stays a challenger: say why, and leave serving alone."""
+        print(f"BLOCKED: versions {result['versions']} stay challengers; champion stays {result.get('champion')}")
+        print(f"gate: {result['summary']}")
+        print(f"compare them in MLflow run {result['run_id']} (tags gate.*, artifact gate_report.json)")
+        return {"blocked": result["versions"], "champion": result.get("champion")}
+
+    @task(outlets=[CHAMPION])
+    def champion_promoted(result: dict) -> dict:
+        """Confirm the `champion` alias holds the new versions; emit the vidrec_champion asset event."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from vidrec.pipeline import NotReady, champion_state
+
+        try:
+            state = champion_state(result["versions"])
+        except NotReady as exc:
+            raise AirflowSkipException(str(exc)) from exc
+        context = get_current_context()
+        context["outlet_events"][CHAMPION].extra = {
+            "versions": result["versions"],
+            "run_id": result["run_id"],
+            "as_of": result["as_of"],
+        }
+        print(f"champion: {state['champion']} (MLflow run {result['run_id']})")
+        return state
+
+    @task
+    def reload_serving(promoted: dict) -> dict:
+        """Tell the service to load the new champion now (it also polls the registry on its own)."""
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        from vidrec.pipeline import reload_serving as post_reload
+
+        url = os.environ.get("VIDREC_SERVING_URL")
+        if not url:
+            raise AirflowSkipException("VIDREC_SERVING_URL is not set: no service to reload (it polls the registry itself)")
+        try:
+            answer = post_reload(url, os.environ.get("VIDREC_RELOAD_TOKEN"))
+        except PermissionError as exc:  # a wrong or missing token: retrying cannot help
+            raise AirflowFailException(str(exc)) from exc
+        print(f"{url}/reload: {answer}")
+        return answer
+
+    result = train_and_gate(check_data())
+    branch = promote_or_block(result)
+    promoted = champion_promoted(result)
+    branch >> [promoted, gate_blocked(result)]
+    reload_serving(promoted)
+
+
+vidrec_training()
