@@ -22,12 +22,19 @@ benchmarks/results/serving.json.
 
 The first run builds the champion into benchmarks/results/serving-home (a few minutes); later runs
 reuse it (--rebuild to start over).
+
+With `--online-store redis` the same measurement runs in the prod profile, as infra/compose.yaml
+deploys it: the Feast online store is the Redis at --redis (a claimed empty database number), the
+Feast SQL registry and the MLflow backend store are fresh PostgreSQL databases at --pg. The
+champion is built into them every run (a few minutes) and everything is removed after; figures go
+to benchmarks/results/serving-redis.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -37,6 +44,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,8 +79,8 @@ end
 """
 
 
-def build_champion(home: Path, data_dir: Path) -> dict:
-    env = {**os.environ, "VIDREC_HOME": str(home), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+def build_champion(home: Path, data_dir: Path, store_env: dict[str, str] | None = None) -> dict:
+    env = {**os.environ, "VIDREC_HOME": str(home), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", **(store_env or {})}
     code = (
         "import json; from pathlib import Path; from vidrec.settings import Settings; "
         "from serving.sample_champion import build_sample_champion as b; "
@@ -167,6 +176,33 @@ def check_requests(url: str, users: list[str]) -> dict:
     return {"candidates_min": min(ranked), "candidates_mean": statistics.fmean(ranked)}
 
 
+@contextlib.contextmanager
+def prod_stores(pg_admin: str, redis_address: str) -> Iterator[dict[str, str]]:
+    """The prod profile's stores for one run: two fresh PostgreSQL databases and a claimed Redis db."""
+    from bench_redis import claim_redis_db, empty_db, pg_connect
+
+    host, _, port = redis_address.rpartition(":")
+    db, client = claim_redis_db(host or "127.0.0.1", int(port))
+    suffix = uuid.uuid4().hex[:8]
+    names = {"mlflow": f"vidrec_bench_serving_mlflow_{suffix}", "feast": f"vidrec_bench_serving_feast_{suffix}"}
+    base = pg_admin.rsplit("/", 1)[0]
+    try:
+        with pg_connect(pg_admin) as conn:
+            for name in names.values():
+                conn.execute(f'CREATE DATABASE "{name}"')
+        yield {
+            "VIDREC_PROFILE": "prod",
+            "VIDREC_MLFLOW_URI": f"{base}/{names['mlflow']}".replace("postgresql://", "postgresql+psycopg://"),
+            "VIDREC_FEAST_REGISTRY_URL": f"{base}/{names['feast']}".replace("postgresql://", "postgresql+psycopg://"),
+            "VIDREC_FEAST_REDIS": f"{host or '127.0.0.1'}:{port},db={db}",
+        }
+    finally:
+        empty_db(client)
+        with pg_connect(pg_admin) as conn:
+            for name in names.values():
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency level")
@@ -177,7 +213,25 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto")
     parser.add_argument("--cache", nargs="+", choices=["on", "off"], default=["on", "off"], help="candidate cache configurations")
+    parser.add_argument("--online-store", choices=["sqlite", "redis"], default="sqlite",
+                        help="sqlite: the local profile; redis: the prod profile (Redis + PostgreSQL)")  # fmt: skip
+    parser.add_argument("--redis", default="127.0.0.1:6379", help="Redis for --online-store redis")
+    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="PostgreSQL admin URL for --online-store redis")  # fmt: skip
     args = parser.parse_args()
+
+    if args.online_store == "redis":
+        # Its databases are dropped after each run, so the champion is built anew in a scratch home.
+        home = Path(tempfile.mkdtemp(prefix="vidrec-bench-serving-redis-"))
+        with prod_stores(args.pg, args.redis) as store_env:
+            print(f"prod profile: Redis {store_env['VIDREC_FEAST_REDIS']}, PostgreSQL {args.pg}", flush=True)
+            print(f"building the benchmark champion in {home} ...", flush=True)
+            champion = build_champion(home, args.data_dir, store_env)
+            try:
+                measure(args, home, champion, store_env, RESULTS / "serving-redis.json")
+            finally:
+                shutil.rmtree(home, ignore_errors=True)
+        return
 
     if args.rebuild and args.home.exists():
         shutil.rmtree(args.home)
@@ -187,21 +241,26 @@ def main() -> None:
         champion = build_champion(args.home, args.data_dir)
     else:
         champion = json.loads((args.home / "champion.json").read_text())
+    measure(args, args.home, champion, {}, RESULTS / "serving.json")
+
+
+def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dict[str, str], out: Path) -> None:
     print(f"champion: {champion}", flush=True)
-    users = known_users(args.home)
+    users = known_users(home)
     client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "httpx")
 
     rows = []
     checked = {}
     for cache in args.cache:
         env = {
-            "VIDREC_HOME": str(args.home),
+            **store_env,
+            "VIDREC_HOME": str(home),
             "VIDREC_SERVE_WORKERS": str(args.workers),
             "VIDREC_PRECOMPUTED_URL": "off",
             "VIDREC_RELOAD_POLL_S": "30",
             "VIDREC_CANDIDATE_CACHE": "5000" if cache == "on" else "0",
         }
-        with ServerProcess(env=env, log_path=RESULTS / f"serving-server-cache-{cache}.log") as server:
+        with ServerProcess(env=env, log_path=RESULTS / f"serving-server-{args.online_store}-cache-{cache}.log") as server:
             checked = check_requests(server.url, users)
             print(f"[candidate cache {cache}] server ready at {server.url}; {checked}", flush=True)
             # Warm up both workers (lazy imports, allocator growth; with the cache on, fills it).
@@ -221,6 +280,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = {
         "endpoint": "POST /recommend k=10",
+        "online_store": args.online_store,
         "workers": args.workers,
         "duration_s": args.duration,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
@@ -228,7 +288,7 @@ def main() -> None:
         **checked,
         "results": rows,
     }
-    (RESULTS / "serving.json").write_text(json.dumps(report, indent=2))
+    out.write_text(json.dumps(report, indent=2))
     print("\n| candidate cache | connections | req/s | p50 ms | p95 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['candidate_cache']} | {r['connections']} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")

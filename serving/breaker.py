@@ -46,3 +46,16 @@ class CircuitBreaker:
 
     def status(self) -> str:
         return "ok" if self.last_error is None else f"unreachable: {self.last_error}"
+
+
+def fast_retry():
+    """One immediate retry (a pooled connection gone stale when Redis restarted), no backoff.
+
+    redis-py 7's default retries a failed command 3 times with an exponential backoff of up to
+    10 s: while Redis is down every call then blocks for seconds (the request path and /readyz
+    with it) instead of failing at once so that the service degrades.
+    """
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return Retry(NoBackoff(), 1)

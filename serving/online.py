@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
-from serving.breaker import CircuitBreaker
+from serving.breaker import CircuitBreaker, fast_retry
 from vidrec.settings import Settings
 
 log = logging.getLogger("vidrec.serving")
@@ -67,15 +67,18 @@ class OnlineFeatures:
         from feature_repo.store import load_config, locations
 
         where = locations(self.settings)
-        return FeatureStore(repo_path=str(where.features_dir), config=load_config(where=where))
+        store = FeatureStore(repo_path=str(where.features_dir), config=load_config(where=where))
+        _fail_fast(store)
+        return store
 
     def _store(self):
         # After a failure the next try starts from a new store object: a new connection to the
         # online store (Feast keeps one SQLite connection for ever, whose cached schema would
         # otherwise outlive the store's recovery).
         if self._reconnect:
-            self.store = self._connect()
+            old, self.store = self.store, self._connect()
             self._reconnect = False
+            _release(old)
         return self.store
 
     def _failed(self, exc: BaseException) -> StoreUnavailable:
@@ -138,6 +141,33 @@ class OnlineFeatures:
         table = VideoTable.from_frame(frame, video_ids, self.video_features_as_of())
         log.info("video features of %d videos loaded in %.2fs", len(video_ids), time.perf_counter() - started)
         return table
+
+
+def _fail_fast(store) -> None:
+    """Give the Redis client of a Feast Redis online store `fast_retry()` (Feast has no setting for it)."""
+    config = store.config.online_store
+    if getattr(config, "type", None) != "redis":
+        return
+    try:
+        client = store._get_provider().online_store._get_client(config)  # created here; connects lazily
+        client.set_retry(fast_retry())
+    except Exception as exc:  # noqa: BLE001 - another Feast or redis-py: keep their retries, say so
+        log.warning("cannot set the online store's Redis retry policy (%s): a Redis outage may stall requests", exc)
+
+
+def _release(store) -> None:
+    """Close the database connections of a replaced FeatureStore's SQL registry (prod profile).
+
+    Without this each reconnect (one per failed read while the online store is down) left an
+    engine with open PostgreSQL connections behind until garbage collection got to it.
+    """
+    registry = getattr(store, "_registry", None)  # not `store.registry`, which would create one
+    engines = {id(e): e for e in (getattr(registry, "write_engine", None), getattr(registry, "read_engine", None)) if e is not None}
+    for engine in engines.values():
+        try:
+            engine.dispose()
+        except Exception as exc:  # noqa: BLE001 - releasing is best effort
+            log.warning("cannot close the replaced Feast registry's connections: %s", exc)
 
 
 @dataclass(frozen=True)

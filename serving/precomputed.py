@@ -153,8 +153,12 @@ class RedisPrecomputed(PrecomputedStore):
     def __init__(self, url: str, socket_timeout: float = 0.05):
         import redis
 
+        from serving.breaker import fast_retry
+
         self.url = url
-        self.client = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout, retry=fast_retry()
+        )
 
     def put_many(self, lists: Iterable[PrecomputedList], ttl_s: float, chunk: int = 1000) -> int:
         n = 0
