@@ -246,6 +246,7 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dict[str, str], out: Path) -> None:
     print(f"champion: {champion}", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     users = known_users(home)
     client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "httpx")
 
