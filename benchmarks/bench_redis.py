@@ -9,7 +9,7 @@ and reports p50/p99. Everything it created (database, Redis keys, parquet files)
 
 Prints a markdown table and writes benchmarks/results/redis.json. Usage:
 
-    python benchmarks/bench_redis.py [--users 800000 --videos 200000 --reads 2000]
+    python benchmarks/bench_redis.py [--users 800000 --videos 200000 --reads 2000] [--writer bulk|feast]
         [--pg postgresql://postgres@127.0.0.1:5432/postgres] [--redis 127.0.0.1:6379]
 
 "Rows" are feature-table rows (one entity at one as-of time). The user table feeds two views, so
@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> dict:
             mark = now
 
         started = time.perf_counter()
-        store.materialize(settings, AS_OF.to_pydatetime(), progress=progress)
+        store.materialize(settings, AS_OF.to_pydatetime(), progress=progress, bulk=args.writer == "bulk")
         materialize_s = time.perf_counter() - started
         table_rows = args.users + args.videos
         view_rows = sum(v["rows"] for v in views.values())
@@ -233,6 +233,7 @@ def run(args: argparse.Namespace) -> dict:
                 "mean_ms": statistics.fmean(times), "max_ms": max(times),
             }  # fmt: skip
         return {
+            "writer": args.writer,
             "redis": f"{host}:{port} db={db}",
             "table_rows": table_rows,
             "users": args.users,
@@ -267,12 +268,14 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=2_000, help="one-row online reads per entity kind")
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres", help="admin URL (creates a database)")
     parser.add_argument("--redis", default="127.0.0.1:6379")
+    parser.add_argument("--writer", choices=["bulk", "feast"], default="bulk",
+                        help="bulk: feature_repo.online_bulk (the default of `vidrec features`); feast: Feast's own writer")  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "redis.json")
     args = parser.parse_args()
 
     result = run(args)
     print()
-    print(f"| Feast -> Redis ({result['redis']}) | value |")
+    print(f"| Feast -> Redis ({result['redis']}), {result['writer']} writer | value |")
     print("|---|---|")
     print(f"| feature-table rows | {result['table_rows']:,} ({result['users']:,} users + {result['videos']:,} videos) |")
     print(f"| feast apply (SQL registry on PostgreSQL) | {result['apply_s']:.1f} s |")

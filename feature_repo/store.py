@@ -267,6 +267,7 @@ def materialize(
     full: bool = False,
     quiet: bool = True,
     progress: Callable[[Materialized], None] | None = None,
+    bulk: bool | None = None,
 ) -> list[Materialized]:
     """Load feature values up to `end` (default: the newest feature time) into the online store.
 
@@ -277,8 +278,16 @@ def materialize(
     A view already materialized up to exactly `end` is loaded again over that window (its newest
     snapshot may have been recomputed with late events); one materialized past `end` is left as
     it is. `full` re-materializes the whole window. Views whose table is missing are skipped.
+
+    The rows are written by `feature_repo.online_bulk` (the bytes Feast writes, encoded in bulk)
+    when it supports the online store, unless `bulk=False` or VIDREC_MATERIALIZE=feast; otherwise
+    by Feast's own `materialize` / `materialize_incremental`.
     """
+    from feature_repo import online_bulk
+
     store = feature_store(settings)
+    if bulk is None:
+        bulk = os.environ.get("VIDREC_MATERIALIZE", "bulk") != "feast" and online_bulk.supports(store)
     where = locations(settings)
     end = end or latest_feature_time(settings)
     if end is None:
@@ -298,13 +307,19 @@ def materialize(
             result = Materialized(view.name, previous.to_pydatetime(), end, "up to date")
         elif full or previous is None or previous == pd.Timestamp(end):
             # First time, on request, or the snapshot at `end` was recomputed: load the window.
-            with _quiet(quiet):
-                store.materialize(start_date=window_start, end_date=end, feature_views=[view.name])
+            if bulk:
+                online_bulk.materialize_view(store, view, window_start, end)
+            else:
+                with _quiet(quiet):
+                    store.materialize(start_date=window_start, end_date=end, feature_views=[view.name])
             mode = "initial" if previous is None else "full" if full else "refreshed"
             result = Materialized(view.name, window_start, end, mode)
         else:
-            with _quiet(quiet):
-                store.materialize_incremental(end_date=end, feature_views=[view.name])
+            if bulk:  # what materialize_incremental does: from the end of the last interval
+                online_bulk.materialize_view(store, view, previous.to_pydatetime(), end)
+            else:
+                with _quiet(quiet):
+                    store.materialize_incremental(end_date=end, feature_views=[view.name])
             result = Materialized(view.name, previous.to_pydatetime(), end, "incremental")
         done.append(result)
         if progress:
