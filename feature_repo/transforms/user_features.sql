@@ -10,6 +10,8 @@
 --   video_genres(video_id, genre)                             as_of_times(as_of_ts)
 -- One SELECT, engine-neutral: it runs unchanged on DuckDB and Spark SQL (>= 3.4). `unix_seconds`
 -- and `array_join` are Spark built-ins; the DuckDB runner defines them as macros.
+-- Averages and ratios use integer literals: Spark types `1.0` as DECIMAL and would average it as
+-- one (5 decimals); integers average and divide as DOUBLE in both engines.
 --
 -- Definitions:
 --   activity          every event of the user except `impression` (a system log, not an action)
@@ -56,14 +58,14 @@ agg AS (
     AVG(CASE WHEN h.watch_time_s IS NOT NULL AND v.duration_s > 0
              THEN LEAST(h.watch_time_s / v.duration_s, 1.0) END) AS avg_completion,
     MAX(h.event_ts) AS last_event_ts,
-    AVG(CASE WHEN hour(h.event_ts) < 6 THEN 1.0 ELSE 0.0 END) AS share_night,
-    AVG(CASE WHEN hour(h.event_ts) >= 6 AND hour(h.event_ts) < 12 THEN 1.0 ELSE 0.0 END) AS share_morning,
-    AVG(CASE WHEN hour(h.event_ts) >= 12 AND hour(h.event_ts) < 18 THEN 1.0 ELSE 0.0 END) AS share_afternoon,
-    AVG(CASE WHEN hour(h.event_ts) >= 18 THEN 1.0 ELSE 0.0 END) AS share_evening,
-    AVG(CASE WHEN h.device = 'mobile' THEN 1.0 ELSE 0.0 END) AS share_mobile,
-    AVG(CASE WHEN h.device = 'desktop' THEN 1.0 ELSE 0.0 END) AS share_desktop,
-    AVG(CASE WHEN h.device = 'tv' THEN 1.0 ELSE 0.0 END) AS share_tv,
-    AVG(CASE WHEN h.device = 'tablet' THEN 1.0 ELSE 0.0 END) AS share_tablet
+    AVG(CASE WHEN hour(h.event_ts) < 6 THEN 1 ELSE 0 END) AS share_night,
+    AVG(CASE WHEN hour(h.event_ts) >= 6 AND hour(h.event_ts) < 12 THEN 1 ELSE 0 END) AS share_morning,
+    AVG(CASE WHEN hour(h.event_ts) >= 12 AND hour(h.event_ts) < 18 THEN 1 ELSE 0 END) AS share_afternoon,
+    AVG(CASE WHEN hour(h.event_ts) >= 18 THEN 1 ELSE 0 END) AS share_evening,
+    AVG(CASE WHEN h.device = 'mobile' THEN 1 ELSE 0 END) AS share_mobile,
+    AVG(CASE WHEN h.device = 'desktop' THEN 1 ELSE 0 END) AS share_desktop,
+    AVG(CASE WHEN h.device = 'tv' THEN 1 ELSE 0 END) AS share_tv,
+    AVG(CASE WHEN h.device = 'tablet' THEN 1 ELSE 0 END) AS share_tablet
   FROM hist h
   LEFT JOIN videos v ON v.video_id = h.video_id
   GROUP BY h.as_of_ts, h.user_id

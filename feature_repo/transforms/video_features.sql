@@ -63,7 +63,7 @@ SELECT
   CAST(COALESCE(a.views_30d, 0) AS BIGINT) AS views_30d,
   CAST(COALESCE(a.views_prev_7d, 0) AS BIGINT) AS views_prev_7d,
   CAST(COALESCE(a.views_total, 0) AS BIGINT) AS views_total,
-  ln((1.0 + COALESCE(a.views_7d, 0)) / (1.0 + COALESCE(a.views_prev_7d, 0))) AS trending_score,
+  ln((1 + COALESCE(a.views_7d, 0)) / (1 + COALESCE(a.views_prev_7d, 0))) AS trending_score,
   CAST(a.completion_rate AS DOUBLE) AS completion_rate,
   CAST(a.likes AS DOUBLE) / NULLIF(a.likes + a.dislikes, 0) AS like_ratio,
   CAST(a.avg_rating AS DOUBLE) AS avg_rating,
