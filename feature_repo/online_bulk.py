@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 BATCH_ROWS = 50_000
 REDIS_PIPELINE = 10_000
+_STAGE = "temp.vidrec_bulk_stage"
 
 # Value proto field tags (field number << 3 | wire type), from feast/protos/feast/types/Value.proto.
 _TAG = {"STRING": b"\x12", "INT32": b"\x18", "INT64": b"\x20", "DOUBLE": b"\x29", "BOOL": b"\x38"}
@@ -126,8 +127,19 @@ class EncodedBatch:
     def texts(self, feature: str) -> list[str | None]:
         """SQLite's value_text column: Feast's `extract_text_and_num` of each value (str() of numbers)."""
         encoded = self.values[feature]
-        if _direct(self.batch.column(feature).type, self.types[feature]):
-            return [str(v) if raw else None for v, raw in zip(self.batch.column(feature).to_pylist(), encoded)]
+        column = self.batch.column(feature)
+        if _direct(column.type, self.types[feature]):
+            if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
+                if pa.types.is_integer(column.type):
+                    column = column.fill_null(0)  # else numpy makes them floats ('5.0'); nulls are cut below
+                numbers = column.to_numpy(zero_copy_only=False)
+                out = list(map(str, numbers.tolist()))  # str() of Python floats/ints, as Feast does
+            else:
+                out = [None if v is None else str(v) for v in column.to_pylist()]
+            for i, raw in enumerate(encoded):
+                if not raw:  # null or NaN: the empty Value, no text
+                    out[i] = None
+            return out
 
         from feast.infra.online_stores.helpers import extract_text_and_num
         from feast.protos.feast.types.Value_pb2 import Value
@@ -207,8 +219,14 @@ def encode_values(column: pa.Array, value_type) -> list[bytes]:
 
 def _split(buffer: bytes, lengths: np.ndarray, stride: int, missing: np.ndarray) -> list[bytes]:
     """Row i of a fixed-stride buffer, cut to lengths[i]; b'' where missing."""
-    view = memoryview(buffer)
-    return [b"" if missing[i] else bytes(view[i * stride : i * stride + lengths[i]]) for i in range(len(lengths))]
+    starts = range(0, len(lengths) * stride, stride)
+    if (lengths == stride).all():
+        out = [buffer[s : s + stride] for s in starts]
+    else:
+        out = [buffer[s : s + n] for s, n in zip(starts, lengths.tolist())]
+    for i in np.flatnonzero(missing).tolist():
+        out[i] = b""
+    return out
 
 
 def _varints(numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -255,25 +273,34 @@ def _write_sqlite(store, view, batch: EncodedBatch) -> None:
     conn = online._get_conn(store.config)
     versioning = store.config.registry.enable_online_feature_view_versioning
     table = _quote_id(_table_id(store.project, view, versioning))
-    upsert = (
-        f"INSERT INTO {table} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
-        "value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
-        "created_ts = excluded.created_ts;"
+    columns_sql = "entity_key, feature_name, value, value_text, event_ts, created_ts"
+    features = sorted(batch.values)
+    values = [batch.values[feature] for feature in features]
+    texts = [batch.texts(feature) for feature in features]
+    # Staged: one wide row per entity (key, times, then value and text of each feature) goes into an
+    # unindexed temp table; one INSERT ... SELECT then unpivots it into Feast's row per feature, in
+    # primary-key order, and upserts. Python binds one row per entity instead of one per value, and
+    # SQLite maintains Feast's two indexes itself.
+    wide = ["entity_key", "event_ts", "created_ts"] + [f"v{j}" for j in range(len(features))] + [f"t{j}" for j in range(len(features))]
+    unpivot = " UNION ALL ".join(
+        f"SELECT entity_key, {_sql_string(feature)}, v{j}, t{j}, event_ts, created_ts FROM {_STAGE}"
+        for j, feature in enumerate(features)
     )
-    event_ts = _sqlite_times(batch.event_ts)
-    created_ts = _sqlite_times(batch.created_ts)
-    # Entity by entity, features by name: the primary key's order (the batch is sorted by key).
-    columns = [(feature, batch.values[feature], batch.texts(feature)) for feature in sorted(batch.values)]
-
-    def rows() -> Iterator[tuple]:
-        for i in range(len(batch.keys)):
-            key, event, created = batch.keys[i], event_ts[i], created_ts[i]
-            for feature, values, texts in columns:
-                yield key, feature, values[i], texts[i], event, created
-
+    rows = zip(batch.keys, _sqlite_times(batch.event_ts), _sqlite_times(batch.created_ts), *values, *texts)
     with conn:
-        conn.executemany(upsert, rows())
+        conn.execute(f"DROP TABLE IF EXISTS {_STAGE}")
+        conn.execute(f"CREATE TEMP TABLE {_STAGE} ({', '.join(wide)})")
+        conn.executemany(f"INSERT INTO {_STAGE} VALUES ({', '.join('?' * len(wide))})", rows)
+        conn.execute(
+            f"INSERT INTO {table} ({columns_sql}) SELECT * FROM ({unpivot}) WHERE true ORDER BY 1, 2 "
+            "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
+            "value_text = excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts"
+        )  # `WHERE true`: SQLite's rule for an upsert whose rows come from a SELECT
+        conn.execute(f"DROP TABLE {_STAGE}")
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _sqlite_times(times: list) -> list:

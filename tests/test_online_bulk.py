@@ -70,6 +70,23 @@ def test_random_numbers_encode_to_feasts_bytes():
     assert online_bulk.encode_values(pa.array([3, None]), ValueType.DOUBLE) == feast_bytes(pa.array([3, None]), "DOUBLE")
 
 
+def test_sqlite_value_texts_are_feasts():
+    from feast.infra.online_stores.helpers import extract_text_and_num
+    from feast.protos.feast.types.Value_pb2 import Value
+    from feast.value_type import ValueType
+
+    for type_name, column in COLUMNS.items():
+        batch = pa.record_batch({"user_id": pa.array([str(i) for i in range(len(column))]), "x": column})
+        encoded = online_bulk.encode_values(column, ValueType[type_name])
+        bulk = online_bulk.EncodedBatch(batch, {"x": ValueType[type_name]}, [], [], [], {"x": encoded})
+        want = []
+        for raw in encoded:
+            value = Value()
+            value.ParseFromString(raw)
+            want.append(extract_text_and_num(value, False)[0])
+        assert bulk.texts("x") == want, type_name
+
+
 def test_entity_keys_are_feasts_serialization():
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
