@@ -18,24 +18,9 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 
-# Same definition in dags/vidrec_training.py (DAG files import nothing from each other).
-CHAMPION = Asset(name="vidrec_champion", uri="x-vidrec://mlflow/champion")
-
-# Early enough for any logical date a backfill or `airflow dags test` gives (MovieLens starts in
-# 1995): a task never runs for a logical date before its start_date. catchup=False keeps the
-# scheduler from creating the past runs.
-START_DATE = datetime(1990, 1, 1, tzinfo=timezone.utc)
-
-DEFAULT_ARGS = {
-    "owner": "vidrec",
-    "retries": int(os.environ.get("VIDREC_TASK_RETRIES", "2")),
-    "retry_delay": timedelta(seconds=int(os.environ.get("VIDREC_RETRY_DELAY_S", "60"))),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=30),
-    "execution_timeout": timedelta(hours=2),
-}
+from vidrec.orchestration import CHAMPION, START_DATE, default_args, interval_end
 
 
 def _as_of(context) -> datetime:
@@ -49,8 +34,7 @@ def _as_of(context) -> datetime:
     ]
     if stamps:
         return max(datetime.fromisoformat(s) for s in stamps).astimezone(timezone.utc)
-    end = context.get("data_interval_end") or context.get("logical_date") or context["dag_run"].run_after
-    return end.astimezone(timezone.utc)
+    return interval_end(context)
 
 
 @dag(
@@ -63,7 +47,7 @@ def _as_of(context) -> datetime:
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    default_args=default_args(timedelta(hours=2)),
     tags=["vidrec", "serving"],
     doc_md=__doc__,
     params={

@@ -14,32 +14,11 @@ Each is idempotent: re-running an interval leaves the same lake, tables and onli
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
-from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
-# The online store was refreshed (lineage in the UI; vidrec_batch_recs runs on its own schedule).
-ONLINE_FEATURES = Asset(name="vidrec_online_features", uri="x-vidrec://feast/online")
-
-# Early enough for any logical date a backfill or `airflow dags test` gives (MovieLens starts in
-# 1995): a task never runs for a logical date before its start_date. catchup=False keeps the
-# scheduler from creating the past runs.
-START_DATE = datetime(1990, 1, 1, tzinfo=timezone.utc)
-
-DEFAULT_ARGS = {
-    "owner": "vidrec",
-    "retries": int(os.environ.get("VIDREC_TASK_RETRIES", "2")),
-    "retry_delay": timedelta(seconds=int(os.environ.get("VIDREC_RETRY_DELAY_S", "60"))),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=30),
-    "execution_timeout": timedelta(hours=4),
-}
-
-
-def _interval_end(context) -> datetime:
-    """The end of the data interval (the as-of time); a run without one uses its run_after."""
-    end = context.get("data_interval_end") or context.get("logical_date") or context["dag_run"].run_after
-    return end.astimezone(timezone.utc)
+from vidrec.orchestration import ONLINE_FEATURES, START_DATE, default_args, interval_end
 
 
 @dag(
@@ -49,7 +28,7 @@ def _interval_end(context) -> datetime:
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    default_args=default_args(timedelta(hours=4)),
     tags=["vidrec", "features"],
     doc_md=__doc__,
     params={
@@ -91,7 +70,7 @@ def vidrec_features():
         params = context["params"]
         from airflow.sdk.exceptions import AirflowFailException
 
-        report = run_dir(Settings.from_env(), "vidrec_features", _interval_end(context)) / "ingest.json"
+        report = run_dir(Settings.from_env(), "vidrec_features", interval_end(context)) / "ingest.json"
         try:
             return ingest_sources(
                 params["dataset"], params["data_dir"] or None, str(report), include_feedback=params["include_feedback"]
@@ -118,7 +97,7 @@ def vidrec_features():
         from vidrec.pipeline import compute_feature_tables
 
         context = get_current_context()
-        return compute_feature_tables(_interval_end(context).isoformat(), int(context["params"]["snapshots"]))
+        return compute_feature_tables(interval_end(context).isoformat(), int(context["params"]["snapshots"]))
 
     @task
     def embeddings(validated: dict) -> dict:
@@ -139,7 +118,7 @@ def vidrec_features():
         """Offline -> online store up to the data interval's end."""
         from vidrec.pipeline import materialize_online
 
-        return materialize_online(_interval_end(get_current_context()).isoformat())
+        return materialize_online(interval_end(get_current_context()).isoformat())
 
     checked = validate(ingest())
     materialize(feast_apply(transform(checked), embeddings(checked)))

@@ -20,33 +20,13 @@ MLflow run instead of registering new versions (`force_retrain` to train anyway)
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
-from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
-# Same definition in dags/vidrec_batch_recs.py (DAG files import nothing from each other).
-CHAMPION = Asset(name="vidrec_champion", uri="x-vidrec://mlflow/champion")
+from vidrec.orchestration import CHAMPION, START_DATE, default_args, interval_end
 
 GENERATORS = ["popularity", "trending", "item-cf", "user-cf", "als", "ease", "content-tfidf"]
-
-# Early enough for any logical date a backfill or `airflow dags test` gives (MovieLens starts in
-# 1995): a task never runs for a logical date before its start_date. catchup=False keeps the
-# scheduler from creating the past runs.
-START_DATE = datetime(1990, 1, 1, tzinfo=timezone.utc)
-
-DEFAULT_ARGS = {
-    "owner": "vidrec",
-    "retries": int(os.environ.get("VIDREC_TASK_RETRIES", "2")),
-    "retry_delay": timedelta(seconds=int(os.environ.get("VIDREC_RETRY_DELAY_S", "60"))),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=30),
-    "execution_timeout": timedelta(hours=6),
-}
-
-
-def _interval_end(context) -> datetime:
-    end = context.get("data_interval_end") or context.get("logical_date") or context["dag_run"].run_after
-    return end.astimezone(timezone.utc)
 
 
 @dag(
@@ -56,7 +36,7 @@ def _interval_end(context) -> datetime:
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    default_args=default_args(timedelta(hours=6)),
     tags=["vidrec", "training"],
     doc_md=__doc__,
     params={
@@ -106,7 +86,7 @@ def vidrec_training():
         context = get_current_context()
         tags = {"airflow.dag_id": context["dag"].dag_id, "airflow.run_id": context["run_id"]}
         try:
-            result = train_models(dict(context["params"]), _interval_end(context).isoformat(), run_tags=tags)
+            result = train_models(dict(context["params"]), interval_end(context).isoformat(), run_tags=tags)
         except (NotReady, ValueError) as exc:  # no data before the interval end, or a bad Param
             raise AirflowFailException(str(exc)) from exc
         print(f"MLflow run {result['run_id']}{' (reused)' if result['reused'] else ''}: versions {result['versions']}")

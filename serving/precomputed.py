@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pandas as pd
 
@@ -76,22 +77,18 @@ class PrecomputedList:
                    {str(k): str(v) for k, v in raw["versions"].items()}, float(raw["generated_at"]))  # fmt: skip
 
 
-class PrecomputedStore:
-    """get/put of lists by user id; `url` says where."""
+class PrecomputedStore(Protocol):
+    """get/put of lists by user id; `url` says where (SQLite and Redis implement it below)."""
 
     url: str
 
-    def put_many(self, lists: Iterable[PrecomputedList], ttl_s: float) -> int:
-        raise NotImplementedError
+    def put_many(self, lists: Iterable[PrecomputedList], ttl_s: float) -> int: ...
 
-    def get_raw(self, user_id: str) -> str | bytes | None:
-        raise NotImplementedError
+    def get_raw(self, user_id: str) -> str | bytes | None: ...
 
-    def ping(self) -> None:
-        raise NotImplementedError
+    def ping(self) -> None: ...
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None: ...
 
     def get(self, user_id: str, max_age_s: float, versions: dict[str, str] | None = None, now: float | None = None) -> PrecomputedList | None:
         """The fresh list of `user_id` made by `versions` (when given), else None."""
