@@ -9,8 +9,9 @@ encoded column by column with numpy into the exact bytes Feast would store:
     Value proto       double/int64/int32/string/bool encoded directly (tag + payload); null and NaN
                       become the empty Value, as Feast does; other types go through Feast's converter
     entity key        Feast's serialization v3 of one string join key, built directly (others: Feast's)
-    SQLite            one `executemany` upsert per batch into Feast's table (same columns, value_text
-                      included), in one transaction per batch
+    SQLite            per batch, one wide row per entity into an unindexed temp table, then one
+                      INSERT ... SELECT that unpivots it into Feast's row per feature (value_text
+                      included) and upserts in key order; one transaction per batch
     Redis             pipelined HMGET of the `_ts:<view>` fields, then HSETs for rows newer than what
                       is stored (Feast's rule), 10,000 commands per round trip
 
@@ -59,20 +60,20 @@ def materialize_view(
     """Write the view's latest row per entity in (start, end] to the online store; returns the rows."""
     if not supports(store):
         raise ValueError(f"bulk materialization does not support this online store: {store.config.online_store!r}")
-    table = pull_latest(store, view, start, end)
-    key_version = store.config.entity_key_serialization_version
-    if table.num_rows:
-        # In stored-key order: SQLite's primary-key B-tree then grows at its end (about twice as
-        # fast as random inserts); Redis does not mind.
-        join = {entity.name: entity.dtype.to_value_type() for entity in view.entity_columns}
-        keys = entity_keys(table.select(list(join)).combine_chunks().to_batches()[0], join, key_version)
-        table = table.take(pa.array(sorted(range(len(keys)), key=keys.__getitem__)))
+    table = pull_latest(store, view, start, end).combine_chunks()
+    join = {entity.name: entity.dtype.to_value_type() for entity in view.entity_columns}
+    whole = table.to_batches()[0] if table.num_rows else None  # one batch: the chunks are combined
+    keys = entity_keys(whole, join, store.config.entity_key_serialization_version) if whole is not None else []
+    # In stored-key order: SQLite's primary-key indexes then grow at their end instead of taking
+    # random inserts; Redis does not mind.
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    table, keys = table.take(pa.array(order, type=pa.int64())), [keys[i] for i in order]
     write = _write_sqlite if store.config.online_store.type == "sqlite" else _write_redis
     written = 0
     for batch in table.to_batches(max_chunksize=BATCH_ROWS):
         if batch.num_rows == 0:
             continue
-        write(store, view, EncodedBatch.of(batch, view, key_version))
+        write(store, view, EncodedBatch.of(batch, view, keys[written : written + batch.num_rows]))
         written += batch.num_rows
         if progress:
             progress(batch.num_rows)
@@ -111,18 +112,14 @@ class EncodedBatch:
         self.keys, self.event_ts, self.created_ts, self.values = keys, event_ts, created_ts, values
 
     @classmethod
-    def of(cls, batch: pa.RecordBatch, view, key_version: int = 3) -> EncodedBatch:
+    def of(cls, batch: pa.RecordBatch, view, keys: list[bytes]) -> EncodedBatch:
+        """Encode a batch whose rows have these serialized entity keys (see `entity_keys`)."""
         source = view.batch_source
-        join = {entity.name: entity.dtype.to_value_type() for entity in view.entity_columns}
-        keys = entity_keys(batch, join, key_version)
         event_ts = _datetimes(batch.column(source.timestamp_field))
         created = _datetimes(batch.column(source.created_timestamp_column)) if source.created_timestamp_column else [None] * batch.num_rows
         types = {f.name: f.dtype.to_value_type() for f in view.features}
         values = {name: encode_values(batch.column(name), t) for name, t in types.items()}
         return cls(batch, types, keys, event_ts, created, values)
-
-    def __len__(self) -> int:
-        return len(self.keys)
 
     def texts(self, feature: str) -> list[str | None]:
         """SQLite's value_text column: Feast's `extract_text_and_num` of each value (str() of numbers)."""
