@@ -27,7 +27,7 @@ from models.base import Recommender
 from models.hybrid import HybridUnion
 from models.catalog import generator_factories
 from models.evaluate import evaluate_model, users_with_truth
-from models.interactions import Interactions
+from models.interactions import Interactions, epoch_seconds
 from models.protocols import rating_triples, relevant_sets, stratified_split, time_split
 
 PROTOCOLS = ("time", "stratified")
@@ -59,7 +59,7 @@ def to_split_frame(events: pd.DataFrame) -> pd.DataFrame:
     ordered = events.sort_values("event_ts", kind="stable")
     grouped = ordered.groupby(["user_id", "video_id"], sort=True)
     frame = grouped.agg(rating=("rating", "last"), timestamp=("event_ts", "max")).reset_index()
-    frame["timestamp"] = frame["timestamp"].astype("int64") // 10**9
+    frame["timestamp"] = epoch_seconds(frame["timestamp"])
     return frame[SPLIT_COLUMNS]
 
 

@@ -75,7 +75,7 @@ class Interactions:
                 "v": video_ids.get_indexer(ev["video_id"]),
                 "w": weight,
                 "r": ev["rating"] if "rating" in ev else np.nan,
-                "t": ev["event_ts"].astype("int64") // 10**9 if len(ev) else pd.Series(dtype="int64"),
+                "t": epoch_seconds(ev["event_ts"]) if len(ev) else pd.Series(dtype="int64"),
             }
         )
         agg = pairs.groupby(["u", "v"], sort=True).agg(w=("w", "sum"), r=("r", "last"), t=("t", "max")).reset_index()
@@ -115,3 +115,13 @@ def _event_weights(ev: pd.DataFrame, weighting: str) -> np.ndarray:
             w = np.where((ev["event_type"].to_numpy() == "watch") & ~np.isnan(completion), 0.2 + completion, w)
         return w
     return np.ones(len(ev))
+
+
+def epoch_seconds(times: pd.Series) -> pd.Series:
+    """Whole seconds since 1970 of a datetime column, whatever its resolution.
+
+    Not `astype("int64") // 10**9`: that assumes nanoseconds, and the lake's parquet timestamps
+    come back as microseconds (1000x too small: a week of history would look like ten minutes).
+    """
+    return (pd.to_datetime(times, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+

@@ -32,3 +32,16 @@ def test_trending_prefers_recent_over_old_popularity():
     popular_top = Popularity().fit(data).recommend(np.array([0]), k=1, filter_seen=False)[0][0, 0]
     assert data.video_ids[trending_top] == "new"
     assert data.video_ids[popular_top] == "old"
+
+
+def test_trending_ages_are_right_for_microsecond_timestamps():
+    """The lake's parquet timestamps come back as datetime64[us]: ages must still be in real days."""
+    now = pd.Timestamp("2026-06-01", tz="UTC")
+    rows = [("u%d" % i, "old", now - pd.Timedelta(days=60)) for i in range(10)]
+    rows += [("u%d" % i, "new", now - pd.Timedelta(days=1)) for i in range(4)]
+    events = pd.DataFrame(rows, columns=["user_id", "video_id", "event_ts"]).assign(event_type="watch", rating=np.nan)
+    events["event_ts"] = events["event_ts"].astype("datetime64[us, UTC]")
+    data = Interactions.from_events(events, weighting="binary")
+    assert data.timestamps.max() == int(now.timestamp()) - 86400  # epoch seconds, not a thousandth
+    top = Trending(half_life_days=7).fit(data).recommend(np.array([0]), k=1, filter_seen=False)[0][0, 0]
+    assert data.video_ids[top] == "new"  # 10 views 60 days ago weigh 10 * 0.5**(59/7) < 4

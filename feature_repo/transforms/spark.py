@@ -32,7 +32,12 @@ from feature_repo.transforms.run import TABLES, TIMESTAMP_FIELD, normalize_as_of
 
 def spark_session(master: str = "local[*]", app_name: str = "vidrec-features", **conf: str):
     """A SparkSession in UTC with adaptive execution; `conf` adds spark.* settings."""
+    import logging
+
     from pyspark.sql import SparkSession
+
+    # py4j logs at INFO from __del__ while the interpreter shuts down, into closed streams.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
 
     builder = (
         SparkSession.builder.master(master)
