@@ -8,7 +8,7 @@
     build_features(settings, ...)    the whole job: transforms -> apply -> materialize
 
 Configuration: `feast_repo/feature_store.yaml` (local profile) or `feature_store.prod.yaml`
-(prod, spark) with `${VAR}` placeholders, filled here from an environment variable of that name
+(prod, spark) with `${VAR}` references, filled here from an environment variable of that name
 or else from vidrec's settings (see `locations`). Data source paths are relative and resolve
 against the features folder (the config's `repo_path`), so one registry serves any checkout.
 """
@@ -88,7 +88,7 @@ def locations(settings: Settings | None = None) -> FeastLocations:
 
 
 def load_config(settings: Settings | None = None, where: FeastLocations | None = None):
-    """The RepoConfig of the profile, placeholders filled, `repo_path` = the features folder."""
+    """The RepoConfig of the profile, `${VAR}` references filled, `repo_path` = the features folder."""
     from feast.repo_config import RepoConfig
 
     where = where or locations(settings)

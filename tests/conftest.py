@@ -16,6 +16,19 @@ def ml_small() -> Path:
     return ML_SMALL
 
 
+@pytest.fixture(scope="session")
+def movielens_lake(ml_small, tmp_path_factory):
+    """ml-latest-small ingested once per session into a lake that tests only read."""
+    from feature_repo.ingest import ingest
+    from feature_repo.lake import Lake
+    from feature_repo.sources import open_source
+
+    tmp = tmp_path_factory.mktemp("movielens-lake")
+    lake = Lake(tmp / "lake")
+    ingest(open_source("movielens-small", ml_small, tmp / "cache"), lake)
+    return lake
+
+
 @pytest.fixture(autouse=True)
 def isolated_vidrec_home(tmp_path, monkeypatch):
     """No test writes into the checkout's .vidrec or the user's cache."""

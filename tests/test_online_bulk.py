@@ -20,9 +20,7 @@ import pyarrow as pa
 import pytest
 
 from feature_repo import online_bulk, store
-from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
-from feature_repo.sources import open_source
 from feature_repo.transforms import compute_features
 from feature_repo.transforms.embeddings import compute_embeddings
 from test_feast_store import settings_for
@@ -156,14 +154,6 @@ def test_sqlite_initial_and_incremental_writes_equal_feasts(tmp_path):
     want = store.online_user_features(users, settings=feast)
     assert got.equals(want), (got, want)
     assert got["user_profile__events_total"].tolist()[:3] == [7, 4, 0]
-
-
-@pytest.fixture(scope="module")
-def movielens_lake(ml_small, tmp_path_factory) -> Lake:
-    tmp = tmp_path_factory.mktemp("bulk-ml")
-    lake = Lake(tmp / "lake")
-    ingest(open_source("movielens-small", ml_small, tmp / "cache"), lake)
-    return lake
 
 
 def test_sqlite_movielens_with_embeddings_equals_feast(movielens_lake, tmp_path):

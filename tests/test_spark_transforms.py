@@ -11,9 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
-from feature_repo.sources import open_source
 from feature_repo.transforms import TABLES, TIMESTAMP_FIELD, query_features
 from feature_repo.transforms.spark import spark_features, spark_session, write_features
 from test_features import T, T2, tiny_lake
@@ -59,22 +57,14 @@ def test_spark_matches_duckdb_on_the_hand_made_lake(spark, tmp_path, table):
     assert_same_rows(query_features(lake, table, [T, T2]), spark_frame(spark, lake, table, [T, T2]), key)
 
 
-@pytest.fixture(scope="module")
-def movielens(ml_small, tmp_path_factory) -> Lake:
-    tmp = tmp_path_factory.mktemp("spark-ml")
-    lake = Lake(tmp / "lake")
-    ingest(open_source("movielens-small", ml_small, tmp / "cache"), lake)
-    return lake
-
-
 AS_OF = [pd.Timestamp("2017-01-01", tz="UTC"), pd.Timestamp("2018-06-01", tz="UTC"), pd.Timestamp("2018-09-25", tz="UTC")]
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))
-def test_spark_matches_duckdb_on_movielens(spark, movielens, table):
+def test_spark_matches_duckdb_on_movielens(spark, movielens_lake, table):
     key = TABLES[table][1]
-    duck = query_features(movielens, table, AS_OF)
-    assert_same_rows(duck, spark_frame(spark, movielens, table, AS_OF), key)
+    duck = query_features(movielens_lake, table, AS_OF)
+    assert_same_rows(duck, spark_frame(spark, movielens_lake, table, AS_OF), key)
 
 
 def test_write_features_replaces_only_the_as_of_times_it_computes(spark, tmp_path):

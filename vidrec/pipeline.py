@@ -67,14 +67,6 @@ def _write_json_atomic(data: dict, path: Path) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _videos_digest(lake) -> str:
     """What the embeddings are computed from: each video's id, text and publication time."""
     from models.content import video_text
@@ -259,6 +251,7 @@ def compute_feature_tables(end: str, snapshots: int = 1, freq: str = "D", *, set
 def compute_video_embeddings(method: str, *, settings: Settings | None = None) -> dict:
     """Content embeddings of every video (`minilm`, `tfidf`, or `none` to keep what is there)."""
     from feature_repo.lake import Lake
+    from feature_repo.sources.download import sha256_of
     from feature_repo.store import locations
 
     if method == "none":
@@ -275,11 +268,11 @@ def compute_video_embeddings(method: str, *, settings: Settings | None = None) -
     source = {"method": method, "videos_sha256": _videos_digest(lake)}
     marker = features_dir / ".video_embeddings.source.json"
     target = features_dir / "video_embeddings.parquet"
-    if target.exists() and marker.exists() and json.loads(marker.read_text()) == {**source, "table_sha256": _sha256(target)}:
+    if target.exists() and marker.exists() and json.loads(marker.read_text()) == {**source, "table_sha256": sha256_of(target)}:
         log.info("videos unchanged since %s embeddings were computed: keeping %s", method, target)
         return {"method": method, "table": str(target), "reused": True}
     path = compute_embeddings(lake, features_dir, method=method)
-    _write_json_atomic({**source, "table_sha256": _sha256(path)}, marker)
+    _write_json_atomic({**source, "table_sha256": sha256_of(path)}, marker)
     return {"method": method, "table": str(path), "reused": False}
 
 
