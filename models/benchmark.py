@@ -28,7 +28,7 @@ from models.hybrid import HybridUnion
 from models.catalog import generator_factories
 from models.evaluate import evaluate_model, users_with_truth
 from models.interactions import Interactions, epoch_seconds
-from models.protocols import rating_triples, relevant_sets, stratified_split, time_split
+from models.protocols import rating_triples, relevant_sets, rolling_time_splits, stratified_split, time_split
 
 PROTOCOLS = ("time", "stratified")
 TWO_STAGE = "two-stage"
@@ -121,32 +121,35 @@ def train_events_of(data: BenchmarkData) -> pd.DataFrame:
 def two_stage_model(data: BenchmarkData, train_events: pd.DataFrame, protocol: str, vectors, factories) -> Recommender:
     """The generators' union plus the XGBoost ranker, trained inside the train split only.
 
-    The train split is split again (same protocol): generators fit on the first part, the ranker
-    learns from the second; then the generators are refit on the whole train split and the
-    ranker ranks their candidates for the test users. No Feast features here: the benchmark
-    compares models on the split alone (`vidrec train` adds them).
+    The ranker learns from label windows inside the train split, each with generators fitted
+    on what came before it: with the time protocol, rolling origins (`rolling_time_splits`);
+    with the stratified one, one inner stratified split. Then the generators are refit on the
+    whole train split and the ranker ranks their candidates for the test users, each request
+    at the user's first test event (its hour, day and device are the request's context).
+    No Feast features here: the benchmark compares models on the split alone (`vidrec train`
+    adds them).
     """
     from models.ranker import CatalogSide
-    from models.two_stage import Requests, TwoStage, TwoStageRecommender
+    from models.two_stage import Requests, TwoStage, TwoStageRecommender, train_on_windows
     from models.train import DEFAULT_GENERATORS
 
     if protocol == "time":
-        fit, label = time_split(train_events, test_fraction=0.2)
+        windows = rolling_time_splits(train_events)
     else:
-        fit, label = stratified_split(train_events, ratio=0.75, seed=7)
+        windows = [stratified_split(train_events, ratio=0.75, seed=7)]
+    if not windows:
+        raise ValueError("the train split has no label window with returning users to train the ranker on")
 
     def union_on(events: pd.DataFrame):
         interactions = Interactions.from_events(events, catalog=data.videos["video_id"], weighting="binary")
         union = HybridUnion({name: factories[name]() for name in DEFAULT_GENERATORS}, per_source_k=100).fit(interactions)
         return union, CatalogSide.build(data.videos, interactions, align_rows(vectors, data.videos["video_id"], interactions.video_ids))
 
-    union, catalog = union_on(fit)
-    staged, _ = TwoStage.train(union, catalog, label)
+    ranker, _ = train_on_windows([(*union_on(fit), label) for fit, label in windows])
     final_union, final_catalog = union_on(train_events)
-    system = TwoStage(final_union, final_catalog, staged.ranker)
-    # Request context for every user: just after the train split ends.
-    when = pd.to_datetime(train_events["event_ts"], utc=True).max()
-    return TwoStageRecommender(system, Requests.at(np.arange(final_union.data.n_users), when))
+    system = TwoStage(final_union, final_catalog, ranker)
+    train_end = pd.to_datetime(train_events["event_ts"], utc=True).max()
+    return TwoStageRecommender(system, Requests.arrivals(final_union.data, split_to_events(data.test), train_end))
 
 
 def run_benchmark(

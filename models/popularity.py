@@ -34,11 +34,19 @@ class Trending(Recommender):
         self.half_life_days = half_life_days
 
     def _fit(self, data: Interactions) -> None:
-        ts = data.timestamps.tocoo()
-        now = ts.data.max() if ts.nnz else 0.0
-        age_days = (now - ts.data) / 86_400.0
-        weights = np.power(0.5, age_days / self.half_life_days)
-        self.counts = np.bincount(ts.col, weights=weights, minlength=data.n_videos).astype(np.float32)
+        self.counts = decayed_counts(data, self.half_life_days).astype(np.float32)
 
     def score(self, user_rows: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.counts, (len(user_rows), len(self.counts))).copy()
+
+
+def decayed_counts(data: Interactions, half_life_days: float) -> np.ndarray:
+    """Per video, the sum of 0.5 ** (age / half_life) over its interactions (float64).
+
+    Ages count back from the latest interaction in `data`, not from the wall clock.
+    """
+    ts = data.timestamps.tocoo()
+    now = ts.data.max() if ts.nnz else 0.0
+    age_days = (now - ts.data) / 86_400.0
+    weights = np.power(0.5, age_days / half_life_days)
+    return np.bincount(ts.col, weights=weights, minlength=data.n_videos)

@@ -72,6 +72,23 @@ def time_split(
     return train, test[known].copy()
 
 
+# Origins of the rolling windows a ranker learns from inside a train split: quantiles of event time.
+ROLLING_ORIGINS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def rolling_time_splits(
+    events: pd.DataFrame, origins: tuple[float, ...] = ROLLING_ORIGINS
+) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """`time_split` at several origins (quantiles of event time), each window running to the end.
+
+    Windows whose test side is empty (no returning users) are left out.
+    """
+    if not origins or not all(0.0 < q < 1.0 for q in origins):
+        raise ValueError(f"origins must be quantiles in (0, 1), got {origins}")
+    splits = [time_split(events, test_fraction=1.0 - q) for q in origins]
+    return [(train, test) for train, test in splits if not test.empty]
+
+
 def stratified_split(
     events: pd.DataFrame, ratio: float = 0.75, seed: int = 42, min_interactions: int = 1
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

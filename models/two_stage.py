@@ -7,6 +7,7 @@ with point-in-time features offline and with online features in serving.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,8 +15,9 @@ import pandas as pd
 
 from models.base import Recommender
 from models.hybrid import HybridUnion
-from models.interactions import Interactions
+from models.interactions import Interactions, epoch_seconds
 from models.ranker import (
+    QUERY_COLUMN,
     CatalogSide,
     FeatureLookup,
     RankerConfig,
@@ -23,7 +25,9 @@ from models.ranker import (
     candidate_frame,
     context_features,
     cross_features,
+    days_away,
     grade_labels,
+    last_active,
     train_ranker,
 )
 
@@ -58,6 +62,19 @@ class Requests:
         feature_ts = None if as_of is None else pd.Series([as_of] * int(known.sum()))
         return cls(rows[known], request_ts, device[known].reset_index(drop=True), feature_ts)
 
+    @classmethod
+    def arrivals(cls, data: Interactions, events: pd.DataFrame, default_ts: pd.Timestamp) -> Requests:
+        """Every user row of `data`: when (and on which device) the user shows up in `events`,
+        at `default_ts` on an unknown device for users who do not."""
+        first = cls.first_events(data, events)
+        rest = np.setdiff1d(np.arange(data.n_users), first.user_rows)
+        other = cls.at(rest, default_ts)
+        return cls(
+            np.concatenate([first.user_rows, rest]),
+            pd.concat([pd.to_datetime(first.request_ts, utc=True), pd.to_datetime(other.request_ts, utc=True)], ignore_index=True),
+            pd.concat([first.device, other.device], ignore_index=True),
+        )
+
     def subset(self, user_rows: np.ndarray) -> Requests:
         at = pd.Series(np.arange(len(self.user_rows)), index=self.user_rows)
         chosen = at.reindex(np.asarray(user_rows)).to_numpy()
@@ -79,6 +96,8 @@ def ranking_frame(
     request_ts = pd.Series(pd.to_datetime(requests.request_ts, utc=True).to_numpy()[per_row], index=frame.index)
     device = pd.Series(requests.device.to_numpy()[per_row], index=frame.index)
     frame = pd.concat([frame, cross_features(frame, union.data, catalog), context_features(request_ts, device)], axis=1)
+    last = last_active(union.data)[frame["user_row"].to_numpy()]
+    frame["ctx_log_days_away"] = days_away(last, epoch_seconds(request_ts).to_numpy())
     if lookup is not None:
         as_of = requests.feature_ts if requests.feature_ts is not None else requests.request_ts
         feature_ts = pd.Series(pd.to_datetime(as_of, utc=True).to_numpy()[per_row], index=frame.index)
@@ -112,16 +131,8 @@ class TwoStage:
 
         Returns the system and its training frame (with `label`), for logging and inspection.
         """
-        start = pd.to_datetime(label_events["event_ts"], utc=True).min()
-        requests = Requests.first_events(union.data, label_events, as_of=start)
-        frame = ranking_frame(union, catalog, requests, lookup)
-        if frame.empty:
-            raise ValueError("no candidates for the label window's users: nothing to train the ranker on")
-        labels = grade_labels(frame, label_events, config.label_scheme)
-        if not (labels > 0).any():
-            raise ValueError("no candidate of any label-window user was engaged with: labels are all zero")
-        frame["label"] = labels
-        return cls(union, catalog, train_ranker(frame, labels, config)), frame
+        ranker, frame = train_on_windows([(union, catalog, label_events)], lookup, config)
+        return cls(union, catalog, ranker), frame
 
     def rank(self, requests: Requests, k: int, lookup: FeatureLookup | None = None) -> pd.DataFrame:
         """Top-k per user: user_id, video_id, rank, score, and which generators proposed it."""
@@ -137,6 +148,47 @@ class TwoStage:
         names = np.array([c.removeprefix("rank_") for c in rank_cols])
         top = top.assign(sources=[list(names[row]) for row in sources])
         return top[["user_id", "video_id", "rank", "score", "sources"]].reset_index(drop=True)
+
+
+def labeled_frame(
+    union: HybridUnion,
+    catalog: CatalogSide,
+    label_events: pd.DataFrame,
+    lookup: FeatureLookup | None = None,
+    label_scheme: str = "graded",
+) -> pd.DataFrame:
+    """The ranking frame of the users active in one label window, with `label` and `query_id`.
+
+    Each user's request is their first event in the window; features are as of the window's
+    start. The query id (window start | user) keeps a user's rows of different windows apart.
+    """
+    start = pd.to_datetime(label_events["event_ts"], utc=True).min()
+    requests = Requests.first_events(union.data, label_events, as_of=start)
+    frame = ranking_frame(union, catalog, requests, lookup)
+    if frame.empty:
+        raise ValueError(f"no candidates for the users of the label window from {start}: nothing to train the ranker on")
+    frame["label"] = grade_labels(frame, label_events, label_scheme)
+    frame[QUERY_COLUMN] = f"{start.isoformat()}|" + frame["user_id"].astype(str)
+    return frame
+
+
+def train_on_windows(
+    windows: Sequence[tuple[HybridUnion, CatalogSide, pd.DataFrame]],
+    lookup: FeatureLookup | None = None,
+    config: RankerConfig = RankerConfig(),
+) -> tuple[RankerModel, pd.DataFrame]:
+    """One ranker from several (generators fitted before the window, catalog side, label window).
+
+    Rolling origins: each window's generators saw only what came before it, as at serving time,
+    and more windows mean more users to learn from than one recent window holds.
+    """
+    frame = pd.concat(
+        [labeled_frame(union, catalog, label, lookup, config.label_scheme) for union, catalog, label in windows],
+        ignore_index=True,
+    )
+    if not (frame["label"] > 0).any():
+        raise ValueError("no candidate of any label-window user was engaged with: labels are all zero")
+    return train_ranker(frame.drop(columns="label"), frame["label"].to_numpy(), config), frame
 
 
 class TwoStageRecommender(Recommender):

@@ -7,8 +7,9 @@ features for one user with numpy, from structures prepared once per loaded model
     candidates   each generator's `recommend(user, per_source_k)` (seen videos filtered), pooled
     generator    score_<g> or z_<g> (catalog z-score), rank_<g> (per_source_k + 1 when <g> did not
                  propose it), n_sources
-    cross        content_sim, genre_match, log_popularity, popularity_vs_usual, user_history_len
-    context      ctx_hour(_sin/_cos), ctx_dow, ctx_device_*
+    cross        content_sim, genre_match, log_popularity, popularity_vs_usual, user_history_len,
+                 trend_<days>d (share of recent activity)
+    context      ctx_hour(_sin/_cos), ctx_dow, ctx_device_*, ctx_log_days_away
     Feast        user views from the one online row, `request_features` computed locally, video
                  views from the in-memory `VideoTable`
 
@@ -34,7 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.base import _normalize_rows, top_k
-from models.ranker import DEVICES
+from models.ranker import DEVICES, TREND_FEATURES, days_away, last_active, trend_features
 from serving.online import (
     REQUEST_VIEW,
     USER_VIEWS,
@@ -51,8 +52,8 @@ from serving.rerank import ItemSignals, percentile
 
 log = logging.getLogger("vidrec.serving")
 
-CROSS = ("content_sim", "genre_match", "log_popularity", "popularity_vs_usual", "user_history_len")
-CONTEXT = ("ctx_hour", "ctx_hour_sin", "ctx_hour_cos", "ctx_dow", *(f"ctx_device_{d}" for d in DEVICES))
+CROSS = ("content_sim", "genre_match", "log_popularity", "popularity_vs_usual", "user_history_len", *TREND_FEATURES)
+CONTEXT = ("ctx_hour", "ctx_hour_sin", "ctx_hour_cos", "ctx_dow", *(f"ctx_device_{d}" for d in DEVICES), "ctx_log_days_away")
 COLD_POOL = 300
 SIMILAR_WEIGHTS = {"content": 0.5, "collaborative": 0.5}
 
@@ -139,6 +140,8 @@ class Engine:
         self.popularity = np.log1p(users_per_video)
         seen_pop = history @ self.popularity
         self.usual = np.where(self.counts > 0, seen_pop / np.maximum(self.counts, 1), 0.0)
+        self.trend = trend_features(data)
+        self.last_active = last_active(data)
         self.content = self.catalog.content
         self.content_sparse = sp.issparse(self.content)
         self.genres = sp.csr_matrix(self.catalog.genres, dtype=np.float64)
@@ -340,6 +343,9 @@ class Engine:
             out["genre_match"] = self.genres[rows] @ (genre_profile / total) if total > 0 else np.zeros(len(rows))
         out["log_popularity"] = self.popularity[rows]
         out["popularity_vs_usual"] = self.popularity[rows] - self.usual[user_row]
+        for j, name in enumerate(TREND_FEATURES):
+            if self.cross_col[name] >= 0:
+                out[name] = self.trend[rows, j]
         return out
 
     def pool(self, user_row: int, exclude: np.ndarray | None = None) -> Pool:
@@ -370,6 +376,7 @@ class Engine:
             "ctx_hour_sin": math.sin(2 * math.pi * hour / 24),
             "ctx_hour_cos": math.cos(2 * math.pi * hour / 24),
             "ctx_dow": ts.weekday(),
+            "ctx_log_days_away": float(days_away(self.last_active[user_row], math.floor(ts.timestamp()))),
         }
         device = device if device in DEVICES else "unknown"
         for name in DEVICES:

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 
 from models.interactions import Interactions
-from models.popularity import Popularity, Trending
+from models.popularity import Popularity, Trending, decayed_counts
 from recommender_contract import RecommenderContract
 
 
@@ -45,3 +45,14 @@ def test_trending_ages_are_right_for_microsecond_timestamps():
     assert data.timestamps.max() == int(now.timestamp()) - 86400  # epoch seconds, not a thousandth
     top = Trending(half_life_days=7).fit(data).recommend(np.array([0]), k=1, filter_seen=False)[0][0, 0]
     assert data.video_ids[top] == "new"  # 10 views 60 days ago weigh 10 * 0.5**(59/7) < 4
+
+
+def test_decayed_counts_halve_per_half_life():
+    now = pd.Timestamp("2026-06-01", tz="UTC")
+    events = pd.DataFrame(
+        [("a", "v", now), ("b", "v", now - pd.Timedelta(days=7)), ("c", "w", now - pd.Timedelta(days=14))],
+        columns=["user_id", "video_id", "event_ts"],
+    ).assign(event_type="watch", rating=np.nan)
+    data = Interactions.from_events(events, weighting="binary")
+    counts = dict(zip(data.video_ids, decayed_counts(data, half_life_days=7), strict=True))
+    assert counts["v"] == 1.5 and counts["w"] == 0.25

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from models.interactions import Interactions
-from models.protocols import rating_triples, relevant_sets, stratified_split, time_split
+from models.protocols import rating_triples, relevant_sets, rolling_time_splits, stratified_split, time_split
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +130,22 @@ def test_rating_triples_keep_latest_rating(events):
     )  # fmt: skip
     users, videos, ratings = rating_triples(test, data)
     assert users.tolist() == [0] and videos.tolist() == [data.video_rows(["b"])[0]] and ratings.tolist() == [2.0]
+
+
+def test_rolling_time_splits_train_on_the_past_of_each_origin(events):
+    windows = rolling_time_splits(events, origins=(0.5, 0.7, 0.9))
+    assert len(windows) == 3
+    sizes = [len(train) for train, _ in windows]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 3  # later origins see more history
+    starts = [test.event_ts.min() for _, test in windows]
+    assert starts == sorted(starts)
+    for (train, test), q in zip(windows, (0.5, 0.7, 0.9), strict=True):
+        assert train.event_ts.max() < test.event_ts.min()
+        assert len(train) / len(events) == pytest.approx(q, abs=0.01)
+        assert set(test.user_id) <= set(train.user_id)
+
+
+def test_rolling_time_splits_reject_bad_origins(events):
+    for origins in ((), (0.0, 0.5), (0.5, 1.2)):
+        with pytest.raises(ValueError, match="origins must be quantiles"):
+            rolling_time_splits(events, origins=origins)

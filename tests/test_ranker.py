@@ -6,7 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.ranker import RankerConfig, context_features, feature_columns, grade_labels, train_ranker
+from models.interactions import Interactions
+from models.ranker import (
+    TREND_FEATURES,
+    RankerConfig,
+    context_features,
+    feature_columns,
+    grade_labels,
+    train_ranker,
+    trend_features,
+)
 
 
 def test_grade_labels_order_engagement():
@@ -71,8 +80,50 @@ def test_ranker_learns_the_signal_and_is_deterministic():
     np.testing.assert_allclose(model.predict(shuffled), scores[shuffled.index.to_numpy()])
 
 
+def test_trees_are_chosen_by_cross_validation_then_refit_on_every_query():
+    frame, labels = synthetic_ranking(0)
+    model = train_ranker(frame, labels, RankerConfig(n_estimators=300, learning_rate=0.3, early_stopping_rounds=10, seed=1))
+    trees = model.booster.get_booster().num_boosted_rounds()
+    assert trees == model.best_iteration + 1 < 300  # stopped early, and predict uses every tree it kept
+    assert 0.5 < model.validation_ndcg <= 1.0  # the mean held-out nDCG@10 of the folds
+    # Another seed draws other folds but finds the same signal.
+    other = train_ranker(frame, labels, RankerConfig(n_estimators=300, learning_rate=0.3, early_stopping_rounds=10, seed=2))
+    test_frame, test_labels = synthetic_ranking(1)
+    assert np.corrcoef(other.predict(test_frame), test_labels)[0, 1] > 0.5
+    # Without early stopping: every tree, no validation.
+    full = train_ranker(frame, labels, RankerConfig(n_estimators=30, early_stopping_rounds=None))
+    assert full.booster.get_booster().num_boosted_rounds() == 30 and np.isnan(full.validation_ndcg)
+
+
+def test_query_id_groups_rows_instead_of_user_id():
+    """A user in two label windows is two queries: labels of one window do not rank the other's rows."""
+    frame, labels = synthetic_ranking(0, n_users=40)
+    one_query_per_user = train_ranker(frame, labels, RankerConfig(n_estimators=20, early_stopping_rounds=None))
+    windows = frame.assign(query_id=frame["user_id"] + "|" + (np.arange(len(frame)) % 2).astype(str))
+    two_per_user = train_ranker(windows, labels, RankerConfig(n_estimators=20, early_stopping_rounds=None))
+    assert two_per_user.features == one_query_per_user.features == ["signal", "noise"]  # query_id is no feature
+    assert not np.array_equal(two_per_user.predict(frame), one_query_per_user.predict(frame))
+
+
+def test_trend_features_are_activity_shares_by_horizon():
+    now = pd.Timestamp("2026-06-01", tz="UTC")
+    rows = [(f"u{i}", "classic", now - pd.Timedelta(days=300)) for i in range(40)]
+    rows += [(f"u{i}", "hit", now - pd.Timedelta(days=2)) for i in range(5)]
+    rows += [("u0", "untouched-since", now - pd.Timedelta(days=3000))]
+    events = pd.DataFrame(rows, columns=["user_id", "video_id", "event_ts"]).assign(event_type="watch", rating=np.nan)
+    data = Interactions.from_events(events, weighting="binary")
+    trend = pd.DataFrame(trend_features(data), index=data.video_ids, columns=list(TREND_FEATURES))
+    assert trend.loc["hit", "trend_7d"] > trend.loc["classic", "trend_7d"]  # this week's hit
+    assert trend.loc["classic", "trend_365d"] > trend.loc["hit", "trend_365d"]  # this year's favourite
+    assert (trend.loc["untouched-since"] < trend.loc["hit"]).all()
+    # Shares: the same activity twice over (a bigger fit of the same mix) gives the same features.
+    doubled = pd.concat([events, events.assign(user_id=events["user_id"] + "b")])
+    again = trend_features(Interactions.from_events(doubled, weighting="binary"))
+    np.testing.assert_allclose(again, trend.to_numpy(), atol=1e-9)
+
+
 def test_feature_columns_skip_ids_and_labels():
-    frame = pd.DataFrame({"user_id": ["a"], "video_id": ["b"], "user_row": [0], "label": [1.0], "x": [1.0], "flag": [True], "s": ["t"]})
+    frame = pd.DataFrame({"user_id": ["a"], "video_id": ["b"], "user_row": [0], "label": [1.0], "x": [1.0], "flag": [True], "s": ["t"], "query_id": ["w|a"]})
     assert feature_columns(frame) == ["x", "flag"]
 
 
