@@ -12,7 +12,7 @@ and registered versions, gate against the champion; a passed gate moves the `cha
   skipped, with a log line, when `VIDREC_SERVING_URL` is unset);
 * `gate_blocked` (logs why): `champion_promoted` and `reload_serving` are skipped.
 
-Trigger by hand from the UI with Params: protocol, generators, per_source_k, ranker
+Trigger by hand from the UI with Params: protocol, generators, per_source_k, label_windows, ranker
 hyperparameters, gate margins and guards. A second run on the same data and configuration reuses the
 MLflow run instead of registering new versions (`force_retrain` to train anyway).
 """
@@ -47,6 +47,7 @@ GENERATORS = ["popularity", "trending", "item-cf", "user-cf", "als", "ease", "co
             "content-minilm", "mult-vae", "sasrec"]},
             description="Candidate generators to train."),
         "per_source_k": Param(100, type="integer", minimum=10, maximum=1000, description="Candidates per generator per user."),
+        "label_windows": Param(4, type="integer", minimum=1, maximum=10, description="Rolling label windows the ranker learns from (time protocol; each refits the generators)."),
         "use_feast": Param(True, type="boolean", description="Join Feast point-in-time features (time protocol)."),
         "ranker": Param({}, type="object", description="XGBoost ranker hyperparameters (models.ranker.RankerConfig fields), e.g. {\"max_depth\": 6}."),
         "min_gain": Param(0.002, type="number", description="Gate: nDCG@10 gain needed over the champion."),

@@ -4,7 +4,11 @@ Windows (time protocol, the default; every window ends where the next starts):
 
     fit window ──────────────▶│ label window ─▶│ held-out window ─▶
     generators learn here       ranker learns    every model is evaluated here
-                                 labels here      (generators refit on fit + label)
+                                 labels here      (generators refit on all before it)
+
+With `label_windows` > 1 (time protocol), the ranker also learns from earlier label windows
+(rolling origins from 30% of the train part on), each with generators fitted on what came before
+it: more users to learn from than one recent window holds.
 
 The stratified protocol splits per user at random instead (to compare with published tables);
 Feast features are then left out, because snapshots as of any time would contain test events.
@@ -33,9 +37,9 @@ from models.evaluate import evaluate_model, users_with_truth
 from models.hybrid import HybridUnion
 from models.interactions import Interactions
 from models.metrics import ndcg_at_k
-from models.protocols import relevant_sets, stratified_split, time_split
+from models.protocols import ROLLING_ORIGINS, relevant_sets, rolling_time_splits, stratified_split, time_split
 from models.ranker import CatalogSide, FeatureLookup, RankerConfig
-from models.two_stage import Requests, TwoStage, TwoStageRecommender
+from models.two_stage import Requests, TwoStage, TwoStageRecommender, train_on_windows
 from vidrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,7 @@ class TrainConfig:
     k: int = 10
     test_fraction: float = 0.2
     label_fraction: float = 0.2
+    label_windows: int = 4  # time protocol: how many rolling label windows the ranker learns from
     use_feast: bool = True
     ranker: RankerConfig = field(default_factory=RankerConfig)
     gate: registry.GatePolicy = field(default_factory=registry.GatePolicy)
@@ -72,8 +77,17 @@ class Windows:
     fit: pd.DataFrame
     label: pd.DataFrame
     test: pd.DataFrame
+    # Everything before the held-out window: the generators' final refit. Not fit + label: the
+    # label side drops users the fit window never saw, and with them their whole history.
+    train: pd.DataFrame
     label_start: pd.Timestamp | None
     test_start: pd.Timestamp | None
+    earlier: list[tuple[pd.DataFrame, pd.DataFrame]] = field(default_factory=list)  # (fit, label), oldest first
+
+    @property
+    def label_sets(self) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+        """Every (fit, label) window the ranker learns from, the main one last."""
+        return [*self.earlier, (self.fit, self.label)]
 
 
 @dataclass
@@ -90,13 +104,18 @@ class TrainResult:
 def split_windows(events: pd.DataFrame, config: TrainConfig) -> Windows:
     """Fit / label / held-out windows by the configured protocol."""
     if config.protocol == "time":
+        if config.label_windows < 1:
+            raise ValueError(f"label_windows must be at least 1, got {config.label_windows}")
         train, test = time_split(events, test_fraction=config.test_fraction)
-        fit, label = time_split(train, test_fraction=config.label_fraction / (1 - config.test_fraction))
-        return Windows(fit, label, test, label["event_ts"].min(), test["event_ts"].min())
+        last_origin = 1 - config.label_fraction / (1 - config.test_fraction)
+        fit, label = time_split(train, test_fraction=1 - last_origin)
+        origins = np.linspace(ROLLING_ORIGINS[0], last_origin, config.label_windows)[:-1]
+        earlier = rolling_time_splits(train, tuple(float(q) for q in origins)) if len(origins) else []
+        return Windows(fit, label, test, train, label["event_ts"].min(), test["event_ts"].min(), earlier)
     if config.protocol == "stratified":
         train, test = stratified_split(events, ratio=1 - config.test_fraction, seed=config.seed)
         fit, label = stratified_split(train, ratio=1 - config.label_fraction, seed=config.seed + 1)
-        return Windows(fit, label, test, None, None)
+        return Windows(fit, label, test, train, None, None)
     raise ValueError(f"unknown protocol {config.protocol!r}: expected time or stratified")
 
 
@@ -218,6 +237,7 @@ def train_and_gate(
                 "data.users": events["user_id"].nunique(),
                 "data.fit_events": len(windows.fit),
                 "data.label_events": len(windows.label),
+                "data.label_windows": len(windows.label_sets),
                 "data.test_events": len(windows.test),
                 "data.label_start": str(windows.label_start),
                 "data.test_start": str(windows.test_start),
@@ -229,28 +249,30 @@ def train_and_gate(
         if use_feast:
             step("feature snapshots at the window starts, feast apply")
             next_version = _next_ranker_version(client)
-            service = prepare_features(settings, lake, [windows.label_start, windows.test_start], next_version)
+            starts = [label["event_ts"].min() for _, label in windows.earlier] + [windows.label_start, windows.test_start]
+            service = prepare_features(settings, lake, starts, next_version)
             lookup = feast_lookup(settings, service)
 
         step("content vectors")
         content = tfidf_vectors(video_text(videos).tolist())
-        step(f"generators on the fit window ({len(windows.fit):,} events)")
-        union, catalog = fit_union(windows.fit, videos, config, content)
-        label = windows.label
-        if config.shuffle_labels:
-            rng = np.random.default_rng(config.seed)
-            label = label.assign(video_id=rng.permutation(label["video_id"].to_numpy()))
-        step(f"ranker on the label window ({len(label):,} events)")
+        trained = []
+        for number, (fit, label) in enumerate(windows.label_sets, start=1):
+            step(f"generators on fit window {number}/{len(windows.label_sets)} ({len(fit):,} events)")
+            if config.shuffle_labels:
+                rng = np.random.default_rng(config.seed + number - 1)
+                label = label.assign(video_id=rng.permutation(label["video_id"].to_numpy()))
+            trained.append((*fit_union(fit, videos, config, content), label))
+        step(f"ranker on {len(trained)} label window(s) ({sum(len(t[2]) for t in trained):,} events)")
         started = time.perf_counter()
-        staged, ranking = TwoStage.train(union, catalog, label, lookup, config.ranker)
+        ranker, ranking = train_on_windows(trained, lookup, config.ranker)
+        staged = TwoStage(trained[-1][0], trained[-1][1], ranker)
         mlflow.log_metric("ranker.train_seconds", time.perf_counter() - started)
         mlflow.log_metric("ranker.best_iteration", staged.ranker.best_iteration)
         mlflow.log_metric("ranker.validation_ndcg_at_10", staged.ranker.validation_ndcg)
         mlflow.log_metric("ranker.training_rows", len(ranking))
 
-        step("generators refit on fit + label windows")
-        train_events = pd.concat([windows.fit, windows.label], ignore_index=True)
-        final_union, final_catalog = fit_union(train_events, videos, config, content)
+        step(f"generators refit on everything before the held-out window ({len(windows.train):,} events)")
+        final_union, final_catalog = fit_union(windows.train, videos, config, content)
         system = TwoStage(final_union, final_catalog, staged.ranker)
 
         step(f"evaluation on the held-out window ({len(windows.test):,} events)")

@@ -150,6 +150,10 @@ class TwoStage:
         return top[["user_id", "video_id", "rank", "score", "sources"]].reset_index(drop=True)
 
 
+class EmptyWindowError(ValueError):
+    """A label window none of whose users has a candidate."""
+
+
 def labeled_frame(
     union: HybridUnion,
     catalog: CatalogSide,
@@ -166,7 +170,7 @@ def labeled_frame(
     requests = Requests.first_events(union.data, label_events, as_of=start)
     frame = ranking_frame(union, catalog, requests, lookup)
     if frame.empty:
-        raise ValueError(f"no candidates for the users of the label window from {start}: nothing to train the ranker on")
+        raise EmptyWindowError(f"no candidates for the users of the label window from {start}: nothing to train the ranker on")
     frame["label"] = grade_labels(frame, label_events, label_scheme)
     frame[QUERY_COLUMN] = f"{start.isoformat()}|" + frame["user_id"].astype(str)
     return frame
@@ -182,10 +186,15 @@ def train_on_windows(
     Rolling origins: each window's generators saw only what came before it, as at serving time,
     and more windows mean more users to learn from than one recent window holds.
     """
-    frame = pd.concat(
-        [labeled_frame(union, catalog, label, lookup, config.label_scheme) for union, catalog, label in windows],
-        ignore_index=True,
-    )
+    frames, empty = [], None
+    for union, catalog, label in windows:
+        try:
+            frames.append(labeled_frame(union, catalog, label, lookup, config.label_scheme))
+        except EmptyWindowError as exc:  # an early window can be quiet; all of them cannot
+            empty = exc
+    if not frames:
+        raise empty or ValueError("no label window to train the ranker on")
+    frame = pd.concat(frames, ignore_index=True)
     if not (frame["label"] > 0).any():
         raise ValueError("no candidate of any label-window user was engaged with: labels are all zero")
     return train_ranker(frame.drop(columns="label"), frame["label"].to_numpy(), config), frame

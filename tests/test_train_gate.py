@@ -143,3 +143,31 @@ def test_gate_policy_guards():
     blocked = registry.decide({"ndcg_at_10": 0.35, "coverage_at_10": 0.05}, champion, {}, policy)
     assert not blocked.promoted and "guard coverage_at_10 regressed" in blocked.summary()
     assert not registry.decide({"ndcg_at_10": 0.305, "coverage_at_10": 0.1}, champion, {}, policy).promoted
+
+
+def test_time_protocol_learns_from_rolling_label_windows(settings):
+    """Last in this module: it trains (and may promote) one more model."""
+    from models.train import split_windows
+
+    events = Lake(settings.lake_dir).read_events(columns=["user_id", "video_id", "event_type", "rating", "event_ts"])
+    one = split_windows(events, TrainConfig(label_windows=1))
+    three = split_windows(events, TrainConfig(label_windows=3))
+    assert len(one.label_sets) == 1 and len(three.label_sets) == 3
+    assert three.label_sets[-1][1].equals(one.label)  # the main window is the same
+    for fit, label in three.label_sets:
+        assert fit["event_ts"].max() < label["event_ts"].min()
+        assert label["event_ts"].max() < one.test["event_ts"].min()  # never a held-out event
+    # The final refit sees every held-out user's history (fit + label would lose the users the
+    # fit window never saw: on ml-latest-small, 22 of the 28 held-out users).
+    assert set(one.test["user_id"]) <= set(one.train["user_id"])
+    assert one.train["event_ts"].max() < one.test["event_ts"].min()
+    starts = [label["event_ts"].min() for _, label in three.label_sets]
+    assert starts == sorted(starts)
+    with pytest.raises(ValueError, match="label_windows must be at least 1"):
+        split_windows(events, TrainConfig(label_windows=0))
+
+    result = train_and_gate(settings, TrainConfig(generators=("popularity", "trending", "ease"), use_feast=False, label_windows=3))
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.params["data.label_windows"] == "3" and run.data.params["label_windows"] == "3"
+    assert run.data.metrics["ranker.training_rows"] > 0
+    assert "two-stage" in result.table.index

@@ -385,6 +385,7 @@ def train_config(params: dict):
         protocol=params.get("protocol", "time"),
         generators=tuple(generators),
         per_source_k=int(params.get("per_source_k", 100)),
+        label_windows=int(params.get("label_windows", TrainConfig.label_windows)),
         use_feast=bool(params.get("use_feast", True)),
         ranker=RankerConfig(**ranker_params),
         gate=GatePolicy(
