@@ -14,10 +14,12 @@ from models.base import NotFittedError, Recommender
 from models.interactions import Interactions
 
 
-def small_movielens(ml_small_dir) -> tuple[Interactions, pd.DataFrame]:
+def movielens_frames(ml_small_dir, max_user: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """ml-latest-small's ratings as canonical events (users up to `max_user`) and its movies as videos."""
     ratings = pd.read_csv(ml_small_dir / "ratings.csv")
     movies = pd.read_csv(ml_small_dir / "movies.csv")
-    ratings = ratings[ratings.userId <= 120]
+    if max_user is not None:
+        ratings = ratings[ratings.userId <= max_user]
     events = pd.DataFrame(
         {
             "user_id": ratings.userId.astype(str),
@@ -35,6 +37,11 @@ def small_movielens(ml_small_dir) -> tuple[Interactions, pd.DataFrame]:
             "tags": [[] for _ in range(len(movies))],
         }
     )
+    return events, videos
+
+
+def small_movielens(ml_small_dir) -> tuple[Interactions, pd.DataFrame]:
+    events, videos = movielens_frames(ml_small_dir, max_user=120)
     return Interactions.from_events(events, catalog=videos.video_id, weighting="binary"), videos
 
 

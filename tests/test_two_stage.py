@@ -14,24 +14,12 @@ from models.popularity import Popularity, Trending
 from models.protocols import rolling_time_splits
 from models.ranker import QUERY_COLUMN, TREND_FEATURES, CatalogSide, RankerConfig, days_away, last_active
 from models.two_stage import Requests, TwoStage, labeled_frame, train_on_windows
+from recommender_contract import movielens_frames
 
 
 @pytest.fixture(scope="module")
 def movielens(ml_small):
-    ratings = pd.read_csv(ml_small / "ratings.csv")
-    movies = pd.read_csv(ml_small / "movies.csv")
-    events = pd.DataFrame(
-        {
-            "user_id": ratings.userId.astype(str),
-            "video_id": ratings.movieId.astype(str),
-            "event_type": "rating",
-            "rating": ratings.rating.astype(float),
-            "event_ts": pd.to_datetime(ratings.timestamp, unit="s", utc=True),
-        }
-    )
-    videos = pd.DataFrame(
-        {"video_id": movies.movieId.astype(str), "title": movies.title, "genres": movies.genres.str.split("|"), "tags": [[]] * len(movies)}
-    )
+    events, videos = movielens_frames(ml_small)
     return events, videos, tfidf_vectors(video_text(videos).tolist())
 
 
