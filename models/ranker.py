@@ -183,11 +183,11 @@ def context_features(request_ts: pd.Series, device: pd.Series) -> pd.DataFrame:
 
 def last_active(data: Interactions) -> np.ndarray:
     """Per user row, the epoch seconds of the user's latest interaction in `data` (NaN if none)."""
-    ts = data.timestamps.tocsr() if data.timestamps is not None else None
-    if ts is None or ts.nnz == 0:
+    if data.timestamps is None:
         return np.full(data.n_users, np.nan)
-    latest = np.asarray(ts.max(axis=1).todense(), dtype=np.float64).ravel()
-    latest[np.diff(ts.indptr) == 0] = np.nan
+    ts = data.timestamps.tocsr()
+    latest = ts.max(axis=1).toarray().astype(np.float64).ravel()
+    latest[np.diff(ts.indptr) == 0] = np.nan  # an empty row's max is 0, not 1970
     return latest
 
 

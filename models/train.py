@@ -38,7 +38,7 @@ from models.hybrid import HybridUnion
 from models.interactions import Interactions
 from models.metrics import ndcg_at_k
 from models.protocols import ROLLING_ORIGINS, relevant_sets, rolling_time_splits, stratified_split, time_split
-from models.ranker import CatalogSide, FeatureLookup, RankerConfig
+from models.ranker import CatalogSide, FeatureLookup, RankerConfig, RankerModel
 from models.two_stage import Requests, TwoStage, TwoStageRecommender, train_on_windows
 from vidrec.settings import Settings
 
@@ -265,15 +265,14 @@ def train_and_gate(
         step(f"ranker on {len(trained)} label window(s) ({sum(len(t[2]) for t in trained):,} events)")
         started = time.perf_counter()
         ranker, ranking = train_on_windows(trained, lookup, config.ranker)
-        staged = TwoStage(trained[-1][0], trained[-1][1], ranker)
         mlflow.log_metric("ranker.train_seconds", time.perf_counter() - started)
-        mlflow.log_metric("ranker.best_iteration", staged.ranker.best_iteration)
-        mlflow.log_metric("ranker.validation_ndcg_at_10", staged.ranker.validation_ndcg)
+        mlflow.log_metric("ranker.best_iteration", ranker.best_iteration)
+        mlflow.log_metric("ranker.validation_ndcg_at_10", ranker.validation_ndcg)
         mlflow.log_metric("ranker.training_rows", len(ranking))
 
         step(f"generators refit on everything before the held-out window ({len(windows.train):,} events)")
         final_union, final_catalog = fit_union(windows.train, videos, config, content)
-        system = TwoStage(final_union, final_catalog, staged.ranker)
+        system = TwoStage(final_union, final_catalog, ranker)
 
         step(f"evaluation on the held-out window ({len(windows.test):,} events)")
         requests = _test_requests(system, windows)
@@ -282,7 +281,7 @@ def train_and_gate(
             for metric, value in row.items():
                 if pd.notna(value):
                     mlflow.log_metric(tracking.metric_name(model, metric), float(value))
-        _log_artifacts(table, curves, staged, ranking)
+        _log_artifacts(table, curves, ranker, ranking)
 
         step("register vidrec-candidates and vidrec-ranker")
         versions = registry.register_system(
@@ -332,7 +331,7 @@ def _next_ranker_version(client: MlflowClient) -> int:
     return 1 + max((int(v.version) for v in versions), default=0)
 
 
-def _log_artifacts(table: pd.DataFrame, curves: dict, staged: TwoStage, ranking: pd.DataFrame) -> None:
+def _log_artifacts(table: pd.DataFrame, curves: dict, ranker: RankerModel, ranking: pd.DataFrame) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "metrics.md").write_text(table.to_markdown(floatfmt=".4f") if _has_tabulate() else table.to_string())
@@ -343,10 +342,10 @@ def _log_artifacts(table: pd.DataFrame, curves: dict, staged: TwoStage, ranking:
             folder / "plots" / "metrics_by_model.png",
         )  # fmt: skip
         tracking.plot_ndcg_curve(curves, folder / "plots" / "ndcg_at_k.png")
-        importance = staged.ranker.importance()
+        importance = ranker.importance()
         importance.to_csv(folder / "ranker_importance.csv")
         tracking.plot_importance(importance, folder / "plots" / "ranker_importance.png")
-        scores = staged.ranker.predict(ranking)
+        scores = ranker.predict(ranking)
         tracking.plot_score_distributions(scores, ranking["label"].to_numpy(), folder / "plots" / "score_distributions.png")
         mlflow.log_artifacts(str(folder))
 
