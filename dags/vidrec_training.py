@@ -50,6 +50,10 @@ GENERATORS = ["popularity", "trending", "item-cf", "user-cf", "als", "ease", "co
         "label_windows": Param(4, type="integer", minimum=1, maximum=10, description="Rolling label windows the ranker learns from (time protocol; each refits the generators)."),
         "use_feast": Param(True, type="boolean", description="Join Feast point-in-time features (time protocol)."),
         "ranker": Param({}, type="object", description="XGBoost ranker hyperparameters (models.ranker.RankerConfig fields), e.g. {\"max_depth\": 6}."),
+        "max_queries_per_window": Param(1000, type=["integer", "null"], minimum=1,
+                                        description="Memory bound: ranker queries (users) drawn per label window; null: every user."),
+        "max_eval_users": Param(20000, type=["integer", "null"], minimum=1,
+                                description="Held-out users every model is evaluated on, at most (a seeded draw); null: all."),
         "min_gain": Param(0.002, type="number", description="Gate: nDCG@10 gain needed over the champion."),
         "baseline_gain": Param(0.01, type="number", description="Gate: nDCG@10 gain over popularity for a first model."),
         "guards": Param({}, type="object", description="Gate: largest allowed drop per guard metric against the champion, "

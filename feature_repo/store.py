@@ -396,6 +396,7 @@ def training_frame(
     *,
     settings: Settings | None = None,
     timestamp_column: str = "event_timestamp",
+    cache: dict | None = None,
 ) -> pd.DataFrame:
     """Point-in-time correct features for labelled rows.
 
@@ -407,6 +408,8 @@ def training_frame(
     ("view:feature") or view names; default: the newest ranker service. Request-context features
     get `request_ts` = the label time and `device` = "unknown" unless the frame has them.
     Columns are full feature names (`<view>__<feature>`); rows keep the input's order.
+    `cache`: a dict kept by the caller across calls (chunks of one job): distinct entity rows
+    (join keys, request columns, time) already retrieved are not asked of Feast again.
     """
     store = feature_store(settings)
     features = _feature_refs(store, features if features is not None else newest_ranker_service(settings))
@@ -423,10 +426,8 @@ def training_frame(
             df["request_ts"] = df["event_timestamp"]
         if "device" not in df:
             df["device"] = "unknown"
-    # Feast's file (Dask) offline store keeps one row per (join keys so far, timestamp) and drops
-    # the rest (feast-dev/feast#6787, #5590): a user with several candidate videos at one label
-    # time would lose rows. So each group of views is retrieved for its distinct entity rows, in
-    # rounds within which (join keys, timestamp) is unique, and spread back onto every row.
+    # Each group of views is retrieved for its distinct entity rows (`_retrieve_distinct`) and
+    # spread back onto every row.
     if df.empty:
         raise ValueError("entity_df has no rows")
     out = df
@@ -436,25 +437,44 @@ def training_frame(
             raise KeyError(f"entity_df lacks {missing}, needed by {refs[0].split(':')[0]}")
         on = [*keys, *request, "event_timestamp"]
         distinct = df[on].drop_duplicates().reset_index(drop=True)
-        distinct["_vidrec_key"] = range(len(distinct))
-        rounds = distinct.groupby([*keys, "event_timestamp"], sort=False).cumcount()
-        parts = []
-        for r in range(int(rounds.max()) + 1):
-            part = distinct[rounds == r].reset_index(drop=True)
-            with _quiet():
-                got = store.get_historical_features(entity_df=part, features=refs, full_feature_names=True).to_df()
-            # The Dask store also drops an entity row whose feature rows all lie outside the TTL
-            # instead of returning NULLs: such rows come back here as missing values.
-            if got["_vidrec_key"].duplicated().any() or not set(got["_vidrec_key"]) <= set(part["_vidrec_key"]):
-                raise RuntimeError(f"Feast returned unexpected rows for {len(part)} distinct entity rows")
-            parts.append(got)
-        got = pd.concat(parts, ignore_index=True).set_index("_vidrec_key")
-        added = [c for c in got.columns if c not in on]
-        row_keys = df[on].merge(distinct, on=on, how="left")["_vidrec_key"]
-        out = pd.concat([out, got[added].reindex(row_keys.to_numpy()).reset_index(drop=True)], axis=1)
+        known = cache.get(tuple(refs)) if cache is not None else None
+        if known is not None:
+            seen = distinct.merge(known[on], on=on, how="left", indicator=True)["_merge"] == "both"
+            distinct = distinct[~seen.to_numpy()].reset_index(drop=True)
+        fetched = _retrieve_distinct(store, distinct, keys, on, refs) if len(distinct) else None
+        table = pd.concat([t for t in (known, fetched) if t is not None], ignore_index=True)
+        if cache is not None:
+            cache[tuple(refs)] = table
+        added = [c for c in table.columns if c not in on]
+        values = df[on].merge(table, on=on, how="left")
+        out = pd.concat([out, values[added]], axis=1)
     if timestamp_column != "event_timestamp":
         out = out.rename(columns={"event_timestamp": timestamp_column})
     return out
+
+
+def _retrieve_distinct(store, distinct: pd.DataFrame, keys: list[str], on: list[str], refs: list[str]) -> pd.DataFrame:
+    """Features of distinct entity rows (columns `on`), as a frame of `on` + feature columns.
+
+    Feast's file (Dask) offline store keeps one row per (join keys so far, timestamp) and drops
+    the rest (feast-dev/feast#6787, #5590): a user with several candidate videos at one label
+    time would lose rows. So the rows go in rounds within which (join keys, timestamp) is unique.
+    """
+    distinct = distinct.assign(_vidrec_key=range(len(distinct)))
+    rounds = distinct.groupby([*keys, "event_timestamp"], sort=False).cumcount()
+    parts = []
+    for r in range(int(rounds.max()) + 1):
+        part = distinct[rounds == r].reset_index(drop=True)
+        with _quiet():
+            got = store.get_historical_features(entity_df=part, features=refs, full_feature_names=True).to_df()
+        # The Dask store also drops an entity row whose feature rows all lie outside the TTL
+        # instead of returning NULLs: such rows come back here as missing values.
+        if got["_vidrec_key"].duplicated().any() or not set(got["_vidrec_key"]) <= set(part["_vidrec_key"]):
+            raise RuntimeError(f"Feast returned unexpected rows for {len(part)} distinct entity rows")
+        parts.append(got)
+    got = pd.concat(parts, ignore_index=True).set_index("_vidrec_key")
+    added = [c for c in got.columns if c not in on]
+    return pd.concat([distinct[on], got[added].reindex(distinct["_vidrec_key"].to_numpy()).reset_index(drop=True)], axis=1)
 
 
 def online_features(

@@ -1,13 +1,15 @@
 """Batch recommendations: the champion's top-N for the users active in a window.
 
 The `vidrec_batch_recs` DAG calls `vidrec.pipeline.precompute_recommendations`, which picks the
-users with `active_users`, ranks them with `rank_users` and hands the frame to the service's
-writer (`serving.precomputed.write_recommendations`: key `vidrec:recs:<user_id>`, JSON value with
-video ids, scores, sources, model versions and the time it was generated).
+users with `active_users`, ranks them batch by batch with `ranked_batches` and streams each batch
+to the service's writer (`serving.precomputed.write_recommendation_batches`: key
+`vidrec:recs:<user_id>`, JSON value with video ids, scores, sources, model versions and the time
+it was generated), so memory holds one batch of users, however many there are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 import numpy as np
@@ -45,17 +47,36 @@ def rank_users(
     """`TwoStage.rank` for the users the system knows, requests at `as_of` on an unknown device.
 
     Returns (user_id, video_id, rank, score, sources) rows and how many users were unknown to the
-    system (new since it was trained: the service's cold-start path serves them). Users go in
-    batches of `batch_users` to bound memory.
+    system (new since it was trained: the service's cold-start path serves them). For many users,
+    `ranked_batches` streams the same rows batch by batch instead.
     """
-    when = pd.Timestamp(as_of).tz_convert("UTC")
-    rows = system.data.user_rows(pd.Index([str(u) for u in user_ids])) if user_ids else np.array([], dtype=int)
-    known = np.unique(rows[rows >= 0])
-    parts = []
-    for i in range(0, len(known), batch_users):
-        chunk = known[i : i + batch_users]
-        ranked = system.rank(Requests.at(chunk, when), k=top_n, lookup=lookup)
-        if len(ranked):
-            parts.append(ranked)
+    known, unknown = known_rows(system, user_ids)
+    parts = list(ranked_batches(system, known, as_of, top_n, lookup, batch_users))
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=RESULT_COLUMNS)
-    return frame, int((rows < 0).sum())
+    return frame, unknown
+
+
+def known_rows(system: TwoStage, user_ids: list[str]) -> tuple[np.ndarray, int]:
+    """The system's user rows of `user_ids` (unique, sorted) and how many ids it does not know."""
+    rows = system.data.user_rows(pd.Index([str(u) for u in user_ids])) if user_ids else np.array([], dtype=int)
+    return np.unique(rows[rows >= 0]), int((rows < 0).sum())
+
+
+def ranked_batches(
+    system: TwoStage,
+    user_rows: np.ndarray,
+    as_of: datetime,
+    top_n: int,
+    lookup: FeatureLookup | None = None,
+    batch_users: int = 500,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[pd.DataFrame]:
+    """Top-N frames for `user_rows`, `batch_users` at a time: memory stays one batch's candidates."""
+    when = pd.Timestamp(as_of).tz_convert("UTC")
+    for i in range(0, len(user_rows), batch_users):
+        chunk = user_rows[i : i + batch_users]
+        ranked = system.rank(Requests.at(chunk, when), k=top_n, lookup=lookup)
+        if progress is not None:
+            progress(len(chunk))
+        if len(ranked):
+            yield ranked

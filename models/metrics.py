@@ -309,8 +309,7 @@ def intra_list_diversity(recs: np.ndarray, item_vectors: np.ndarray | sp.spmatri
     n_items = item_vectors.shape[0]
     select = _selection_matrix(recs, n_items)
     unit = _unit_rows(item_vectors)
-    sums = select @ unit
-    sums = sums.toarray() if sp.issparse(sums) else np.asarray(sums)
+    sums = select @ unit  # stays sparse for sparse vectors: users x vocabulary would not fit densely
     self_sims = select @ _row_sq_norms(unit)  # 1 per video with a non-zero vector
     m = np.asarray(select.sum(axis=1)).ravel()
     pair_sum = _row_sq_norms(sums) - self_sims  # = 2 * sum_{i<j} cos

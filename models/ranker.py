@@ -35,6 +35,8 @@ DEVICES = ("mobile", "desktop", "tv", "tablet", "unknown")
 # window and loses in the next), so the ranker gets several and learns the mix.
 TREND_HALF_LIVES_DAYS = (7, 30, 90, 365)
 TREND_FEATURES = tuple(f"trend_{days}d" for days in TREND_HALF_LIVES_DAYS)
+# Dense (users x catalog) float64 scores held at once for the z features: 2**24 -> 128 MiB.
+Z_BLOCK_ELEMENTS = 2**24
 # Rows of one query share this key (default: user_id). Several label windows use "<window>|<user>".
 QUERY_COLUMN = "query_id"
 # (entity rows: user_id, video_id, event_timestamp) -> the same rows with numeric feature columns.
@@ -58,8 +60,21 @@ class RankerConfig:
     # None: no validation, all n_estimators trees.
     early_stopping_rounds: int | None = 40
     cv_folds: int = 5
+    # The cross-validation that picks the number of trees runs on at most this many queries (a
+    # seeded draw); the final model still learns from every query. Five folds on every query
+    # of a 1M-event platform took longer than everything else in the run together.
+    cv_max_queries: int | None = 1000
     label_scheme: str = "graded"  # graded | watch_time
     seed: int = 42
+    # Memory bounds. Training rows grow with queries x candidates, so each label window gives at
+    # most this many queries (users, drawn reproducibly from the seed; None: every user), and
+    # rows are built `chunk_users` users at a time as float32 blocks that XGBoost reads through
+    # a DataIter, never one frame of everything.
+    max_queries_per_window: int | None = 1000
+    chunk_users: int = 256
+    # XGBoost threads. Histogram sums are reduced in a fixed order per thread count, so a given
+    # n_jobs gives the same trees on every run and machine.
+    n_jobs: int = 2
     extra: dict = field(default_factory=dict)
 
     def params(self) -> dict:
@@ -105,47 +120,75 @@ def candidate_frame(union: HybridUnion, user_rows: np.ndarray, exclude_seen: boo
         return frame
     local = pd.Series(np.arange(len(user_rows)), index=user_rows).reindex(frame["user_row"].to_numpy()).to_numpy()
     videos = frame["video_row"].to_numpy()
+    batch = max(1, min(BATCH_USERS, Z_BLOCK_ELEMENTS // max(data.n_videos, 1)))
     for name, model in union.generators.items():
         z = np.empty(len(frame), dtype=np.float32)
-        for start in range(0, len(user_rows), BATCH_USERS):
-            dense = np.asarray(model.score(user_rows[start : start + BATCH_USERS]), dtype=np.float64)
+        for start in range(0, len(user_rows), batch):
+            dense = np.asarray(model.score(user_rows[start : start + batch]), dtype=np.float64)
             dense[~np.isfinite(dense)] = np.nan
             mean = np.nanmean(dense, axis=1, keepdims=True)
             std = np.nanstd(dense, axis=1, keepdims=True)
-            standard = (dense - mean) / np.where(std > 0, std, 1.0)
-            in_batch = (local >= start) & (local < start + BATCH_USERS)
-            z[in_batch] = standard[local[in_batch] - start, videos[in_batch]]
+            in_batch = (local >= start) & (local < start + batch)
+            picked = dense[local[in_batch] - start, videos[in_batch]]
+            row_of = local[in_batch] - start
+            z[in_batch] = (picked - mean[row_of, 0]) / np.where(std[row_of, 0] > 0, std[row_of, 0], 1.0)
         frame[f"z_{name}"] = z
     return frame
 
 
-def cross_features(frame: pd.DataFrame, data: Interactions, catalog: CatalogSide) -> pd.DataFrame:
-    """Content similarity, genre match and relative popularity for each (user_row, video_row)."""
-    users = frame["user_row"].to_numpy()
+@dataclass(frozen=True)
+class HistoryStats:
+    """What cross features read from the whole interaction matrix, computed once per fit."""
+
+    popularity: np.ndarray  # per video: log1p(users who engaged)
+    usual: np.ndarray  # per user: the mean popularity of what they engaged with
+    counts: np.ndarray  # per user: history length
+    trend: np.ndarray  # videos x TREND_FEATURES
+    last_active: np.ndarray  # per user: epoch seconds of the latest interaction (NaN if none)
+
+    @classmethod
+    def of(cls, data: Interactions) -> HistoryStats:
+        history = _binary(data.matrix)
+        popularity = np.log1p(np.asarray((data.matrix > 0).sum(axis=0)).ravel())
+        counts = np.asarray(history.sum(axis=1)).ravel()
+        usual = np.where(counts > 0, (history @ popularity) / np.maximum(counts, 1), 0.0)
+        return cls(popularity, usual, counts, trend_features(data), last_active(data))
+
+
+def cross_features(
+    frame: pd.DataFrame, data: Interactions, catalog: CatalogSide, stats: HistoryStats | None = None
+) -> pd.DataFrame:
+    """Content similarity, genre match and relative popularity for each (user_row, video_row).
+
+    Profiles are built for the frame's users only, so a chunk of users costs what it holds.
+    """
+    stats = stats or HistoryStats.of(data)
+    users, local = np.unique(frame["user_row"].to_numpy(), return_inverse=True)
     videos = frame["video_row"].to_numpy()
     out = pd.DataFrame(index=frame.index)
 
-    history = data.matrix.copy()
-    history.data = np.ones_like(history.data)
+    history = _binary(data.matrix[users])
     profiles = weighted_mean_profiles(history, catalog.content)
-    out["content_sim"] = _rowwise_dot(profiles, catalog.content, users, videos)
+    out["content_sim"] = _rowwise_dot(profiles, catalog.content, local, videos)
 
     genre_profile = history @ catalog.genres
     totals = np.asarray(genre_profile.sum(axis=1)).ravel()
     genre_profile = sp.diags(1.0 / np.where(totals > 0, totals, 1.0)) @ genre_profile
-    out["genre_match"] = _rowwise_dot(sp.csr_matrix(genre_profile), catalog.genres, users, videos)
+    out["genre_match"] = _rowwise_dot(sp.csr_matrix(genre_profile), catalog.genres, local, videos)
 
-    popularity = np.log1p(np.asarray((data.matrix > 0).sum(axis=0)).ravel())
-    seen_pop = history @ popularity
-    counts = np.asarray(history.sum(axis=1)).ravel()
-    usual = np.where(counts > 0, seen_pop / np.maximum(counts, 1), 0.0)
-    out["log_popularity"] = popularity[videos]
-    out["popularity_vs_usual"] = popularity[videos] - usual[users]
-    out["user_history_len"] = counts[users]
-    trend = trend_features(data)
+    rows = frame["user_row"].to_numpy()
+    out["log_popularity"] = stats.popularity[videos]
+    out["popularity_vs_usual"] = stats.popularity[videos] - stats.usual[rows]
+    out["user_history_len"] = stats.counts[rows]
     for j, name in enumerate(TREND_FEATURES):
-        out[name] = trend[videos, j]
+        out[name] = stats.trend[videos, j]
     return out
+
+
+def _binary(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    history = sp.csr_matrix(matrix, copy=True)
+    history.data = np.ones_like(history.data)
+    return history
 
 
 def trend_features(data: Interactions) -> np.ndarray:
@@ -205,7 +248,12 @@ def grade_labels(frame: pd.DataFrame, label_events: pd.DataFrame, scheme: str = 
     watch_time: the fraction of the video watched (0..1, ratings map to rating / 5), as in
     YouTube's watch-time-weighted ranking.
     """
-    ev = label_events[label_events["video_id"].notna()].copy()
+    return labels_for(frame, pair_grades(label_events, scheme))
+
+
+def pair_grades(label_events: pd.DataFrame, scheme: str = "graded") -> pd.Series:
+    """The best grade (see `grade_labels`) per (user_id, video_id) of a label window."""
+    ev = label_events[label_events["video_id"].notna()]
     types = ev["event_type"].to_numpy()
     rating = ev["rating"].to_numpy(np.float64) if "rating" in ev else np.full(len(ev), np.nan)
     completion = ev["completion"].to_numpy(np.float64) if "completion" in ev else np.full(len(ev), np.nan)
@@ -220,10 +268,13 @@ def grade_labels(frame: pd.DataFrame, label_events: pd.DataFrame, scheme: str = 
         grade = np.where(types == "dislike", 0.0, grade)
     else:
         raise ValueError(f"unknown label scheme {scheme!r}: expected graded or watch_time")
-    ev["grade"] = grade
-    best = ev.groupby(["user_id", "video_id"])["grade"].max()
-    keys = pd.MultiIndex.from_arrays([frame["user_id"], frame["video_id"]])
-    return best.reindex(keys).fillna(0.0).to_numpy()
+    keys = pd.MultiIndex.from_arrays([ev["user_id"].astype(str).to_numpy(), ev["video_id"].astype(str).to_numpy()])
+    return pd.Series(grade, index=keys).groupby(level=[0, 1]).max()
+
+
+def labels_for(frame: pd.DataFrame, grades: pd.Series) -> np.ndarray:
+    keys = pd.MultiIndex.from_arrays([frame["user_id"].astype(str).to_numpy(), frame["video_id"].astype(str).to_numpy()])
+    return grades.reindex(keys).fillna(0.0).to_numpy()
 
 
 @dataclass
@@ -253,67 +304,154 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in skip and pd.api.types.is_numeric_dtype(frame[c])]
 
 
+@dataclass
+class TrainingRows:
+    """Ranker training rows as float32 blocks, each holding whole queries, in query order.
+
+    `add` takes one labelled ranking frame (a chunk of users) and keeps only what XGBoost needs:
+    the feature matrix, labels and query numbers. `sample` keeps the first `sample_rows` rows as
+    a frame, for the model's input example and for inspection.
+    """
+
+    features: list[str] | None = None
+    x: list[np.ndarray] = field(default_factory=list)
+    y: list[np.ndarray] = field(default_factory=list)
+    qid: list[np.ndarray] = field(default_factory=list)
+    queries: list[str] = field(default_factory=list)  # query key (window start | user) per query number
+    sample: pd.DataFrame | None = None
+    sample_rows: int = 20_000
+
+    def add(self, frame: pd.DataFrame, labels: np.ndarray) -> None:
+        if len(frame) == 0:
+            return
+        if self.features is None:
+            self.features = feature_columns(frame)
+        missing = [c for c in self.features if c not in frame.columns]
+        if missing:
+            raise ValueError(f"a chunk of ranking rows lacks feature columns {missing}")
+        key = QUERY_COLUMN if QUERY_COLUMN in frame.columns else "user_id"
+        keys = frame[key].astype(str).to_numpy()
+        order = np.argsort(keys, kind="stable")  # XGBoost wants each query's rows contiguous
+        unique, local = np.unique(keys[order], return_inverse=True)
+        self.x.append(np.ascontiguousarray(frame[self.features].to_numpy(np.float32)[order]))
+        self.y.append(np.asarray(labels, dtype=np.float32)[order])
+        self.qid.append((local + len(self.queries)).astype(np.int64))
+        self.queries.extend(unique.tolist())
+        if self.sample is None or len(self.sample) < self.sample_rows:
+            head = frame.iloc[order[: self.sample_rows]].assign(label=np.asarray(labels)[order[: self.sample_rows]])
+            self.sample = head if self.sample is None else pd.concat([self.sample, head], ignore_index=True).head(self.sample_rows)
+
+    @property
+    def n_rows(self) -> int:
+        return sum(len(y) for y in self.y)
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.queries)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.concatenate(self.y) if self.y else np.zeros(0, np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for blocks in (self.x, self.y, self.qid) for a in blocks)
+
+
+class _Blocks(xgb.DataIter):
+    """Hands TrainingRows to XGBoost block by block, optionally only the queries in `keep`."""
+
+    def __init__(self, rows: TrainingRows, keep: np.ndarray | None = None):
+        self.rows, self.keep, self.position = rows, keep, 0
+        super().__init__(release_data=True)
+
+    def next(self, input_data: Callable) -> bool:
+        while self.position < len(self.rows.x):
+            i = self.position
+            self.position += 1
+            x, y, qid = self.rows.x[i], self.rows.y[i], self.rows.qid[i]
+            if self.keep is not None:
+                mask = self.keep[qid]
+                if not mask.any():
+                    continue
+                x, y, qid = x[mask], y[mask], qid[mask]
+            input_data(data=x, label=y, qid=qid, feature_names=self.rows.features)
+            return True
+        return False
+
+    def reset(self) -> None:
+        self.position = 0
+
+
 def train_ranker(frame: pd.DataFrame, labels: np.ndarray, config: RankerConfig = RankerConfig()) -> RankerModel:
-    """Fit XGBRanker grouped by query (`query_id`, else `user_id`).
+    """Fit the ranker on one frame grouped by query (`query_id`, else `user_id`); see `train_ranker_rows`."""
+    if len(frame) != len(labels):
+        raise ValueError(f"{len(frame)} rows but {len(labels)} labels")
+    rows = TrainingRows()
+    rows.add(frame, labels)
+    return train_ranker_rows(rows, config)
+
+
+def train_ranker_rows(rows: TrainingRows, config: RankerConfig = RankerConfig()) -> RankerModel:
+    """Fit an XGBoost ranker on chunked rows (QuantileDMatrix from a DataIter, float32).
 
     With early stopping, the number of trees comes from cross-validation over queries (seeded
     folds; each fold stops on its own held-out queries; the best round of the mean curve over
     the rounds every fold reached), and the final model is refit on every query with that many
     trees. Without, it is `n_estimators` trees on every query.
     """
-    if len(frame) != len(labels):
-        raise ValueError(f"{len(frame)} rows but {len(labels)} labels")
-    features = feature_columns(frame)
-    key = QUERY_COLUMN if QUERY_COLUMN in frame.columns else "user_id"
-    queries = frame[key].astype(str).to_numpy()
-    order = np.argsort(queries, kind="stable")  # XGBoost wants each query's rows contiguous
-    queries = queries[order]
-    x = frame[features].astype(np.float32).iloc[order].reset_index(drop=True)
-    y = np.asarray(labels)[order]
-    unique, qid = np.unique(queries, return_inverse=True)
-
-    folds = min(config.cv_folds, len(unique))
+    if rows.n_rows == 0 or rows.features is None:
+        raise ValueError("no ranking rows to train the ranker on")
+    n_queries = rows.n_queries
+    params = _booster_params(config)
+    folds = min(config.cv_folds, n_queries)
     n_trees, cv_ndcg = config.n_estimators, float("nan")
     if config.early_stopping_rounds is not None and folds >= 2:
         rng = np.random.default_rng(config.seed)
-        fold_of_query = np.empty(len(unique), dtype=np.int64)
-        fold_of_query[rng.permutation(len(unique))] = np.arange(len(unique)) % folds
-        fold = fold_of_query[qid]
+        in_cv = min(n_queries, config.cv_max_queries or n_queries)
+        fold_of_query = np.full(n_queries, -1, dtype=np.int64)  # -1: not in the cross-validation
+        fold_of_query[rng.permutation(n_queries)[:in_cv]] = np.arange(in_cv) % folds
         curves = []
         for k in range(folds):
-            held = fold == k
-            model = _ranker(config, config.n_estimators, early_stopping=True)
-            model.fit(
-                x[~held], y[~held], qid=qid[~held],
-                eval_set=[(x[held], y[held])], eval_qid=[qid[held]], verbose=False,
-            )
-            curves.append(model.evals_result()["validation_0"]["ndcg@10"])
+            train = xgb.QuantileDMatrix(_Blocks(rows, (fold_of_query != k) & (fold_of_query >= 0)), max_bin=MAX_BIN)
+            held = xgb.QuantileDMatrix(_Blocks(rows, fold_of_query == k), ref=train, max_bin=MAX_BIN)
+            result: dict = {}
+            xgb.train(
+                params, train, num_boost_round=config.n_estimators, evals=[(held, "validation_0")],
+                early_stopping_rounds=config.early_stopping_rounds, evals_result=result, verbose_eval=False,
+            )  # fmt: skip
+            curves.append(result["validation_0"]["ndcg@10"])
+            del train, held
         reached = min(len(c) for c in curves)
         mean = np.mean([c[:reached] for c in curves], axis=0)
         n_trees, cv_ndcg = int(np.argmax(mean)) + 1, float(np.max(mean))
-    model = _ranker(config, n_trees, early_stopping=False)
-    model.fit(x, y, qid=qid)
-    return RankerModel(model, features, config, n_trees - 1, cv_ndcg)
+    booster = xgb.train(params, xgb.QuantileDMatrix(_Blocks(rows), max_bin=MAX_BIN), num_boost_round=n_trees)
+    # The sklearn wrapper is what the registry pickles and serving unwraps (get_booster()).
+    model = xgb.XGBRanker()
+    model.load_model(bytearray(booster.save_raw(raw_format="ubj")))
+    return RankerModel(model, list(rows.features), config, n_trees - 1, cv_ndcg)
 
 
-def _ranker(config: RankerConfig, n_trees: int, early_stopping: bool) -> xgb.XGBRanker:
-    return xgb.XGBRanker(
-        objective=config.objective,
-        n_estimators=n_trees,
-        learning_rate=config.learning_rate,
-        max_depth=config.max_depth,
-        min_child_weight=config.min_child_weight,
-        subsample=config.subsample,
-        colsample_bytree=config.colsample_bytree,
-        random_state=config.seed,
-        tree_method="hist",
-        n_jobs=1,  # determinism: one thread gives bit-identical trees
-        eval_metric="ndcg@10",
-        early_stopping_rounds=config.early_stopping_rounds if early_stopping else None,
-        lambdarank_pair_method="topk",
-        lambdarank_num_pair_per_sample=10,
+# XGBoost's default histogram resolution, named because train and validation must share it.
+MAX_BIN = 256
+
+
+def _booster_params(config: RankerConfig) -> dict:
+    return {
+        "objective": config.objective,
+        "learning_rate": config.learning_rate,
+        "max_depth": config.max_depth,
+        "min_child_weight": config.min_child_weight,
+        "subsample": config.subsample,
+        "colsample_bytree": config.colsample_bytree,
+        "seed": config.seed,
+        "tree_method": "hist",
+        "nthread": config.n_jobs,
+        "eval_metric": "ndcg@10",
+        "lambdarank_pair_method": "topk",
+        "lambdarank_num_pair_per_sample": 10,
         **config.extra,
-    )
+    }
 
 
 def _rowwise_dot(left, right, left_rows: np.ndarray, right_rows: np.ndarray, batch: int = 50_000) -> np.ndarray:

@@ -38,8 +38,9 @@ from models.hybrid import HybridUnion
 from models.interactions import Interactions
 from models.metrics import ndcg_at_k
 from models.protocols import ROLLING_ORIGINS, relevant_sets, rolling_time_splits, stratified_split, time_split
-from models.ranker import CatalogSide, FeatureLookup, RankerConfig, RankerModel
+from models.ranker import CatalogSide, FeatureLookup, RankerConfig, RankerModel, TrainingRows
 from models.two_stage import Requests, TwoStage, TwoStageRecommender, train_on_windows
+from vidrec.meter import StageMeter
 from vidrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ class TrainConfig:
     test_fraction: float = 0.2
     label_fraction: float = 0.2
     label_windows: int = 4  # time protocol: how many rolling label windows the ranker learns from
+    # Held-out users every model is evaluated on, at most (a seeded draw; None: all of them).
+    # Bounds evaluation time and memory on large platforms; far above ml-latest-small's windows.
+    max_eval_users: int | None = 20_000
     use_feast: bool = True
     ranker: RankerConfig = field(default_factory=RankerConfig)
     gate: registry.GatePolicy = field(default_factory=registry.GatePolicy)
@@ -96,6 +100,7 @@ class TrainResult:
     versions: dict[str, str]
     decision: registry.GateDecision
     table: pd.DataFrame  # one row per model, metrics as columns
+    stages: list = field(default_factory=list)  # vidrec.meter.StageRecord per stage: time and peak memory
 
     def summary(self) -> str:
         return f"run {self.run_id}: versions {self.versions}; {self.decision.summary()}"
@@ -135,8 +140,10 @@ def feast_lookup(settings: Settings, service: str) -> FeatureLookup:
     """Point-in-time features from Feast's offline store, for the rows of a ranking frame."""
     from feature_repo.store import training_frame
 
+    cache: dict = {}  # rows are ranked in chunks; a video's features as of a window start are asked once
+
     def lookup(entities: pd.DataFrame) -> pd.DataFrame:
-        frame = training_frame(entities, features=service, settings=settings)
+        frame = training_frame(entities, features=service, settings=settings, cache=cache)
         return frame.drop(columns=[c for c in entities.columns if c in frame.columns])
 
     return lookup
@@ -152,15 +159,30 @@ def prepare_features(settings: Settings, lake: Lake, as_of: list[pd.Timestamp], 
     return register_ranker_service(ranker_version, settings=settings).name
 
 
-def candidate_recall(union: HybridUnion, relevant: list[set[int]], user_rows: np.ndarray, cap: int = GUARD_K) -> float:
+def candidate_recall(
+    union: HybridUnion, relevant: list[set[int]], user_rows: np.ndarray, cap: int = GUARD_K, batch_users: int = 1024
+) -> float:
     """Share of held-out engagements the union proposes within its best `cap` candidates per user."""
-    frame = union.candidates(user_rows)
-    rank_cols = [c for c in frame.columns if c.startswith("rank_")]
-    frame["best_rank"] = frame[rank_cols].min(axis=1)
-    frame = frame.sort_values(["user_row", "n_sources", "best_rank"], ascending=[True, False, True])
-    top = frame.groupby("user_row").head(cap).groupby("user_row")["video_row"].agg(set)
-    recalls = [len(relevant[u] & top.get(u, set())) / len(relevant[u]) for u in user_rows if relevant[u]]
+    recalls = []
+    for first in range(0, len(user_rows), batch_users):
+        batch = user_rows[first : first + batch_users]
+        frame = union.candidates(batch)
+        rank_cols = [c for c in frame.columns if c.startswith("rank_")]
+        frame["best_rank"] = frame[rank_cols].min(axis=1)
+        frame = frame.sort_values(["user_row", "n_sources", "best_rank"], ascending=[True, False, True])
+        top = frame.groupby("user_row").head(cap).groupby("user_row")["video_row"].agg(set)
+        recalls += [len(relevant[u] & top.get(u, set())) / len(relevant[u]) for u in batch if relevant[u]]
     return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def held_out_sample(test: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    """The held-out events of at most `limit` users: a seeded draw over the sorted user ids, so
+    the challenger and the champion are judged on the same users."""
+    users = np.sort(test["user_id"].astype(str).unique())
+    if limit is None or len(users) <= limit:
+        return test
+    chosen = np.random.default_rng(seed).choice(users, size=limit, replace=False)
+    return test[test["user_id"].astype(str).isin(chosen)]
 
 
 def evaluate_all(
@@ -216,13 +238,15 @@ def train_and_gate(
 ) -> TrainResult:
     """The whole run: windows, generators, ranker, evaluation, MLflow, registry, gate."""
     step = progress or (lambda message: log.info(message))
+    meter = StageMeter(report=lambda summary: step(f"  done: {summary}"))
     lake = Lake(settings.lake_dir)
     if not lake.event_files():
         raise FileNotFoundError(f"the lake at {lake.root} holds no events: run `vidrec ingest` first")
-    events = lake.read_events(columns=["user_id", "video_id", "event_type", "rating", "event_ts", "device"])
-    events = events[events["event_type"].isin(LEARNING_TYPES) & events["video_id"].notna()]
-    videos = lake.read_table("videos")
-    windows = split_windows(events, config)
+    with meter.stage("read and split events"):
+        events = lake.read_events(columns=["user_id", "video_id", "event_type", "rating", "event_ts", "device"])
+        events = events[events["event_type"].isin(LEARNING_TYPES) & events["video_id"].notna()]
+        videos = lake.read_table("videos")
+        windows = split_windows(events, config)
     tracking.configure(settings)
     client = MlflowClient()
 
@@ -247,57 +271,72 @@ def train_and_gate(
         service = None
         lookup = None
         if use_feast:
-            step("feature snapshots at the window starts, feast apply")
-            next_version = _next_ranker_version(client)
-            starts = [label["event_ts"].min() for _, label in windows.earlier] + [windows.label_start, windows.test_start]
-            service = prepare_features(settings, lake, starts, next_version)
-            lookup = feast_lookup(settings, service)
+            with meter.stage("feature snapshots"):
+                step("feature snapshots at the window starts, feast apply")
+                next_version = _next_ranker_version(client)
+                starts = [label["event_ts"].min() for _, label in windows.earlier] + [windows.label_start, windows.test_start]
+                service = prepare_features(settings, lake, starts, next_version)
+                lookup = feast_lookup(settings, service)
 
-        step("content vectors")
-        content = tfidf_vectors(video_text(videos).tolist())
-        trained = []
-        for number, (fit, label) in enumerate(windows.label_sets, start=1):
-            step(f"generators on fit window {number}/{len(windows.label_sets)} ({len(fit):,} events)")
-            if config.shuffle_labels:
-                rng = np.random.default_rng(config.seed + number - 1)
-                label = label.assign(video_id=rng.permutation(label["video_id"].to_numpy()))
-            trained.append((*fit_union(fit, videos, config, content), label))
-        step(f"ranker on {len(trained)} label window(s) ({sum(len(t[2]) for t in trained):,} events)")
+        with meter.stage("content vectors"):
+            content = tfidf_vectors(video_text(videos).tolist())
+
+        def label_windows():
+            # One window's generators at a time: each union is dropped once its rows are built.
+            for number, (fit, label) in enumerate(windows.label_sets, start=1):
+                with meter.stage(f"generators on fit window {number}"):
+                    step(f"generators on fit window {number}/{len(windows.label_sets)} ({len(fit):,} events)")
+                    if config.shuffle_labels:
+                        rng = np.random.default_rng(config.seed + number - 1)
+                        label = label.assign(video_id=rng.permutation(label["video_id"].to_numpy()))
+                    union, catalog = fit_union(fit, videos, config, content)
+                yield union, catalog, label
+
+        step(f"ranker on {len(windows.label_sets)} label window(s) ({sum(len(l) for _, l in windows.label_sets):,} events)")
         started = time.perf_counter()
-        ranker, ranking = train_on_windows(trained, lookup, config.ranker)
+        with meter.stage("ranker rows and training"):
+            ranker, rows = train_on_windows(label_windows(), lookup, config.ranker)
         mlflow.log_metric("ranker.train_seconds", time.perf_counter() - started)
         mlflow.log_metric("ranker.best_iteration", ranker.best_iteration)
         mlflow.log_metric("ranker.validation_ndcg_at_10", ranker.validation_ndcg)
-        mlflow.log_metric("ranker.training_rows", len(ranking))
+        mlflow.log_metric("ranker.training_rows", rows.n_rows)
+        mlflow.log_metric("ranker.training_queries", rows.n_queries)
+        mlflow.log_metric("ranker.training_rows_mb", rows.nbytes / 2**20)
+        step(f"ranker: {rows.n_queries:,} queries, {rows.n_rows:,} rows ({rows.nbytes / 2**20:.0f} MB float32), {ranker.best_iteration + 1} trees")
 
-        step(f"generators refit on everything before the held-out window ({len(windows.train):,} events)")
-        final_union, final_catalog = fit_union(windows.train, videos, config, content)
-        system = TwoStage(final_union, final_catalog, ranker)
+        with meter.stage("generators refit before the held-out window"):
+            step(f"generators refit on everything before the held-out window ({len(windows.train):,} events)")
+            final_union, final_catalog = fit_union(windows.train, videos, config, content)
+            system = TwoStage(final_union, final_catalog, ranker)
 
-        step(f"evaluation on the held-out window ({len(windows.test):,} events)")
-        requests = _test_requests(system, windows)
-        table, curves = evaluate_all(final_union, system, windows.test, requests, lookup, config.k)
+        test = held_out_sample(windows.test, config.max_eval_users, config.seed)
+        with meter.stage("evaluation"):
+            step(f"evaluation on the held-out window ({test['user_id'].nunique():,} users, {len(test):,} events)")
+            requests = Requests.first_events(system.data, test, as_of=windows.test_start)
+            table, curves = evaluate_all(final_union, system, test, requests, lookup, config.k)
         for model, row in table.iterrows():
             for metric, value in row.items():
                 if pd.notna(value):
                     mlflow.log_metric(tracking.metric_name(model, metric), float(value))
-        _log_artifacts(table, curves, ranker, ranking)
+        _log_artifacts(table, curves, ranker, rows)
 
         step("register vidrec-candidates and vidrec-ranker")
-        versions = registry.register_system(
-            system,
-            ranking,
-            service,
-            tags={"run_id": run.info.run_id, "dataset": dataset, "protocol": config.protocol,
-                  "data.fingerprint": tracking.lake_fingerprint(lake.event_files())[:16]},
-        )  # fmt: skip
+        with meter.stage("register"):
+            versions = registry.register_system(
+                system,
+                rows.sample,
+                service,
+                tags={"run_id": run.info.run_id, "dataset": dataset, "protocol": config.protocol,
+                      "data.fingerprint": tracking.lake_fingerprint(lake.event_files())[:16]},
+            )  # fmt: skip
 
         step("gate against the champion on the same window")
         champion_versions = registry.champion_versions(client)
         champion_metrics = None
         if champion_versions is not None:
-            champion_system = registry.load_system(champion_versions)
-            champion_row = evaluate_champion(champion_system, windows.test, windows.test_start, lookup, config.k)
+            with meter.stage("champion evaluation"):
+                champion_system = registry.load_system(champion_versions)
+                champion_row = evaluate_champion(champion_system, test, windows.test_start, lookup, config.k)
             champion_metrics = gate_metrics(champion_row) if champion_row else None
             if champion_metrics:
                 for metric, value in champion_metrics.items():
@@ -316,11 +355,8 @@ def train_and_gate(
         if decision.promoted:
             registry.promote(client, versions)
         registry.record_decision(client, run.info.run_id, decision, versions)
-        return TrainResult(run.info.run_id, versions, decision, table)
-
-
-def _test_requests(system: TwoStage, windows: Windows) -> Requests:
-    return Requests.first_events(system.data, windows.test, as_of=windows.test_start)
+        mlflow.log_metrics(meter.metrics())
+        return TrainResult(run.info.run_id, versions, decision, table, meter.records)
 
 
 def _next_ranker_version(client: MlflowClient) -> int:
@@ -331,7 +367,7 @@ def _next_ranker_version(client: MlflowClient) -> int:
     return 1 + max((int(v.version) for v in versions), default=0)
 
 
-def _log_artifacts(table: pd.DataFrame, curves: dict, ranker: RankerModel, ranking: pd.DataFrame) -> None:
+def _log_artifacts(table: pd.DataFrame, curves: dict, ranker: RankerModel, rows: TrainingRows) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "metrics.md").write_text(table.to_markdown(floatfmt=".4f") if _has_tabulate() else table.to_string())
@@ -345,8 +381,9 @@ def _log_artifacts(table: pd.DataFrame, curves: dict, ranker: RankerModel, ranki
         importance = ranker.importance()
         importance.to_csv(folder / "ranker_importance.csv")
         tracking.plot_importance(importance, folder / "plots" / "ranker_importance.png")
-        scores = ranker.predict(ranking)
-        tracking.plot_score_distributions(scores, ranking["label"].to_numpy(), folder / "plots" / "score_distributions.png")
+        booster = ranker.booster.get_booster()
+        scores = np.concatenate([booster.inplace_predict(x) for x in rows.x])
+        tracking.plot_score_distributions(scores, rows.labels, folder / "plots" / "score_distributions.png")
         mlflow.log_artifacts(str(folder))
 
 

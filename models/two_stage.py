@@ -7,8 +7,9 @@ with point-in-time features offline and with online features in serving.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -20,15 +21,17 @@ from models.ranker import (
     QUERY_COLUMN,
     CatalogSide,
     FeatureLookup,
+    HistoryStats,
     RankerConfig,
     RankerModel,
+    TrainingRows,
     candidate_frame,
     context_features,
     cross_features,
     days_away,
-    grade_labels,
-    last_active,
-    train_ranker,
+    labels_for,
+    pair_grades,
+    train_ranker_rows,
 )
 
 
@@ -85,9 +88,17 @@ class Requests:
 
 
 def ranking_frame(
-    union: HybridUnion, catalog: CatalogSide, requests: Requests, lookup: FeatureLookup | None
+    union: HybridUnion,
+    catalog: CatalogSide,
+    requests: Requests,
+    lookup: FeatureLookup | None,
+    stats: HistoryStats | None = None,
 ) -> pd.DataFrame:
-    """Every candidate row with generator, cross, context and (when given) Feast features."""
+    """Every candidate row with generator, cross, context and (when given) Feast features.
+
+    `stats`: `HistoryStats.of(union.data)`, computed once by callers that rank in chunks.
+    """
+    stats = stats or HistoryStats.of(union.data)
     frame = candidate_frame(union, requests.user_rows)
     if frame.empty:
         return frame
@@ -95,8 +106,8 @@ def ranking_frame(
     per_row = position.reindex(frame["user_row"].to_numpy()).to_numpy()
     request_ts = pd.Series(pd.to_datetime(requests.request_ts, utc=True).to_numpy()[per_row], index=frame.index)
     device = pd.Series(requests.device.to_numpy()[per_row], index=frame.index)
-    frame = pd.concat([frame, cross_features(frame, union.data, catalog), context_features(request_ts, device)], axis=1)
-    last = last_active(union.data)[frame["user_row"].to_numpy()]
+    frame = pd.concat([frame, cross_features(frame, union.data, catalog, stats), context_features(request_ts, device)], axis=1)
+    last = stats.last_active[frame["user_row"].to_numpy()]
     frame["ctx_log_days_away"] = days_away(last, epoch_seconds(request_ts).to_numpy())
     if lookup is not None:
         as_of = requests.feature_ts if requests.feature_ts is not None else requests.request_ts
@@ -118,6 +129,10 @@ class TwoStage:
     def data(self) -> Interactions:
         return self.union.data
 
+    @cached_property
+    def stats(self) -> HistoryStats:
+        return HistoryStats.of(self.union.data)
+
     @classmethod
     def train(
         cls,
@@ -126,17 +141,17 @@ class TwoStage:
         label_events: pd.DataFrame,
         lookup: FeatureLookup | None = None,
         config: RankerConfig = RankerConfig(),
-    ) -> tuple[TwoStage, pd.DataFrame]:
+    ) -> tuple[TwoStage, TrainingRows]:
         """Fit the ranker on the candidates of users active in the label window.
 
-        Returns the system and its training frame (with `label`), for logging and inspection.
+        Returns the system and its training rows (with a sample frame), for logging and inspection.
         """
-        ranker, frame = train_on_windows([(union, catalog, label_events)], lookup, config)
-        return cls(union, catalog, ranker), frame
+        ranker, rows = train_on_windows([(union, catalog, label_events)], lookup, config)
+        return cls(union, catalog, ranker), rows
 
     def rank(self, requests: Requests, k: int, lookup: FeatureLookup | None = None) -> pd.DataFrame:
         """Top-k per user: user_id, video_id, rank, score, and which generators proposed it."""
-        frame = ranking_frame(self.union, self.catalog, requests, lookup)
+        frame = ranking_frame(self.union, self.catalog, requests, lookup, self.stats)
         if frame.empty:
             return pd.DataFrame(columns=["user_id", "video_id", "rank", "score", "sources"])
         frame["score"] = self.ranker.predict(frame)
@@ -154,6 +169,51 @@ class EmptyWindowError(ValueError):
     """A label window none of whose users has a candidate."""
 
 
+def window_queries(data: Interactions, label_events: pd.DataFrame, max_queries: int | None, seed: int) -> Requests:
+    """The label window's requests (each user's first event, features as of the window start),
+    at most `max_queries` of them: a seeded draw over the sorted user ids, so the same window and
+    seed always give the same users."""
+    start = pd.to_datetime(label_events["event_ts"], utc=True).min()
+    requests = Requests.first_events(data, label_events, as_of=start)
+    if max_queries is None or len(requests.user_rows) <= max_queries:
+        return requests
+    order = np.argsort(data.user_ids[requests.user_rows].astype(str), kind="stable")
+    chosen = np.sort(order[np.random.default_rng(seed).permutation(len(order))[:max_queries]])
+    return requests.subset(requests.user_rows[chosen])
+
+
+def labeled_chunks(
+    union: HybridUnion,
+    catalog: CatalogSide,
+    label_events: pd.DataFrame,
+    lookup: FeatureLookup | None = None,
+    config: RankerConfig = RankerConfig(),
+) -> Iterator[pd.DataFrame]:
+    """The ranking frames of one label window's queries, `config.chunk_users` users at a time,
+    with `label` and `query_id`.
+
+    Each user's request is their first event in the window; features are as of the window's
+    start. The query id (window start | user) keeps a user's rows of different windows apart.
+    Raises EmptyWindowError when none of the window's users has a candidate.
+    """
+    start = pd.to_datetime(label_events["event_ts"], utc=True).min()
+    requests = window_queries(union.data, label_events, config.max_queries_per_window, config.seed)
+    grades = pair_grades(label_events, config.label_scheme)
+    stats = HistoryStats.of(union.data)
+    any_rows = False
+    for first in range(0, len(requests.user_rows), config.chunk_users):
+        chunk = requests.subset(requests.user_rows[first : first + config.chunk_users])
+        frame = ranking_frame(union, catalog, chunk, lookup, stats)
+        if frame.empty:
+            continue
+        any_rows = True
+        frame["label"] = labels_for(frame, grades)
+        frame[QUERY_COLUMN] = f"{start.isoformat()}|" + frame["user_id"].astype(str)
+        yield frame
+    if not any_rows:
+        raise EmptyWindowError(f"no candidates for the users of the label window from {start}: nothing to train the ranker on")
+
+
 def labeled_frame(
     union: HybridUnion,
     catalog: CatalogSide,
@@ -161,43 +221,35 @@ def labeled_frame(
     lookup: FeatureLookup | None = None,
     label_scheme: str = "graded",
 ) -> pd.DataFrame:
-    """The ranking frame of the users active in one label window, with `label` and `query_id`.
-
-    Each user's request is their first event in the window; features are as of the window's
-    start. The query id (window start | user) keeps a user's rows of different windows apart.
-    """
-    start = pd.to_datetime(label_events["event_ts"], utc=True).min()
-    requests = Requests.first_events(union.data, label_events, as_of=start)
-    frame = ranking_frame(union, catalog, requests, lookup)
-    if frame.empty:
-        raise EmptyWindowError(f"no candidates for the users of the label window from {start}: nothing to train the ranker on")
-    frame["label"] = grade_labels(frame, label_events, label_scheme)
-    frame[QUERY_COLUMN] = f"{start.isoformat()}|" + frame["user_id"].astype(str)
-    return frame
+    """Every query of one label window as one frame (`labeled_chunks` joined: for small windows)."""
+    config = RankerConfig(label_scheme=label_scheme, max_queries_per_window=None)
+    return pd.concat(list(labeled_chunks(union, catalog, label_events, lookup, config)), ignore_index=True)
 
 
 def train_on_windows(
     windows: Sequence[tuple[HybridUnion, CatalogSide, pd.DataFrame]],
     lookup: FeatureLookup | None = None,
     config: RankerConfig = RankerConfig(),
-) -> tuple[RankerModel, pd.DataFrame]:
+) -> tuple[RankerModel, TrainingRows]:
     """One ranker from several (generators fitted before the window, catalog side, label window).
 
     Rolling origins: each window's generators saw only what came before it, as at serving time,
-    and more windows mean more users to learn from than one recent window holds.
+    and more windows mean more users to learn from than one recent window holds. Rows are built
+    chunk by chunk into float32 blocks (`TrainingRows`), at most `max_queries_per_window`
+    queries per window.
     """
-    frames, empty = [], None
+    rows, empty = TrainingRows(), None
     for union, catalog, label in windows:
         try:
-            frames.append(labeled_frame(union, catalog, label, lookup, config.label_scheme))
+            for frame in labeled_chunks(union, catalog, label, lookup, config):
+                rows.add(frame.drop(columns="label"), frame["label"].to_numpy())
         except EmptyWindowError as exc:  # an early window can be quiet; all of them cannot
             empty = exc
-    if not frames:
+    if rows.n_rows == 0:
         raise empty or ValueError("no label window to train the ranker on")
-    frame = pd.concat(frames, ignore_index=True)
-    if not (frame["label"] > 0).any():
+    if not (rows.labels > 0).any():
         raise ValueError("no candidate of any label-window user was engaged with: labels are all zero")
-    return train_ranker(frame.drop(columns="label"), frame["label"].to_numpy(), config), frame
+    return train_ranker_rows(rows, config), rows
 
 
 class TwoStageRecommender(Recommender):
@@ -215,7 +267,7 @@ class TwoStageRecommender(Recommender):
 
     def score(self, user_rows: np.ndarray) -> np.ndarray:
         """Ranker scores on each user's candidates, -inf elsewhere (so only candidates are listed)."""
-        frame = ranking_frame(self.system.union, self.system.catalog, self.requests.subset(user_rows), self.lookup)
+        frame = ranking_frame(self.system.union, self.system.catalog, self.requests.subset(user_rows), self.lookup, self.system.stats)
         scores = np.full((len(user_rows), self.data.n_videos), -np.inf, dtype=np.float32)
         if frame.empty:
             return scores

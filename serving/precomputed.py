@@ -216,9 +216,22 @@ def lists_from_frame(recs: pd.DataFrame, versions: dict[str, str], generated_at:
 
 
 def write_recommendations(url: str, recs: pd.DataFrame, versions: dict[str, str], ttl_s: float = 86_400.0) -> int:
-    """What the batch DAG calls: store `TwoStage.rank` output for serving; returns users written."""
+    """Store `TwoStage.rank` output for serving; returns users written."""
+    return write_recommendation_batches(url, [recs], versions, ttl_s)[0]
+
+
+def write_recommendation_batches(
+    url: str, batches: Iterable[pd.DataFrame], versions: dict[str, str], ttl_s: float = 86_400.0
+) -> tuple[int, int]:
+    """What the batch DAG calls: store each batch of `TwoStage.rank` output as it comes, so only
+    one batch of users is ever held; returns (users written, rows)."""
     store = open_store(url)
+    users = rows = 0
     try:
-        return store.put_many(lists_from_frame(recs, versions), ttl_s)
+        for recs in batches:
+            if len(recs):
+                users += store.put_many(lists_from_frame(recs, versions), ttl_s)
+                rows += len(recs)
     finally:
         store.close()
+    return users, rows

@@ -153,7 +153,7 @@ def build_sample_champion(
     if shuffle_labels:
         rng = np.random.default_rng(7)
         label = label.assign(video_id=rng.permutation(label["video_id"].to_numpy()))
-    staged, frame = TwoStage.train(union, catalog, label, lookup, RankerConfig(n_estimators=n_estimators, early_stopping_rounds=early_stopping_rounds))  # type: ignore[arg-type]  # None: all trees
+    staged, rows = TwoStage.train(union, catalog, label, lookup, RankerConfig(n_estimators=n_estimators, early_stopping_rounds=early_stopping_rounds))  # type: ignore[arg-type]  # None: all trees
     tick("train")
     final_union, final_catalog = _fit_union(events, videos, generators, per_source_k, content)
     system = TwoStage(final_union, final_catalog, staged.ranker)
@@ -162,13 +162,13 @@ def build_sample_champion(
     configure_mlflow(settings)
     with mlflow.start_run(run_name="sample-champion"):
         mlflow.log_params({"generators": ",".join(generators), "per_source_k": per_source_k, "max_users": max_users or 0})
-        versions = registry.register_system(system, frame, service, tags={"dataset": "ml-latest-small", "sample": "true"})
+        versions = registry.register_system(system, rows.sample, service, tags={"dataset": "ml-latest-small", "sample": "true"})
     if promote:
         registry.promote(MlflowClient(), versions)
     else:
         registry.mark_challenger(MlflowClient(), versions)
     tick("register")
-    return SampleChampion(settings, versions, system, service, label_start, end, len(frame), timings)
+    return SampleChampion(settings, versions, system, service, label_start, end, rows.n_rows, timings)
 
 
 def retrain_and_register(

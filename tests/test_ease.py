@@ -22,10 +22,25 @@ class TestEASE(RecommenderContract):
         assert scores.shape == (10, interactions.n_videos)
         assert (scores[:, ~active] == 0).all()
 
-    def test_max_items_guard(self, data):
+    def test_max_items_refused_when_exact(self, data):
         interactions, _ = data
-        with pytest.raises(ValueError, match="max_items=100"):
-            EASE(max_items=100).fit(interactions)
+        with pytest.raises(ValueError, match=r"max_items=100 .*drop 'ease'"):
+            EASE(max_items=100, approximate=False).fit(interactions)
+
+    def test_above_max_items_fits_the_most_engaged_videos(self, data):
+        interactions, _ = data
+        model = EASE(l2=100.0, max_items=100).fit(interactions)
+        support = interactions.matrix.getnnz(axis=0)
+        assert model.weights_.shape == (100, 100)
+        assert support[model.active_items_].min() >= np.sort(support)[-100]  # the 100 most-engaged
+        scores = model.score(np.arange(20))
+        outside = np.setdiff1d(np.arange(interactions.n_videos), model.active_items_)
+        assert (scores[:, outside] == 0).all() and (scores[:, model.active_items_] != 0).any()
+        exact = EASE(l2=100.0).fit(interactions)
+        # the same closed form on the kept videos' columns: weights equal the exact fit's on them
+        sub = ease_weights(interactions.matrix[:, model.active_items_], 100.0)
+        np.testing.assert_allclose(model.weights_, sub, rtol=1e-5, atol=1e-6)
+        assert exact.weights_.shape[0] > 100
 
 
 def random_binary(n_users: int = 40, n_items: int = 15, density: float = 0.3, seed: int = 0) -> sp.csr_matrix:

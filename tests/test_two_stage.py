@@ -52,11 +52,12 @@ def test_labeled_frame_has_queries_labels_and_context(movielens):
 def test_rolling_windows_make_one_query_per_user_and_window(movielens):
     events, videos, vectors = movielens
     windows = [(*fitted(fit, videos, vectors), label) for fit, label in rolling_time_splits(events, origins=(0.8, 0.9))]
-    ranker, frame = train_on_windows(windows, config=RankerConfig(n_estimators=40, early_stopping_rounds=10))
-    per_user = frame.groupby("user_id")[QUERY_COLUMN].nunique()
+    ranker, rows = train_on_windows(windows, config=RankerConfig(n_estimators=40, early_stopping_rounds=10))
+    per_user = pd.Series([q.split("|", 1)[1] for q in rows.queries]).value_counts()
     assert per_user.max() == 2  # a user active in both windows is two queries
-    assert frame[QUERY_COLUMN].nunique() == sum(label["user_id"].nunique() for *_, label in windows)
+    assert rows.n_queries == len(set(rows.queries)) == sum(label["user_id"].nunique() for *_, label in windows)
     assert QUERY_COLUMN not in ranker.features and "ctx_log_days_away" in ranker.features
+    assert all(x.dtype == np.float32 for x in rows.x) and rows.n_rows == sum(len(label) for label in rows.y)
     assert 0 < ranker.validation_ndcg <= 1
 
 

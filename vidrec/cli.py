@@ -172,6 +172,8 @@ def train(
     per_source_k: Annotated[int, typer.Option(min=10, max=1000, help="Candidates per generator per user")] = 100,
     feast: Annotated[bool, typer.Option(help="Join Feast point-in-time features (time protocol)")] = True,
     label_windows: Annotated[int, typer.Option(min=1, max=10, help="Rolling label windows the ranker learns from (time protocol)")] = 4,
+    max_queries_per_window: Annotated[int | None, typer.Option(min=0, help="Memory bound: ranker queries (users) per label window, a seeded draw (0: every user; default: RankerConfig's)")] = None,
+    max_eval_users: Annotated[int | None, typer.Option(min=0, help="Held-out users each model is evaluated on, a seeded draw (0: all; default: TrainConfig's)")] = None,
     min_gain: Annotated[float, typer.Option(help="Gate: nDCG@10 gain needed over the champion")] = 0.002,
     baseline_gain: Annotated[float, typer.Option(help="Gate: nDCG@10 gain over popularity for a first model")] = 0.01,
     shuffle_labels: Annotated[bool, typer.Option(help="Sanity check: train the ranker on shuffled labels (must be blocked)")] = False,
@@ -179,6 +181,7 @@ def train(
     seed: int = 42,
 ) -> None:
     """Train generators and the ranker on the lake, evaluate, register in MLflow, gate, promote."""
+    from models.ranker import RankerConfig
     from models.registry import GatePolicy
     from models.train import DEFAULT_GENERATORS, TrainConfig, train_and_gate
 
@@ -188,6 +191,10 @@ def train(
         generators=tuple(g.strip() for g in generators.split(",")) if generators else DEFAULT_GENERATORS,
         per_source_k=per_source_k,
         label_windows=label_windows,
+        max_eval_users=TrainConfig.max_eval_users if max_eval_users is None else (max_eval_users or None),
+        ranker=RankerConfig(
+            max_queries_per_window=RankerConfig.max_queries_per_window if max_queries_per_window is None else (max_queries_per_window or None)
+        ),
         use_feast=feast,
         gate=GatePolicy(min_gain=min_gain, baseline_gain=baseline_gain),
         shuffle_labels=shuffle_labels,
@@ -203,6 +210,19 @@ def train(
     style = "green" if result.decision.promoted else "yellow"
     console.print(f"[{style}]{result.decision.summary()}[/]")
     console.print(f"MLflow run {result.run_id}; registered {result.versions}")
+    print_stages(result.stages)
+
+
+def print_stages(stages) -> None:
+    """Wall time and peak resident memory of each stage (vidrec.meter.StageRecord)."""
+    from vidrec.meter import format_bytes
+
+    table = Table(title="stages")
+    for column in ("stage", "seconds", "peak memory"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for record in stages:
+        table.add_row(record.name, f"{record.seconds:.1f}", format_bytes(record.peak_rss_bytes))
+    console.print(table)
 
 
 @app.command()

@@ -28,6 +28,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from vidrec.meter import StageMeter
 from vidrec.settings import Settings
 
 log = logging.getLogger("vidrec.pipeline")
@@ -377,6 +378,8 @@ def train_config(params: dict):
     if isinstance(generators, str):
         generators = [g.strip() for g in generators.split(",") if g.strip()]
     ranker_params = dict(params.get("ranker") or {})
+    if "max_queries_per_window" in params:
+        ranker_params["max_queries_per_window"] = _optional_int(params["max_queries_per_window"])
     known = {f.name for f in fields(RankerConfig)} - {"extra"}
     unknown = sorted(set(ranker_params) - known)
     if unknown:
@@ -386,6 +389,7 @@ def train_config(params: dict):
         generators=tuple(generators),
         per_source_k=int(params.get("per_source_k", 100)),
         label_windows=int(params.get("label_windows", TrainConfig.label_windows)),
+        max_eval_users=_optional_int(params.get("max_eval_users", TrainConfig.max_eval_users)),
         use_feast=bool(params.get("use_feast", True)),
         ranker=RankerConfig(**ranker_params),
         gate=GatePolicy(
@@ -396,6 +400,10 @@ def train_config(params: dict):
         shuffle_labels=bool(params.get("shuffle_labels", False)),
         seed=int(params.get("seed", 42)),
     )
+
+
+def _optional_int(value) -> int | None:
+    return None if value is None else int(value)
 
 
 @contextmanager
@@ -549,7 +557,7 @@ def precompute_recommendations(
     from feature_repo.lake import Lake
     from models import batch, registry, tracking
     from serving.config import ServingConfig
-    from serving.precomputed import write_recommendations
+    from serving.precomputed import write_recommendation_batches
 
     settings = settings or Settings.from_env()
     serving = ServingConfig.from_env(settings)
@@ -567,8 +575,12 @@ def precompute_recommendations(
         from models.train import feast_lookup
 
         lookup = feast_lookup(settings, champion.feature_service)
-    recs, unknown = batch.rank_users(champion.system, users, end_time, top_n, lookup)
-    written = write_recommendations(url, recs, champion.versions, ttl_s=ttl_s or serving.precomputed_ttl_s) if len(recs) else 0
+    known, unknown = batch.known_rows(champion.system, users)
+    meter = StageMeter(report=log.info)
+    with meter.stage("precompute"):
+        batches = batch.ranked_batches(champion.system, known, end_time, top_n, lookup)
+        written, rows = write_recommendation_batches(url, batches, champion.versions, ttl_s=ttl_s or serving.precomputed_ttl_s)
+    record = meter.records[-1]
     return {
         "store": url,
         "versions": champion.versions,
@@ -576,5 +588,7 @@ def precompute_recommendations(
         "active_users": len(users),
         "unknown_to_champion": unknown,
         "users_written": written,
-        "rows": int(len(recs)),
+        "rows": int(rows),
+        "seconds": round(record.seconds, 1),
+        "peak_rss_mb": round(record.peak_rss_bytes / 2**20),
     }
