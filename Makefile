@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_serving.py --online-store redis
 	$(BIN)/python benchmarks/bench_redis.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 # Re-resolve the environment and record it (run after changing dependencies in pyproject.toml).
 lock:

@@ -1,0 +1,179 @@
+"""The whole pipeline at platform size: time and peak memory of every stage, 1M events by default.
+
+    generate   `vidrec generate`-equivalent synthetic platform (users, videos, events with sessions)
+    ingest     validation + lake (feature_repo.ingest)
+    features   feature tables, TF-IDF video embeddings, feast apply, materialize (store.build_features)
+    train      `vidrec train` with its defaults (models.train.train_and_gate): its own stages are
+               printed below the table (generators per window, ranker rows and training, evaluation)
+    batch      the vidrec_batch_recs precompute (vidrec.pipeline.precompute_recommendations) for the
+               users active in the last 30 days, streamed into the SQLite precomputed store
+    serve      what the service does at start and per request: load the champion from the registry,
+               build the serving Engine, rank 200 known users (p50/p99 per request)
+
+Baseline, in the same run: reading the lake's events and building the user x video matrix
+(`Interactions.from_events`), the least any training step does with the data; every stage's
+time is also printed as a multiple of it, since these machines differ 2-4x in speed.
+
+Every stage runs in its own process, so its peak RSS is its own (VmHWM). Prints a markdown
+table and writes benchmarks/results/scale.json. Usage:
+
+    python benchmarks/bench_scale.py [--events 1000000 --users 20000 --videos 5000 --days 60]
+        [--keep DIR]    # keep (and reuse) the generated platform, lake and models in DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("generate", "ingest", "baseline", "features", "train", "batch", "serve")
+
+STEP = r"""
+import json, sys, time
+from pathlib import Path
+stage, args = sys.argv[1], json.loads(sys.argv[2])
+folder = Path(args["folder"])
+from vidrec.settings import Settings
+settings = Settings.from_env("local")
+out = {}
+started = time.perf_counter()
+if stage == "generate":
+    from feature_repo.synthetic import SyntheticConfig, generate
+    summary = generate(SyntheticConfig(n_users=args["users"], n_videos=args["videos"], n_events=args["events"],
+                                       days=args["days"]), folder / "synthetic")
+    out = {"events": summary.n_events}
+elif stage == "ingest":
+    from feature_repo.ingest import ingest
+    from feature_repo.lake import Lake
+    from feature_repo.sources import open_source
+    summary = ingest(open_source("synthetic", folder / "synthetic", folder / "cache"), Lake(settings.lake_dir))
+    out = {"events": summary.lake["events"], "users": summary.lake["users"], "videos": summary.lake["videos"]}
+elif stage == "baseline":
+    from feature_repo.lake import Lake
+    from models.interactions import Interactions
+    from models.train import LEARNING_TYPES
+    lake = Lake(settings.lake_dir)
+    events = lake.read_events(columns=["user_id", "video_id", "event_type", "rating", "event_ts"])
+    events = events[events["event_type"].isin(LEARNING_TYPES)]
+    data = Interactions.from_events(events, catalog=lake.read_table("videos")["video_id"], weighting="binary")
+    out = {"learning_events": len(events), "pairs": int(data.matrix.nnz)}
+elif stage == "features":
+    from feature_repo.store import build_features
+    run = build_features(settings, embeddings="tfidf")
+    out = {"as_of_times": len(run.as_of_times)}
+elif stage == "train":
+    from models.train import TrainConfig, train_and_gate
+    result = train_and_gate(settings, TrainConfig(), dataset="synthetic", progress=lambda m: print(m, file=sys.stderr, flush=True))
+    row = result.table.loc["two-stage"]
+    out = {"ndcg_at_10": float(row["ndcg_at_10"]), "eval_users": float(row["n_users"]),
+           "decision": result.decision.summary(), "versions": result.versions,
+           "stages": [{"name": r.name, "seconds": r.seconds, "peak_rss_bytes": r.peak_rss_bytes} for r in result.stages],
+           "table": {model: float(v) for model, v in result.table["ndcg_at_10"].items()}}
+elif stage == "batch":
+    import pandas as pd
+    from feature_repo.lake import Lake
+    from vidrec.pipeline import precompute_recommendations
+    last = Lake(settings.lake_dir).read_events(columns=["event_ts"])["event_ts"].max()
+    end = (pd.Timestamp(last).ceil("D")).isoformat()
+    result = precompute_recommendations(end, store_url=f"sqlite:///{folder / 'precomputed.db'}")
+    out = {k: result[k] for k in ("active_users", "unknown_to_champion", "users_written", "rows")}
+elif stage == "serve":
+    from datetime import datetime, timezone
+    import numpy as np
+    from models import registry, tracking
+    from serving.engine import Engine
+    tracking.configure(settings)
+    champion = registry.load_champion()
+    engine = Engine(champion.system, champion.versions, "champion")
+    loaded = time.perf_counter() - started
+    rng = np.random.default_rng(0)
+    rows = rng.choice(champion.system.data.n_users, size=min(200, champion.system.data.n_users), replace=False)
+    now = datetime.now(timezone.utc)
+    latencies = []
+    for row in rows:
+        t = time.perf_counter()
+        engine.rank(int(row), None, now, "mobile")
+        latencies.append(time.perf_counter() - t)
+    out = {"load_seconds": loaded, "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+           "p99_ms": 1000 * float(np.percentile(latencies, 99)), "requests": len(rows)}
+out["seconds"] = time.perf_counter() - started
+from vidrec.meter import peak_rss_bytes
+out["peak_rss_bytes"] = peak_rss_bytes()
+print("RESULT " + json.dumps(out, default=str))
+"""
+
+
+def run_stage(stage: str, args: dict, env: dict) -> dict:
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", STEP, stage, json.dumps(args)],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+        raise SystemExit(f"stage {stage} failed (exit {proc.returncode})")
+    for line in proc.stderr.splitlines():
+        if stage == "train" and line.strip():
+            print(f"    train: {line.strip()}", flush=True)
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    result["wall_seconds"] = time.perf_counter() - started
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--videos", type=int, default=5_000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--keep", type=Path, default=None, help="folder to keep (and reuse) the platform in")
+    args = parser.parse_args()
+
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="vidrec-scale-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "VIDREC_HOME": str(folder / "home"), "VIDREC_CACHE_DIR": str(folder / "cache"),
+           "VIDREC_PROFILE": "local", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    env.pop("VIDREC_LAKE_DIR", None)
+    stage_args = {"folder": str(folder), "events": args.events, "users": args.users, "videos": args.videos, "days": args.days}
+    print(f"# scale: {args.events:,} events, {args.users:,} users, {args.videos:,} videos over {args.days} days ({folder})")
+    results = {}
+    try:
+        for stage in STAGES:
+            if stage == "generate" and args.keep and (folder / "synthetic" / "videos.parquet").exists():
+                continue
+            if stage == "ingest" and args.keep and (folder / "home" / "lake").exists():
+                continue
+            print(f"  {stage} ...", flush=True)
+            results[stage] = run_stage(stage, stage_args, env)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    base = results["baseline"]["seconds"]
+    print()
+    print(f"| stage | seconds | x baseline | peak RSS | detail |")
+    print("|---|---:|---:|---:|---|")
+    for stage, r in results.items():
+        detail = {k: v for k, v in r.items() if k not in ("seconds", "wall_seconds", "peak_rss_bytes", "stages", "table", "versions")}
+        print(f"| {stage} | {r['seconds']:.1f} | {r['seconds'] / base:.1f} | {r['peak_rss_bytes'] / 2**30:.2f} GB | {detail} |")
+    if "train" in results:
+        print("\n| train stage | seconds | peak RSS |\n|---|---:|---:|")
+        for s in results["train"]["stages"]:
+            print(f"| {s['name']} | {s['seconds']:.1f} | {s['peak_rss_bytes'] / 2**30:.2f} GB |")
+        print("\nheld-out nDCG@10: " + ", ".join(f"{m} {v:.4f}" for m, v in results["train"]["table"].items()))
+    out = ROOT / "benchmarks" / "results" / "scale.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": vars(args) | {"keep": str(args.keep)}, "results": results}, indent=2, default=str))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
