@@ -65,6 +65,7 @@ def evaluate_model(
     train_popularity: np.ndarray | None = None,
     test_ratings: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     filter_seen: bool = True,
+    recs: np.ndarray | None = None,
 ) -> dict[str, float]:
     """All offline metrics of a fitted model at cut-off k.
 
@@ -79,6 +80,8 @@ def evaluate_model(
       train users who engaged with each video.
     test_ratings: (user_rows, video_rows, ratings) from `protocols.rating_triples`; with a model
       that has `predict(user_rows, video_rows)` it adds rmse and mse.
+    recs: the model's lists for `user_rows` (at least k slots each), when the caller already has
+      them (one longer list serves several cut-offs); recommend_s_per_1k_users is then ~0.
 
     Keys: precision_at_{k}, recall_at_{k}, f1_at_{k}, ndcg_at_{k}, map_at_{k} (AP normalised by
     min(k, R)), map_full_at_{k} (by R), mrr_at_{k}, hit_rate_at_{k}, coverage_at_{k},
@@ -92,7 +95,11 @@ def evaluate_model(
         raise ValueError("no users to evaluate: the test window has no relevant videos for train users")
 
     start = time.perf_counter()
-    recs, _ = model.recommend(user_rows, k=k, filter_seen=filter_seen)
+    if recs is None:
+        recs, _ = model.recommend(user_rows, k=k, filter_seen=filter_seen)
+    elif len(recs) != len(user_rows) or recs.shape[1] < k:
+        raise ValueError(f"recs must have one row of at least {k} slots per user, got shape {recs.shape}")
+    recs = recs[:, :k]
     elapsed = time.perf_counter() - start
 
     accuracy = metrics.ranking_metrics(recs, _truth_for(relevant, user_rows), k)

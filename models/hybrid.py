@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -64,8 +65,11 @@ class HybridUnion:
         self.per_source_k = int(per_source_k)
 
     def fit(self, data: Interactions) -> HybridUnion:
-        for model in self.generators.values():
+        self.fit_seconds: dict[str, float] = {}  # per generator, for the run's log at scale
+        for name, model in self.generators.items():
+            started = time.perf_counter()
             model.fit(data)
+            self.fit_seconds[name] = time.perf_counter() - started
         return self
 
     @property
