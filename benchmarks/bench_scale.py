@@ -106,7 +106,8 @@ elif stage == "serve":
            "p99_ms": 1000 * float(np.percentile(latencies, 99)), "requests": len(rows)}
 out["seconds"] = time.perf_counter() - started
 from vidrec.meter import peak_rss_bytes
-out["peak_rss_bytes"] = peak_rss_bytes()
+# train's meter resets the high-water mark per stage: the process's peak is the largest of them
+out["peak_rss_bytes"] = max([peak_rss_bytes()] + [s["peak_rss_bytes"] for s in out.get("stages", [])])
 print("RESULT " + json.dumps(out, default=str))
 """
 
@@ -159,7 +160,7 @@ def main() -> None:
 
     base = results["baseline"]["seconds"]
     print()
-    print(f"| stage | seconds | x baseline | peak RSS | detail |")
+    print("| stage | seconds | x baseline | peak RSS | detail |")
     print("|---|---:|---:|---:|---|")
     for stage, r in results.items():
         detail = {k: v for k, v in r.items() if k not in ("seconds", "wall_seconds", "peak_rss_bytes", "stages", "table", "versions")}
