@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 
 from feature_repo.lake import PARTITION, Lake
 from models.ranker import FeatureLookup
-from models.two_stage import Requests, TwoStage
+from models.two_stage import Requests, TwoStage, prefetch_features
 
 RESULT_COLUMNS = ["user_id", "video_id", "rank", "score", "sources"]
 
@@ -73,6 +73,7 @@ def ranked_batches(
 ) -> Iterator[pd.DataFrame]:
     """Top-N frames for `user_rows`, `batch_users` at a time: memory stays one batch's candidates."""
     when = pd.Timestamp(as_of).tz_convert("UTC")
+    prefetch_features(lookup, system.data, Requests.at(user_rows, when))
     for i in range(0, len(user_rows), batch_users):
         chunk = user_rows[i : i + batch_users]
         ranked = system.rank(Requests.at(chunk, when), k=top_n, lookup=lookup)

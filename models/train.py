@@ -39,7 +39,7 @@ from models.interactions import Interactions
 from models.metrics import ndcg_at_k
 from models.protocols import ROLLING_ORIGINS, relevant_sets, rolling_time_splits, stratified_split, time_split
 from models.ranker import CatalogSide, FeatureLookup, RankerConfig, RankerModel, TrainingRows
-from models.two_stage import Requests, TwoStage, TwoStageRecommender, train_on_windows
+from models.two_stage import Requests, TwoStage, TwoStageRecommender, prefetch_features, train_on_windows
 from vidrec.meter import StageMeter
 from vidrec.settings import Settings
 
@@ -137,17 +137,30 @@ def fit_union(events: pd.DataFrame, videos: pd.DataFrame, config: TrainConfig, c
     return union, CatalogSide.build(videos, data, vectors)
 
 
-def feast_lookup(settings: Settings, service: str) -> FeatureLookup:
-    """Point-in-time features from Feast's offline store, for the rows of a ranking frame."""
-    from feature_repo.store import training_frame
+class FeastLookup:
+    """Point-in-time features from Feast's offline store, for the rows of a ranking frame.
 
-    cache: dict = {}  # rows are ranked in chunks; a video's features as of a window start are asked once
+    Rows are ranked in chunks, and each offline retrieval re-reads the feature tables, so
+    distinct entity rows are kept once retrieved, and `prefetch` asks for every user and video a
+    job will need in one retrieval before the chunks start (see `two_stage.prefetch_features`).
+    """
 
-    def lookup(entities: pd.DataFrame) -> pd.DataFrame:
-        frame = training_frame(entities, features=service, settings=settings, cache=cache)
+    def __init__(self, settings: Settings, service: str):
+        self.settings, self.service = settings, service
+        self.cache: dict = {}
+
+    def __call__(self, entities: pd.DataFrame) -> pd.DataFrame:
+        from feature_repo.store import training_frame
+
+        frame = training_frame(entities, features=self.service, settings=self.settings, cache=self.cache)
         return frame.drop(columns=[c for c in entities.columns if c in frame.columns])
 
-    return lookup
+    def prefetch(self, entities: pd.DataFrame) -> None:
+        self(entities)
+
+
+def feast_lookup(settings: Settings, service: str) -> FeatureLookup:
+    return FeastLookup(settings, service)
 
 
 def prepare_features(settings: Settings, lake: Lake, as_of: list[pd.Timestamp], ranker_version: int) -> str:
@@ -198,6 +211,7 @@ def evaluate_all(
     data = union.data
     relevant = relevant_sets(test, data)
     users = np.intersect1d(users_with_truth(relevant), requests.user_rows)
+    prefetch_features(lookup, data, requests.subset(users))
     vectors = system.catalog.content
     models = {**union.generators, "two-stage": TwoStageRecommender(system, requests, lookup)}
     rows, curves = {}, {}

@@ -119,6 +119,36 @@ def ranking_frame(
     return frame
 
 
+def prefetch_features(lookup: FeatureLookup | None, data: Interactions, requests: Requests) -> None:
+    """Give a lookup that can prefetch (`FeastLookup`) every entity row `requests` will ask for:
+    each user as of its feature time with its request context, and every video as of each
+    distinct feature time. One retrieval instead of one per chunk of users."""
+    prefetch = getattr(lookup, "prefetch", None)
+    if prefetch is None or len(requests.user_rows) == 0:
+        return
+    request_ts = pd.to_datetime(requests.request_ts, utc=True).reset_index(drop=True)
+    as_of = request_ts if requests.feature_ts is None else pd.to_datetime(requests.feature_ts, utc=True).reset_index(drop=True)
+    users = pd.DataFrame(
+        {
+            "user_id": data.user_ids[requests.user_rows],
+            "video_id": data.video_ids[0],
+            "event_timestamp": as_of,
+            "request_ts": request_ts,
+            "device": requests.device.reset_index(drop=True),
+        }
+    )
+    first = users.iloc[0]
+    videos = pd.concat(
+        [
+            pd.DataFrame({"user_id": first["user_id"], "video_id": data.video_ids, "event_timestamp": when,
+                          "request_ts": first["request_ts"], "device": first["device"]})
+            for when in as_of.unique()
+        ],
+        ignore_index=True,
+    )  # fmt: skip
+    prefetch(pd.concat([users, videos], ignore_index=True))
+
+
 @dataclass
 class TwoStage:
     union: HybridUnion
@@ -200,6 +230,7 @@ def labeled_chunks(
     requests = window_queries(union.data, label_events, config.max_queries_per_window, config.seed)
     grades = pair_grades(label_events, config.label_scheme)
     stats = HistoryStats.of(union.data)
+    prefetch_features(lookup, union.data, requests)
     any_rows = False
     for first in range(0, len(requests.user_rows), config.chunk_users):
         chunk = requests.subset(requests.user_rows[first : first + config.chunk_users])

@@ -133,6 +133,26 @@ def test_training_frame_never_sees_events_after_the_label_time(movielens_served)
     assert frame["request_features__hour_of_day"].tolist() == [t.hour for t in entity_df["event_timestamp"]]
 
 
+def test_a_kept_cache_answers_later_chunks_with_the_same_values(movielens_served):
+    settings = movielens_served["settings"]
+    pairs = [("1", "1"), ("68", "356"), ("414", "2571"), ("599", "1"), ("1", "2571"), ("68", "1")]
+    entity_df = pd.DataFrame(
+        [{"user_id": u, "video_id": v, "event_timestamp": t} for u, v in pairs for t in (LABEL, LABEL + pd.Timedelta(hours=36))]
+    )
+    whole = store.training_frame(entity_df, "ranker_v1", settings=settings)
+    cache: dict = {}
+    first = store.training_frame(entity_df.iloc[:5], "ranker_v1", settings=settings, cache=cache)
+    kept = {refs: len(table) for refs, table in cache.items()}
+    # the second chunk repeats some entity rows (user 1, video 1 at LABEL): those come from the cache
+    second = store.training_frame(entity_df.iloc[5:], "ranker_v1", settings=settings, cache=cache)
+    chunked = pd.concat([first, second], ignore_index=True)
+    pd.testing.assert_frame_equal(chunked[whole.columns], whole)
+    assert kept and all(len(cache[refs]) >= n for refs, n in kept.items())
+    # nothing new to ask: every row is answered from the cache, the same values again
+    again = store.training_frame(entity_df, "ranker_v1", settings=settings, cache=cache)
+    pd.testing.assert_frame_equal(again[whole.columns], whole)
+
+
 def test_feature_rows_expire_after_their_ttl(movielens_served):
     s = movielens_served
     long_after = A3 + pd.Timedelta(days=60)
