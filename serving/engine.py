@@ -35,7 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.base import _normalize_rows, top_k
-from models.ranker import DEVICES, TREND_FEATURES, days_away, last_active, trend_features
+from models.ranker import DEVICES, TREND_FEATURES, days_away
 from serving.online import (
     REQUEST_VIEW,
     USER_VIEWS,
@@ -135,13 +135,11 @@ class Engine:
         history.data = np.ones_like(history.data)
         history.sort_indices()
         self.history = history
-        self.counts = np.diff(history.indptr).astype(np.float64)
-        users_per_video = np.asarray((data.matrix > 0).sum(axis=0)).ravel().astype(np.float64)
-        self.popularity = np.log1p(users_per_video)
-        seen_pop = history @ self.popularity
-        self.usual = np.where(self.counts > 0, seen_pop / np.maximum(self.counts, 1), 0.0)
-        self.trend = trend_features(data)
-        self.last_active = last_active(data)
+        # The same statistics the offline ranking frame reads (models.ranker.HistoryStats).
+        stats = system.stats
+        self.counts = np.asarray(stats.counts, dtype=np.float64)
+        self.popularity, self.usual = stats.popularity, stats.usual
+        self.trend, self.last_active = stats.trend, stats.last_active
         self.content = self.catalog.content
         self.content_sparse = sp.issparse(self.content)
         self.genres = sp.csr_matrix(self.catalog.genres, dtype=np.float64)
