@@ -40,8 +40,11 @@ GENERATORS = ["popularity", "trending", "item-cf", "user-cf", "als", "ease", "co
     tags=["vidrec", "training"],
     doc_md=__doc__,
     params={
-        "protocol": Param("time", type="string", enum=["time", "stratified"],
-                          description="time: train on the past, evaluate on the future; stratified: per-user random split."),
+        "protocol": Param("time", type="string", enum=["time", "user-time", "stratified"],
+                          description="time: train on the past, evaluate on the future; user-time: each user's last relevant "
+                          "videos held out (judges every user); stratified: per-user random split."),
+        "min_test_users": Param(200, type="integer", minimum=1,
+                                description="time protocol: the cut moves earlier until the held-out window judges this many users."),
         "generators": Param(GENERATORS, type="array", items={"type": "string", "enum": [
             "popularity", "trending", "item-cf", "user-cf", "als", "bpr", "svd", "ease", "content-tfidf",
             "content-minilm", "mult-vae", "sasrec"]},
@@ -54,8 +57,8 @@ GENERATORS = ["popularity", "trending", "item-cf", "user-cf", "als", "ease", "co
                                         description="Memory bound: ranker queries (users) drawn per label window; null: every user."),
         "max_eval_users": Param(20000, type=["integer", "null"], minimum=1,
                                 description="Held-out users every model is evaluated on, at most (a seeded draw); null: all."),
-        "min_gain": Param(0.002, type="number", description="Gate: nDCG@10 gain needed over the champion."),
-        "baseline_gain": Param(0.01, type="number", description="Gate: nDCG@10 gain over popularity for a first model."),
+        "min_gain": Param(0.0, type="number", description="Gate: the lower end of the 95% interval of the per-user nDCG@10 gain over the champion must reach this."),
+        "baseline_gain": Param(0.0, type="number", description="Gate: the same over the best of popularity and trending, for a first model."),
         "guards": Param({}, type="object", description="Gate: largest allowed drop per guard metric against the champion, "
                         "e.g. {\"coverage_at_10\": 0.05} (empty: the defaults of models.registry.GatePolicy)."),
         "shuffle_labels": Param(False, type="boolean", description="Sanity check: train on shuffled labels (must be blocked)."),

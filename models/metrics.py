@@ -217,6 +217,12 @@ def hit_rate_at_k(recs: np.ndarray, truth: Truth, k: int = 10) -> float:
     return _mean_over_users(per["hit"], per["n_relevant"])
 
 
+def per_user_ndcg(recs: np.ndarray, truth: Truth, k: int = 10) -> np.ndarray:
+    """nDCG@k of each user (see `ndcg_at_k`); NaN for users with empty truth."""
+    per = _per_user(recs, truth, k)
+    return np.where(per["n_relevant"] > 0, per["ndcg"], np.nan)
+
+
 def ranking_metrics(recs: np.ndarray, truth: Truth, k: int = 10) -> dict[str, float]:
     """Every accuracy metric at k from one hit matrix (cheaper than calling each function).
 
@@ -295,12 +301,8 @@ def _row_sq_norms(matrix: np.ndarray | sp.spmatrix) -> np.ndarray:
     return np.asarray(sp.csr_matrix(matrix).multiply(matrix).sum(axis=1)).ravel()
 
 
-def intra_list_diversity(recs: np.ndarray, item_vectors: np.ndarray | sp.spmatrix) -> float:
-    """Mean over lists of the mean pairwise cosine distance between the list's videos.
-
-    ILD(list) = 1 - (2 / (m (m - 1))) sum_{i<j} cos(v_i, v_j), over the list's m distinct videos;
-    the result averages ILD over lists with m >= 2 (shorter lists have no pairs and are skipped;
-    NaN if no list qualifies). A video with an all-zero vector has cosine 0 with everything.
+def list_diversity(recs: np.ndarray, item_vectors: np.ndarray | sp.spmatrix) -> np.ndarray:
+    """ILD per list (see `intra_list_diversity`); NaN for lists of fewer than two videos.
 
     Computed without forming m x m blocks: with unit vectors u_i,
     sum_{i != j} u_i . u_j = ||sum_i u_i||^2 - sum_i ||u_i||^2, so one sparse product gives
@@ -314,10 +316,21 @@ def intra_list_diversity(recs: np.ndarray, item_vectors: np.ndarray | sp.spmatri
     m = np.asarray(select.sum(axis=1)).ravel()
     pair_sum = _row_sq_norms(sums) - self_sims  # = 2 * sum_{i<j} cos
     ok = m >= 2
-    if not ok.any():
-        return float("nan")
-    mean_sim = pair_sum[ok] / (m[ok] * (m[ok] - 1))
-    return float(np.mean(1.0 - mean_sim))
+    out = np.full(len(m), np.nan)
+    out[ok] = 1.0 - pair_sum[ok] / (m[ok] * (m[ok] - 1))
+    return out
+
+
+def intra_list_diversity(recs: np.ndarray, item_vectors: np.ndarray | sp.spmatrix) -> float:
+    """Mean over lists of the mean pairwise cosine distance between the list's videos.
+
+    ILD(list) = 1 - (2 / (m (m - 1))) sum_{i<j} cos(v_i, v_j), over the list's m distinct videos;
+    the result averages ILD over lists with m >= 2 (shorter lists have no pairs and are skipped;
+    NaN if no list qualifies). A video with an all-zero vector has cosine 0 with everything.
+    """
+    per_list = list_diversity(recs, item_vectors)
+    ok = np.isfinite(per_list)
+    return float(per_list[ok].mean()) if ok.any() else float("nan")
 
 
 def catalog_coverage(recs: np.ndarray, n_items: int) -> float:

@@ -1,9 +1,14 @@
 """Evaluation protocols: how canonical events become a train window and a held-out truth.
 
-Two splits, one purpose each (see DESIGN.md, "evaluate like production"):
+Three splits, one purpose each (see DESIGN.md, "evaluate like production"):
 
 - `time_split` is the default: train on the past, predict the future, as the deployed system has
-  to. Every model in a comparison is evaluated on the same window.
+  to. Every model in a comparison is evaluated on the same window. `time_cut` moves the cut
+  earlier until the held-out window judges enough users.
+- `user_time_split` holds out each user's last `n` relevant videos: every user with history is
+  judged. Caveat: the cut differs per user, so train holds other users' (and the user's own
+  non-relevant) events from after a user's held-out ones; it leaks the future a little, and
+  figures from it read higher than the deployed system's.
 - `stratified_split` is the per-user random 75/25 split of the Microsoft Recommenders benchmark
   (`python_stratified_split`), kept only to compare with published tables.
 
@@ -18,6 +23,7 @@ import pandas as pd
 
 from models.interactions import ENGAGEMENT_WEIGHTS, Interactions
 
+PROTOCOLS = ("time", "user-time", "stratified")
 REQUIRED = ("user_id", "video_id", "event_ts")
 # Event types that say the user wanted the video (a dislike or an impression is not relevance).
 POSITIVE_EVENT_TYPES = frozenset(t for t, w in ENGAGEMENT_WEIGHTS.items() if w > 0)
@@ -70,6 +76,55 @@ def time_split(
     test = events[~before]
     known = test["user_id"].isin(set(train["user_id"])) & test["video_id"].isin(set(train["video_id"].dropna()))
     return train, test[known].copy()
+
+
+def time_cut(events: pd.DataFrame, test_fraction: float = 0.2, min_test_users: int = 200, floor: float = 0.5) -> pd.Timestamp:
+    """The latest cut whose held-out window judges at least `min_test_users` users.
+
+    A user is judged when they have an event before the cut and a relevant one at or after it.
+    Cuts are tried at event-time quantiles from 1 - `test_fraction` down to `floor`; when none
+    reaches `min_test_users` (ml-latest-small's users rate in bursts: never more than 28 span a
+    cut), the cut judging the most users wins, the latest among equals.
+    """
+    _require_columns(events, REQUIRED)
+    if events.empty:
+        raise ValueError("cannot split an empty events table")
+    ts = _timestamps(events)
+    first = ts.groupby(events["user_id"].to_numpy()).min()
+    positive = _positive(events, None)
+    last = _timestamps(positive).groupby(positive["user_id"].to_numpy()).max().reindex(first.index)
+    quantiles = np.arange(1.0 - test_fraction, floor - 1e-9, -0.01)
+    cuts = ts.quantile(quantiles).to_numpy()
+    first_v, last_v = first.to_numpy(), last.to_numpy()
+    judged = [int(((first_v < c) & (last_v >= c)).sum()) for c in cuts]
+    for cut, n in zip(cuts, judged, strict=True):
+        if n >= min_test_users:
+            return pd.Timestamp(cut)
+    return pd.Timestamp(cuts[int(np.argmax(judged))])
+
+
+def user_time_split(events: pd.DataFrame, n: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per user, the last `n` relevant videos (by their first relevant event) go to test.
+
+    A user keeps at least one relevant video in train, so a user with m <= n relevant videos
+    holds out m - 1 of them (none with one). Every event of a held-out (user, video) pair goes to
+    test, so no pair is on both sides; all other events train (see the module's leakage caveat).
+    """
+    _require_columns(events, REQUIRED)
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    positive = _positive(events, None)
+    pairs = (
+        positive.assign(_ts=_timestamps(positive))
+        .groupby(["user_id", "video_id"], sort=False)["_ts"].min().reset_index()
+        .sort_values(["user_id", "_ts", "video_id"], kind="mergesort")
+    )  # fmt: skip
+    groups = pairs.groupby("user_id", sort=False)
+    from_end = groups.cumcount(ascending=False)
+    held = from_end < np.minimum(n, groups["video_id"].transform("size") - 1)
+    test_pairs = pd.MultiIndex.from_frame(pairs.loc[held, ["user_id", "video_id"]])
+    in_test = pd.MultiIndex.from_frame(events[["user_id", "video_id"]]).isin(test_pairs)
+    return events[~in_test].copy(), events[in_test].copy()
 
 
 # Origins of the rolling windows a ranker learns from inside a train split: quantiles of event time.

@@ -23,6 +23,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from models.significance import Interval, PerUser, paired_intervals
+
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "vidrec"
@@ -41,19 +43,28 @@ class RegistryError(RuntimeError):
 
 @dataclass(frozen=True)
 class GatePolicy:
-    """When a challenger may replace the champion.
+    """When a challenger may replace the champion, decided on paired per-user evidence.
 
-    primary: the metric that must improve, by at least `min_gain` (absolute);
-    guards: metric -> largest allowed absolute drop against the champion;
-    baseline_gain: with no champion yet, how far the challenger must beat the popularity baseline.
+    primary: the metric that must improve. The challenger is promoted when the lower end of the
+      bootstrap interval of its per-user gain over the champion is at least `min_gain` and the
+      gain itself is above it (so an identical model, gain 0 on every user, stays out).
+    guards: metric -> largest allowed drop: the interval's lower end must not fall below -drop.
+    baseline_gain: a first model is judged the same way against the best non-personalized
+      baseline (popularity or trending, whichever scores higher on the same users).
     """
 
     primary: str = "ndcg_at_10"
-    min_gain: float = 0.002
-    baseline_gain: float = 0.01
+    min_gain: float = 0.0
+    baseline_gain: float = 0.0
     guards: dict[str, float] = field(
         default_factory=lambda: {"candidate_recall_at_200": 0.02, "coverage_at_10": 0.05, "diversity_at_10": 0.05}
     )
+    confidence: float = 0.95
+    n_boot: int = 2000
+    seed: int = 0
+
+    def metrics(self) -> list[str]:
+        return [self.primary, *self.guards]
 
 
 @dataclass
@@ -62,11 +73,22 @@ class GateDecision:
     reasons: list[str]
     challenger: dict[str, float]
     reference: dict[str, float]  # the champion's metrics, or the baseline's for a first model
-    against: str  # "champion" or "baseline"
+    against: str  # "champion", or "baseline (<name>)" for a first model
     policy: GatePolicy
+    intervals: dict[str, Interval] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        first = next(iter(self.intervals.values()), None)
+        return first.n_users if first else 0
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "policy": asdict(self.policy)}
+        return {
+            **asdict(self),
+            "policy": asdict(self.policy),
+            "intervals": {m: i.as_dict() for m, i in self.intervals.items()},
+            "n_users": self.n_users,
+        }
 
     def summary(self) -> str:
         verdict = "PROMOTED" if self.promoted else "BLOCKED"
@@ -74,46 +96,48 @@ class GateDecision:
 
 
 def decide(
-    challenger: dict[str, float],
-    champion: dict[str, float] | None,
-    baseline: dict[str, float],
+    challenger: PerUser,
+    reference: PerUser,
+    against: str,
     policy: GatePolicy = GatePolicy(),
+    challenger_metrics: dict[str, float] | None = None,
+    reference_metrics: dict[str, float] | None = None,
 ) -> GateDecision:
-    """Compare metrics measured on the same held-out window; return the decision and why."""
-    reasons: list[str] = []
-    ok = True
-    primary = policy.primary
-    if primary not in challenger or not math.isfinite(challenger[primary]):
-        return GateDecision(False, [f"challenger has no {primary}"], challenger, champion or baseline,
-                            "champion" if champion else "baseline", policy)  # fmt: skip
-    if champion is None:
-        need = baseline[primary] + policy.baseline_gain
-        ok = bool(challenger[primary] >= need)
-        reasons.append(
-            f"{primary} {challenger[primary]:.4f} {'>=' if ok else '<'} popularity baseline "
-            f"{baseline[primary]:.4f} + {policy.baseline_gain}"
-        )
-        return GateDecision(ok, reasons, challenger, baseline, "baseline", policy)
+    """Compare two models judged on the same held-out users; return the decision and why, in words.
 
-    need = champion[primary] + policy.min_gain
-    gain_ok = bool(challenger[primary] >= need)
-    ok &= gain_ok
-    reasons.append(
-        f"{primary} {challenger[primary]:.4f} {'>=' if gain_ok else '<'} champion {champion[primary]:.4f} + {policy.min_gain}"
-    )
-    for metric, tolerance in policy.guards.items():
-        if metric not in challenger or metric not in champion:
-            continue
-        drop = champion[metric] - challenger[metric]
-        guard_ok = bool(drop <= tolerance)
-        ok &= guard_ok
-        if not guard_ok:
-            reasons.append(
-                f"guard {metric} regressed by {drop:.4f} (> {tolerance}): {challenger[metric]:.4f} vs {champion[metric]:.4f}"
-            )
+    `against`: "champion" applies `min_gain` and the guards; anything else (a baseline's name)
+    is a first model's comparison, which applies `baseline_gain` to the primary metric only.
+    """
+    first_model = against != "champion"
+    metrics = [policy.primary] if first_model else policy.metrics()
+    intervals = paired_intervals(challenger, reference, metrics, policy.n_boot, policy.confidence, policy.seed)
+    record = lambda: GateDecision(
+        ok, reasons, challenger_metrics or {}, reference_metrics or {},
+        f"baseline ({against})" if first_model else "champion", policy, intervals,
+    )  # fmt: skip
+    primary = intervals.get(policy.primary)
+    if primary is None or not math.isfinite(primary.diff):
+        ok, reasons = False, [f"no {policy.primary} on users both models were judged on"]
+        return record()
+    need = policy.baseline_gain if first_model else policy.min_gain
+    ok = bool(primary.low >= need and primary.diff > need)
     if ok:
-        reasons.append("no guard metric regressed past its tolerance")
-    return GateDecision(ok, reasons, challenger, champion, "champion", policy)
+        verdict = f"better: the interval lies above {need:+.4f}"
+    elif primary.high < need:
+        verdict = "worse"
+    else:
+        verdict = f"inconclusive: the interval reaches {need:+.4f} or below"
+    reasons = [f"{primary.words()}: {verdict}"]
+    for metric, tolerance in ({} if first_model else policy.guards).items():
+        interval = intervals.get(metric)
+        if interval is None or not math.isfinite(interval.low):
+            continue
+        if interval.low < -tolerance:
+            ok = False
+            reasons.append(f"guard {interval.words()}: may have dropped by more than {tolerance}")
+    if ok:
+        reasons.append("no guard metric dropped past its tolerance" if not first_model else "first model")
+    return record()
 
 
 def alias_version(client: MlflowClient, model: str, alias: str) -> str | None:
@@ -173,15 +197,43 @@ def rollback(client: MlflowClient) -> dict[str, str]:
     return previous
 
 
-def record_decision(client: MlflowClient, run_id: str, decision: GateDecision, versions: dict[str, str]) -> None:
-    """Write the decision where reviewers look: run tags, a gate report artifact, version tags, the log."""
-    client.set_tag(run_id, "gate.decision", "promoted" if decision.promoted else "blocked")
+def record_decision(
+    client: MlflowClient, run_id: str, decision: GateDecision, versions: dict[str, str], card: str = ""
+) -> None:
+    """Write the decision where reviewers look: run tags, metrics and description, a gate report
+    artifact, the model versions' tags and descriptions, the log.
+
+    `card`: what the versions are (how they were fitted), prepended to the versions' description.
+    """
+    verdict = "promoted" if decision.promoted else "blocked"
+    client.set_tag(run_id, "gate.decision", verdict)
     client.set_tag(run_id, "gate.against", decision.against)
     client.set_tag(run_id, "gate.reasons", " | ".join(decision.reasons)[:5000])
-    client.log_text(run_id, json.dumps({**decision.as_dict(), "versions": versions}, indent=2, default=float), "gate_report.json")
+    client.set_tag(run_id, "gate.n_users", str(decision.n_users))
+    for metric, interval in decision.intervals.items():
+        for part in ("diff", "low", "high"):
+            value = getattr(interval, part)
+            if math.isfinite(value):
+                client.log_metric(run_id, f"gate.{metric}.{part}", value)
+    report = _finite({**decision.as_dict(), "versions": versions})
+    client.log_text(run_id, json.dumps(report, indent=2, default=float, allow_nan=False), "gate_report.json")
+    words = f"Gate: {decision.summary()}"
+    client.set_tag(run_id, "mlflow.note.content", f"{card}\n\n{words}".strip())  # the run's Description
     for model, version in versions.items():
-        client.set_model_version_tag(model, version, "gate.decision", "promoted" if decision.promoted else "blocked")
+        client.set_model_version_tag(model, version, "gate.decision", verdict)
+        client.update_model_version(model, version, description=f"{card}\n\n{words}".strip()[:5000])
     (log.info if decision.promoted else log.warning)("gate: %s", decision.summary())
+
+
+def _finite(value):
+    """NaN and infinities become null: strict JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return None
+    return value
 
 
 # ---- packaging: the two registered models and loading the champion back ------------------------

@@ -31,14 +31,18 @@ from mlflow import MlflowClient
 
 from feature_repo.lake import Lake
 from models import registry, tracking
+from models.base import Recommender
 from models.catalog import generator_factories
 from models.content import align_vectors, tfidf_vectors, video_text
 from models.evaluate import evaluate_model, users_with_truth
 from models.hybrid import HybridUnion
 from models.interactions import Interactions
-from models.metrics import ndcg_at_k
-from models.protocols import ROLLING_ORIGINS, relevant_sets, rolling_time_splits, stratified_split, time_split
+from models.metrics import list_diversity, ndcg_at_k, per_user_ndcg
+from models.protocols import (
+    PROTOCOLS, ROLLING_ORIGINS, relevant_sets, rolling_time_splits, stratified_split, time_cut, time_split, user_time_split,
+)  # fmt: skip
 from models.ranker import CatalogSide, FeatureLookup, RankerConfig, RankerModel, TrainingRows
+from models.significance import PerUser
 from models.two_stage import Requests, TwoStage, TwoStageRecommender, prefetch_features, train_on_windows
 from vidrec.meter import StageMeter
 from vidrec.settings import Settings
@@ -46,6 +50,7 @@ from vidrec.settings import Settings
 log = logging.getLogger(__name__)
 
 DEFAULT_GENERATORS = ("popularity", "trending", "item-cf", "user-cf", "als", "ease", "content-tfidf")
+NON_PERSONALIZED = ("popularity", "trending")  # the baselines a first model must beat
 LEARNING_TYPES = ("rating", "watch", "like", "share", "comment", "play", "click")
 GUARD_K = 200
 CURVE_KS = (1, 3, 5, 10, 20, 50)  # cut-offs of the nDCG@k curve plotted per run
@@ -53,12 +58,15 @@ CURVE_KS = (1, 3, 5, 10, 20, 50)  # cut-offs of the nDCG@k curve plotted per run
 
 @dataclass
 class TrainConfig:
-    protocol: str = "time"  # time | stratified
+    protocol: str = "time"  # time | user-time | stratified (models.protocols.PROTOCOLS)
     generators: tuple[str, ...] = DEFAULT_GENERATORS
     per_source_k: int = 100
     k: int = 10
     test_fraction: float = 0.2
     label_fraction: float = 0.2
+    # time protocol: the cut moves earlier until the held-out window judges this many users.
+    min_test_users: int = 200
+    holdout_per_user: int = 5  # user-time protocol: each user's last n relevant videos are held out
     label_windows: int = 4  # time protocol: how many rolling label windows the ranker learns from
     # Held-out users every model is evaluated on, at most (a seeded draw; None: all of them).
     # Bounds evaluation time and memory on large platforms; far above ml-latest-small's windows.
@@ -112,17 +120,23 @@ def split_windows(events: pd.DataFrame, config: TrainConfig) -> Windows:
     if config.protocol == "time":
         if config.label_windows < 1:
             raise ValueError(f"label_windows must be at least 1, got {config.label_windows}")
-        train, test = time_split(events, test_fraction=config.test_fraction)
-        last_origin = 1 - config.label_fraction / (1 - config.test_fraction)
+        cut = time_cut(events, config.test_fraction, config.min_test_users)
+        train, test = time_split(events, cutoff=cut)
+        test_share = 1.0 - len(train) / len(events)
+        last_origin = 1 - config.label_fraction / (1 - test_share)
         fit, label = time_split(train, test_fraction=1 - last_origin)
         origins = np.linspace(ROLLING_ORIGINS[0], last_origin, config.label_windows)[:-1]
         earlier = rolling_time_splits(train, tuple(float(q) for q in origins)) if len(origins) else []
         return Windows(fit, label, test, train, label["event_ts"].min(), test["event_ts"].min(), earlier)
+    if config.protocol == "user-time":
+        train, test = user_time_split(events, n=config.holdout_per_user)
+        fit, label = user_time_split(train, n=config.holdout_per_user)
+        return Windows(fit, label, test, train, None, None)
     if config.protocol == "stratified":
         train, test = stratified_split(events, ratio=1 - config.test_fraction, seed=config.seed)
         fit, label = stratified_split(train, ratio=1 - config.label_fraction, seed=config.seed + 1)
         return Windows(fit, label, test, train, None, None)
-    raise ValueError(f"unknown protocol {config.protocol!r}: expected time or stratified")
+    raise ValueError(f"unknown protocol {config.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
 
 
 def fit_union(events: pd.DataFrame, videos: pd.DataFrame, config: TrainConfig, content) -> tuple[HybridUnion, CatalogSide]:
@@ -175,9 +189,10 @@ def prepare_features(settings: Settings, lake: Lake, as_of: list[pd.Timestamp], 
 
 def candidate_recall(
     union: HybridUnion, relevant: list[set[int]], user_rows: np.ndarray, cap: int = GUARD_K, batch_users: int = 1024
-) -> float:
-    """Share of held-out engagements the union proposes within its best `cap` candidates per user."""
-    recalls = []
+) -> np.ndarray:
+    """Per user (aligned with `user_rows`), the share of held-out engagements the union proposes
+    within its best `cap` candidates; NaN for users without any."""
+    recalls = np.full(len(user_rows), np.nan)
     for first in range(0, len(user_rows), batch_users):
         batch = user_rows[first : first + batch_users]
         frame = union.candidates(batch)
@@ -185,8 +200,10 @@ def candidate_recall(
         frame["best_rank"] = frame[rank_cols].min(axis=1)
         frame = frame.sort_values(["user_row", "n_sources", "best_rank"], ascending=[True, False, True])
         top = frame.groupby("user_row").head(cap).groupby("user_row")["video_row"].agg(set)
-        recalls += [len(relevant[u] & top.get(u, set())) / len(relevant[u]) for u in batch if relevant[u]]
-    return float(np.mean(recalls)) if recalls else float("nan")
+        for i, u in enumerate(batch.tolist()):
+            if relevant[u]:
+                recalls[first + i] = len(relevant[u] & top.get(u, set())) / len(relevant[u])
+    return recalls
 
 
 def held_out_sample(test: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
@@ -199,6 +216,16 @@ def held_out_sample(test: pd.DataFrame, limit: int | None, seed: int) -> pd.Data
     return test[test["user_id"].astype(str).isin(chosen)]
 
 
+@dataclass
+class Evaluation:
+    """Every model's results on the same held-out users: one row per model, the nDCG@k curves,
+    and per user what the gate's paired intervals read."""
+
+    table: pd.DataFrame  # one row per model, metrics as columns
+    curves: dict[str, dict[int, float]]
+    per_user: dict[str, PerUser]  # model -> its figures per judged user
+
+
 def evaluate_all(
     union: HybridUnion,
     system: TwoStage,
@@ -206,17 +233,21 @@ def evaluate_all(
     requests: Requests,
     lookup: FeatureLookup | None,
     k: int,
-) -> tuple[pd.DataFrame, dict[str, dict[int, float]]]:
-    """Every generator and the two-stage system on the same held-out users; plus nDCG@k curves."""
+    baselines: dict[str, Recommender] | None = None,
+) -> Evaluation:
+    """Every generator, the two-stage system and `baselines` (models fitted on the same data
+    outside the union) on the same held-out users."""
     data = union.data
     relevant = relevant_sets(test, data)
     users = np.intersect1d(users_with_truth(relevant), requests.user_rows)
     prefetch_features(lookup, data, requests.subset(users))
     vectors = system.catalog.content
-    models = {**union.generators, "two-stage": TwoStageRecommender(system, requests, lookup)}
-    rows, curves = {}, {}
+    models = {**(baselines or {}), **union.generators, "two-stage": TwoStageRecommender(system, requests, lookup)}
+    rows, curves, per_user = {}, {}, {}
     truth = [relevant[u] for u in users]
     depth = max(k, max(CURVE_KS))
+    ids_of_users = data.user_ids[users].astype(str)
+    order = np.argsort(ids_of_users, kind="stable")  # PerUser arrays follow sorted user ids
     for name, model in models.items():
         started = time.perf_counter()
         ids, _ = model.recommend(users, k=depth)  # one list serves the metrics at k and the curve
@@ -224,29 +255,50 @@ def evaluate_all(
         rows[name] = evaluate_model(model, data, relevant, users, k=k, item_vectors=vectors, recs=ids)
         rows[name]["recommend_s_per_1k_users"] = seconds * 1000.0 / max(len(users), 1)
         curves[name] = {kk: ndcg_at_k(ids, truth, kk) for kk in CURVE_KS}
+        values = {f"ndcg_at_{k}": per_user_ndcg(ids, truth, k), f"diversity_at_{k}": list_diversity(ids[:, :k], vectors)}
+        per_user[name] = PerUser(ids_of_users[order], {m: v[order] for m, v in values.items()}, ids[order, :k], data.n_videos)
     table = pd.DataFrame(rows).T
+    recall = candidate_recall(union, relevant, users)
     table[f"candidate_recall_at_{GUARD_K}"] = np.nan
-    table.loc["two-stage", f"candidate_recall_at_{GUARD_K}"] = candidate_recall(union, relevant, users)
-    return table, curves
+    table.loc["two-stage", f"candidate_recall_at_{GUARD_K}"] = float(np.nanmean(recall)) if np.isfinite(recall).any() else np.nan
+    per_user["two-stage"].values[f"candidate_recall_at_{GUARD_K}"] = recall[order]
+    return Evaluation(table, curves, per_user)
 
 
-def evaluate_champion(champion_system: TwoStage, test: pd.DataFrame, as_of, lookup, k: int) -> dict[str, float] | None:
-    """The champion's two-stage metrics on this run's held-out window (None if it knows none of its users)."""
-    requests = Requests.first_events(champion_system.data, test, as_of=as_of)
-    if len(requests.user_rows) == 0:
-        return None
-    table, _ = evaluate_all(champion_system.union, champion_system, test, requests, lookup, k)
-    return table.loc["two-stage"].to_dict()
+def baseline_models(union: HybridUnion) -> dict[str, Recommender]:
+    """Popularity and trending fitted on the union's data, for those the union lacks: a first
+    model must beat the better of the two."""
+    factories = generator_factories(pd.DataFrame({"video_id": union.data.video_ids}))
+    return {name: factories[name]().fit(union.data) for name in NON_PERSONALIZED if name not in union.generators}
 
 
-def gate_metrics(row: pd.Series | dict) -> dict[str, float]:
-    row = dict(row)
-    return {
-        "ndcg_at_10": row.get("ndcg_at_10"),
-        f"candidate_recall_at_{GUARD_K}": row.get(f"candidate_recall_at_{GUARD_K}"),
-        "coverage_at_10": row.get("coverage_at_10"),
-        "diversity_at_10": row.get("diversity_at_10"),
-    }
+def refit_champion(
+    champion: registry.Champion, events: pd.DataFrame, videos: pd.DataFrame, content, settings: Settings, use_feast: bool
+) -> tuple[TwoStage, FeatureLookup | None]:
+    """The champion's generators (their own hyperparameters) refit on `events`, with its ranker.
+
+    Served champions are fitted on every event up to their as-of time, which includes this run's
+    held-out window: scored as registered they would have seen (and filtered out) the very videos
+    they are judged on. Refit on the challenger's training events, both are judged on equal terms.
+    """
+    union = champion.system.union
+    data = Interactions.from_events(events, catalog=videos["video_id"], weighting="binary")
+    union.fit(data)
+    catalog = CatalogSide.build(videos, data, align_vectors(content, videos["video_id"].to_numpy(), data.video_ids))
+    lookup = feast_lookup(settings, champion.feature_service) if use_feast and champion.feature_service else None
+    return TwoStage(union, catalog, champion.system.ranker), lookup
+
+
+def model_card(config: TrainConfig, events: pd.DataFrame, windows: Windows, n_judged: int) -> str:
+    """What the registered versions are, for their MLflow description."""
+    as_of = pd.to_datetime(events["event_ts"], utc=True).max()
+    return (
+        f"Serves: generators refit on every event up to {as_of:%Y-%m-%d %H:%M} UTC ({len(events):,} events, "
+        f"{events['user_id'].nunique():,} users), so every user with history is known; the XGBoost ranker as "
+        f"trained on label windows before the held-out window (refitting it there would leave it unjudged).\n"
+        f"Judged: the gate's figures come from the evaluation fit (generators fitted on the {len(windows.train):,} "
+        f"events before the held-out window, protocol {config.protocol}, {n_judged:,} held-out users)."
+    )
 
 
 def train_and_gate(
@@ -255,7 +307,8 @@ def train_and_gate(
     dataset: str = "lake",
     progress: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """The whole run: windows, generators, ranker, evaluation, MLflow, registry, gate."""
+    """The whole run: windows, generators, ranker, evaluation, gate, then the served refit,
+    MLflow and the registry."""
     step = progress or (lambda message: log.info(message))
     meter = StageMeter(report=lambda summary: step(f"  done: {summary}"))
     lake = Lake(settings.lake_dir)
@@ -282,6 +335,7 @@ def train_and_gate(
                 "data.label_events": len(windows.label),
                 "data.label_windows": len(windows.label_sets),
                 "data.test_events": len(windows.test),
+                "data.test_users": windows.test["user_id"].nunique(),
                 "data.label_start": str(windows.label_start),
                 "data.test_start": str(windows.test_start),
             }
@@ -326,57 +380,77 @@ def train_and_gate(
 
         with meter.stage("generators refit before the held-out window"):
             step(f"generators refit on everything before the held-out window ({len(windows.train):,} events)")
-            final_union, final_catalog = fit_union(windows.train, videos, config, content)
-            system = TwoStage(final_union, final_catalog, ranker)
+            eval_union, eval_catalog = fit_union(windows.train, videos, config, content)
+            system = TwoStage(eval_union, eval_catalog, ranker)
 
         test = held_out_sample(windows.test, config.max_eval_users, config.seed)
         with meter.stage("evaluation"):
-            step(f"evaluation on the held-out window ({test['user_id'].nunique():,} users, {len(test):,} events)")
             requests = Requests.first_events(system.data, test, as_of=windows.test_start)
-            table, curves = evaluate_all(final_union, system, test, requests, lookup, config.k)
+            evaluation = evaluate_all(eval_union, system, test, requests, lookup, config.k, baseline_models(eval_union))
+            judged = len(evaluation.per_user["two-stage"].users)
+            step(f"evaluation on the held-out window: {judged:,} users judged ({config.protocol} protocol, {len(test):,} events)")
+        table = evaluation.table
         for model, row in table.iterrows():
             for metric, value in row.items():
                 if pd.notna(value):
                     mlflow.log_metric(tracking.metric_name(model, metric), float(value))
-        _log_artifacts(table, curves, ranker, rows)
+        _log_artifacts(table, evaluation.curves, ranker, rows)
+        del system, eval_union, eval_catalog  # the served refit below needs the memory
+
+        step("gate against the champion on the same users")
+        challenger = evaluation.per_user["two-stage"]
+        champion_versions = registry.champion_versions(client)
+        if champion_versions is None:
+            best = max(NON_PERSONALIZED, key=lambda name: table.loc[name, "ndcg_at_10"])
+            reference, against, reference_row = evaluation.per_user[best], best, table.loc[best]
+        else:
+            with meter.stage("champion refit and evaluation"):
+                step(f"champion {champion_versions}: its generators refit on the same events, scored on the same users")
+                champion = registry.load_champion()
+                champion_system, champion_lookup = refit_champion(champion, windows.train, videos, content, settings, use_feast)
+                champion_requests = Requests.first_events(champion_system.data, test, as_of=windows.test_start)
+                champion_eval = evaluate_all(champion_system.union, champion_system, test, champion_requests, champion_lookup, config.k)
+                del champion, champion_system
+            reference, against, reference_row = champion_eval.per_user["two-stage"], "champion", champion_eval.table.loc["two-stage"]
+            for metric, value in gate_metrics(reference_row).items():
+                if value is not None and pd.notna(value):
+                    mlflow.log_metric(tracking.metric_name("champion", metric), float(value))
+        decision = registry.decide(
+            challenger, reference, against, config.gate, gate_metrics(table.loc["two-stage"]), gate_metrics(reference_row)
+        )
+        step(f"gate: {decision.summary()}")
+
+        with meter.stage("generators refit on every event (served)"):
+            step(f"generators refit on every event for serving ({len(events):,} events, {events['user_id'].nunique():,} users)")
+            served_union, served_catalog = fit_union(events, videos, config, content)
+            served = TwoStage(served_union, served_catalog, ranker)
 
         step("register vidrec-candidates and vidrec-ranker")
         with meter.stage("register"):
             versions = registry.register_system(
-                system,
+                served,
                 rows.sample,
                 service,
                 tags={"run_id": run.info.run_id, "dataset": dataset, "protocol": config.protocol,
-                      "data.fingerprint": tracking.lake_fingerprint(lake.event_files())[:16]},
+                      "data.fingerprint": tracking.lake_fingerprint(lake.event_files())[:16],
+                      "fitted_on": "every event up to the run's as-of time"},
             )  # fmt: skip
-
-        step("gate against the champion on the same window")
-        champion_versions = registry.champion_versions(client)
-        champion_metrics = None
-        if champion_versions is not None:
-            with meter.stage("champion evaluation"):
-                champion_system = registry.load_system(champion_versions)
-                champion_row = evaluate_champion(champion_system, test, windows.test_start, lookup, config.k)
-            champion_metrics = gate_metrics(champion_row) if champion_row else None
-            if champion_metrics:
-                for metric, value in champion_metrics.items():
-                    if value is not None and pd.notna(value):
-                        mlflow.log_metric(tracking.metric_name("champion", metric), float(value))
-        challenger = gate_metrics(table.loc["two-stage"])
-        baseline = gate_metrics(table.loc["popularity"]) if "popularity" in table.index else {"ndcg_at_10": 0.0}
-        if champion_versions is not None and champion_metrics is None:
-            decision = registry.GateDecision(
-                False, ["the champion knows none of this window's users: compare by hand"], challenger, {},
-                "champion", config.gate,
-            )  # fmt: skip
-        else:
-            decision = registry.decide(challenger, champion_metrics, baseline, config.gate)
         registry.mark_challenger(client, versions)
         if decision.promoted:
             registry.promote(client, versions)
-        registry.record_decision(client, run.info.run_id, decision, versions)
+        registry.record_decision(client, run.info.run_id, decision, versions, model_card(config, events, windows, judged))
         mlflow.log_metrics(meter.metrics())
         return TrainResult(run.info.run_id, versions, decision, table, meter.records)
+
+
+def gate_metrics(row: pd.Series | dict) -> dict[str, float]:
+    row = dict(row)
+    return {
+        "ndcg_at_10": row.get("ndcg_at_10"),
+        f"candidate_recall_at_{GUARD_K}": row.get(f"candidate_recall_at_{GUARD_K}"),
+        "coverage_at_10": row.get("coverage_at_10"),
+        "diversity_at_10": row.get("diversity_at_10"),
+    }
 
 
 def _next_ranker_version(client: MlflowClient) -> int:

@@ -370,6 +370,7 @@ def train_config(params: dict):
     """A `TrainConfig` from the DAG's Params (unknown ranker hyperparameters are refused)."""
     from dataclasses import fields
 
+    from models.protocols import PROTOCOLS
     from models.ranker import RankerConfig
     from models.registry import GatePolicy
     from models.train import DEFAULT_GENERATORS, TrainConfig
@@ -384,11 +385,15 @@ def train_config(params: dict):
     unknown = sorted(set(ranker_params) - known)
     if unknown:
         raise ValueError(f"unknown ranker hyperparameter(s) {unknown}: expected some of {sorted(known)}")
+    protocol = params.get("protocol", TrainConfig.protocol)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     return TrainConfig(
-        protocol=params.get("protocol", "time"),
+        protocol=protocol,
         generators=tuple(generators),
         per_source_k=int(params.get("per_source_k", 100)),
         label_windows=int(params.get("label_windows", TrainConfig.label_windows)),
+        min_test_users=int(params.get("min_test_users", TrainConfig.min_test_users)),
         max_eval_users=_optional_int(params.get("max_eval_users", TrainConfig.max_eval_users)),
         use_feast=bool(params.get("use_feast", True)),
         ranker=RankerConfig(**ranker_params),
