@@ -186,6 +186,32 @@ def stratified_split(
     return events[train_mask].copy(), events[test_mask].copy()
 
 
+def stratified_folds(events: pd.DataFrame, n_folds: int = 4, seed: int = 42) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Cross-fitting windows: per user, the distinct (user, video) pairs are dealt into `n_folds`
+    folds at random; window f trains on every other fold and labels with fold f.
+
+    A ranker learning from all windows sees every user's every pair once as a label, with
+    candidates scored by generators that never saw it, as at inference.
+    """
+    _require_columns(events, ("user_id", "video_id"))
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be at least 2, got {n_folds}")
+    has_video = events["video_id"].notna()
+    pairs = events.loc[has_video, ["user_id", "video_id"]].drop_duplicates(ignore_index=True)
+    pairs["draw"] = np.random.RandomState(seed).rand(len(pairs))
+    pairs = pairs.sort_values(["user_id", "draw"], kind="mergesort")
+    # Deal from a random offset per user, so users with fewer pairs than folds spread over all folds.
+    offset = pairs.groupby("user_id", sort=False)["draw"].transform("first").mul(n_folds).astype(int)
+    pairs["fold"] = (pairs.groupby("user_id", sort=False).cumcount() + offset) % n_folds
+    keyed = events.merge(pairs[["user_id", "video_id", "fold"]], on=["user_id", "video_id"], how="left")
+    fold = keyed["fold"].to_numpy()
+    windows = []
+    for f in range(n_folds):
+        label = fold == f
+        windows.append((events[~label].copy(), events[label].copy()))  # events without a video stay in fit
+    return windows
+
+
 def _positive(test: pd.DataFrame, min_rating: float | None) -> pd.DataFrame:
     """Test events that signal relevance: positive engagement, ratings at least `min_rating`."""
     keep = pd.Series(True, index=test.index)

@@ -39,7 +39,7 @@ from models.hybrid import HybridUnion
 from models.interactions import Interactions
 from models.metrics import list_diversity, ndcg_at_k, per_user_ndcg
 from models.protocols import (
-    PROTOCOLS, ROLLING_ORIGINS, relevant_sets, rolling_time_splits, stratified_split, time_cut, time_split, user_time_split,
+    PROTOCOLS, ROLLING_ORIGINS, relevant_sets, rolling_time_splits, stratified_folds, stratified_split, time_cut, time_split, user_time_split,
 )  # fmt: skip
 from models.ranker import CatalogSide, FeatureLookup, RankerConfig, RankerModel, TrainingRows
 from models.significance import PerUser
@@ -67,6 +67,9 @@ class TrainConfig:
     # time protocol: the cut moves earlier until the held-out window judges this many users.
     min_test_users: int = 200
     holdout_per_user: int = 5  # user-time protocol: each user's last n relevant videos are held out
+    # stratified protocol: the ranker's labels are cross-fitted over this many folds of the train
+    # part (each fold labelled by generators fitted on the others); 1: one inner split.
+    label_folds: int = 4
     label_windows: int = 4  # time protocol: how many rolling label windows the ranker learns from
     # Held-out users every model is evaluated on, at most (a seeded draw; None: all of them).
     # Bounds evaluation time and memory on large platforms; far above ml-latest-small's windows.
@@ -134,13 +137,19 @@ def split_windows(events: pd.DataFrame, config: TrainConfig) -> Windows:
         return Windows(fit, label, test, train, None, None)
     if config.protocol == "stratified":
         train, test = stratified_split(events, ratio=1 - config.test_fraction, seed=config.seed)
+        if config.label_folds > 1:
+            *earlier, (fit, label) = stratified_folds(train, config.label_folds, seed=config.seed + 1)
+            return Windows(fit, label, test, train, None, None, earlier)
         fit, label = stratified_split(train, ratio=1 - config.label_fraction, seed=config.seed + 1)
         return Windows(fit, label, test, train, None, None)
     raise ValueError(f"unknown protocol {config.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
 
 
-def fit_union(events: pd.DataFrame, videos: pd.DataFrame, config: TrainConfig, content) -> tuple[HybridUnion, CatalogSide]:
-    data = Interactions.from_events(events, catalog=videos["video_id"], weighting="binary")
+def fit_union(
+    events: pd.DataFrame, videos: pd.DataFrame, config: TrainConfig, content, users: np.ndarray | None = None
+) -> tuple[HybridUnion, CatalogSide]:
+    """The configured generators fitted on `events`; `users`: ids to know even without an interaction."""
+    data = Interactions.from_events(events, catalog=videos["video_id"], weighting="binary", users=users)
     factories = generator_factories(videos)
     unknown = sorted(set(config.generators) - set(factories))
     if unknown:
@@ -316,6 +325,7 @@ def train_and_gate(
         raise FileNotFoundError(f"the lake at {lake.root} holds no events: run `vidrec ingest` first")
     with meter.stage("read and split events"):
         events = lake.read_events(columns=["user_id", "video_id", "event_type", "rating", "event_ts", "device"])
+        everyone = np.sort(events["user_id"].astype(str).unique())  # searches and impressions included
         events = events[events["event_type"].isin(LEARNING_TYPES) & events["video_id"].notna()]
         videos = lake.read_table("videos")
         windows = split_windows(events, config)
@@ -421,8 +431,8 @@ def train_and_gate(
         step(f"gate: {decision.summary()}")
 
         with meter.stage("generators refit on every event (served)"):
-            step(f"generators refit on every event for serving ({len(events):,} events, {events['user_id'].nunique():,} users)")
-            served_union, served_catalog = fit_union(events, videos, config, content)
+            step(f"generators refit on every event for serving ({len(events):,} events, {len(everyone):,} users)")
+            served_union, served_catalog = fit_union(events, videos, config, content, users=everyone)
             served = TwoStage(served_union, served_catalog, ranker)
 
         step("register vidrec-candidates and vidrec-ranker")

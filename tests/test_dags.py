@@ -326,6 +326,14 @@ class TestDagRuns:
         first = next(iter(lists.values()))
         assert first["versions"] == {"vidrec-candidates": "1", "vidrec-ranker": "1"}
         assert 0 < len(first["video_ids"]) <= 20 and len(first["scores"]) == len(first["video_ids"])
+        # The champion is refit on every event: every user active in the window gets a list.
+        from feature_repo.lake import Lake
+        from models.batch import active_users
+
+        end = pd.Timestamp(DAY, tz="UTC")
+        with platform.settings() as s:
+            active = active_users(Lake(s.lake_dir), end - pd.Timedelta(days=7), end)
+        assert len(active) > 10 and {f"vidrec:recs:{u}" for u in active} == set(lists)
         platform.lists = lists
 
     def test_batch_rerun_rewrites_the_same_keys(self, platform):
@@ -385,6 +393,18 @@ class TestDagRuns:
             assert '"vidrec-ranker": "3"' in json.dumps(status), status
             with pytest.raises(PermissionError, match="401"):
                 pipeline.reload_serving(server.url, "wrong-token")
+            # Every user with history (the 40 feedback events' users included) is ranked, never cold start.
+            from feature_repo.lake import Lake
+
+            with platform.settings() as s:
+                users = sorted(set(Lake(s.lake_dir).read_events(columns=["user_id"])["user_id"].astype(str)))
+            served = {
+                u: httpx.post(f"{server.url}/recommend", json={"user_id": u, "k": 5}, timeout=30).json()["served_from"]
+                for u in users
+            }
+            assert len(users) > 250 and "fb-0" in users and set(served.values()) <= {"realtime", "precomputed"}, {
+                u: v for u, v in served.items() if v not in ("realtime", "precomputed")
+            }
         # The data interval drives the window: the run for the next day saw the 40 feedback events.
         from mlflow import MlflowClient
 

@@ -5,7 +5,16 @@ import pandas as pd
 import pytest
 
 from models.interactions import Interactions
-from models.protocols import rating_triples, relevant_sets, rolling_time_splits, stratified_split, time_split
+from models.protocols import (
+    rating_triples,
+    relevant_sets,
+    rolling_time_splits,
+    stratified_folds,
+    stratified_split,
+    time_cut,
+    time_split,
+    user_time_split,
+)
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +158,68 @@ def test_rolling_time_splits_reject_bad_origins(events):
     for origins in ((), (0.0, 0.5), (0.5, 1.2)):
         with pytest.raises(ValueError, match="origins must be quantiles"):
             rolling_time_splits(events, origins=origins)
+
+
+def judged_users(train: pd.DataFrame, test: pd.DataFrame) -> int:
+    return len(set(test.user_id) & set(train.user_id))
+
+
+def test_time_cut_judges_min_test_users_where_the_data_allows(events):
+    # ml-latest-small: users rate in bursts, so no cut has many users on both sides; the cut
+    # then judges as many as any cut does, and is never later than the default quantile's.
+    default = events.event_ts.quantile(0.8)
+    cut = time_cut(events, test_fraction=0.2, min_test_users=200)
+    assert cut <= default
+    best = judged_users(*time_split(events, cutoff=cut))
+    for q in (0.5, 0.6, 0.7, 0.75, 0.8):
+        assert best >= judged_users(*time_split(events, cutoff=events.event_ts.quantile(q)))
+    # A reachable target: the latest cut that judges it.
+    few = time_cut(events, test_fraction=0.2, min_test_users=20)
+    assert few == default and judged_users(*time_split(events, cutoff=few)) >= 20
+    # More users than one cut can give (every user spanning some cut): a dense synthetic case.
+    rng = np.random.default_rng(0)
+    dense = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 400, 20_000).astype(str),
+            "video_id": rng.integers(0, 300, 20_000).astype(str),
+            "event_ts": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.uniform(0, 30, 20_000), unit="D"),
+            "event_type": "rating",
+        }
+    )
+    assert judged_users(*time_split(dense, cutoff=time_cut(dense, min_test_users=300))) >= 300
+
+
+def test_user_time_split_holds_out_each_users_latest_videos(events):
+    train, test = user_time_split(events, n=5)
+    per_user = test.groupby("user_id").video_id.nunique()
+    assert len(per_user) == events.user_id.nunique() and (per_user == 5).all()  # every user is judged
+    latest_train = train.groupby("user_id").event_ts.max()
+    earliest_test = test.groupby("user_id").event_ts.min()
+    assert (latest_train.reindex(earliest_test.index) <= earliest_test).all()
+    pairs = lambda f: set(zip(f.user_id, f.video_id, strict=True))  # noqa: E731
+    assert not pairs(train) & pairs(test) and len(train) + len(test) == len(events)
+    # A user with two relevant videos keeps one; with one, keeps it (nothing to judge).
+    tiny = pd.DataFrame(
+        {"user_id": ["a", "a", "b"], "video_id": ["1", "2", "3"], "event_type": "rating",
+         "event_ts": pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-01"], utc=True)}
+    )  # fmt: skip
+    tiny_train, tiny_test = user_time_split(tiny, n=5)
+    assert list(tiny_test.video_id) == ["2"] and sorted(tiny_train.video_id) == ["1", "3"]
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        user_time_split(events, n=0)
+
+
+def test_stratified_folds_label_every_pair_once_with_generators_that_never_saw_it(events):
+    windows = stratified_folds(events, n_folds=4, seed=1)
+    pairs = lambda f: set(zip(f.user_id, f.video_id, strict=True))  # noqa: E731
+    labels = [pairs(label) for _, label in windows]
+    for (fit, label), labelled in zip(windows, labels, strict=True):
+        assert not pairs(fit) & labelled and len(fit) + len(label) == len(events)
+    assert set().union(*labels) == pairs(events) and sum(map(len, labels)) == len(pairs(events))
+    # Folds are dealt per user: each user's pairs split about evenly.
+    sizes = pd.DataFrame([(u, f) for f, (_, label) in enumerate(windows) for u in label.user_id], columns=["u", "f"])
+    per_user = sizes.groupby(["u", "f"]).size().unstack(fill_value=0)
+    assert (per_user.max(axis=1) - per_user.min(axis=1)).max() <= 1
+    assert [len(l) for _, l in stratified_folds(events, 4, seed=1)] == [len(l) for _, l in windows]
+    with pytest.raises(ValueError, match="n_folds must be at least 2"):
+        stratified_folds(events, n_folds=1)

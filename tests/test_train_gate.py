@@ -51,7 +51,7 @@ def settings(ml_small, tmp_path_factory):
 
 
 def stratified(generators, **kwargs) -> TrainConfig:
-    return TrainConfig(protocol="stratified", generators=tuple(generators), use_feast=False, **kwargs)
+    return TrainConfig(protocol="stratified", generators=tuple(generators), use_feast=False, label_folds=2, **kwargs)
 
 
 FULL = ["popularity", "trending", "ease"]
