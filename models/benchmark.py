@@ -28,9 +28,11 @@ from models.hybrid import HybridUnion
 from models.catalog import generator_factories
 from models.evaluate import evaluate_model, users_with_truth
 from models.interactions import Interactions, epoch_seconds
-from models.protocols import rating_triples, relevant_sets, rolling_time_splits, stratified_split, time_split
+from models.protocols import (
+    PROTOCOLS, rating_triples, relevant_sets, rolling_time_splits, stratified_folds, stratified_split, time_split,
+    user_time_split,
+)  # fmt: skip
 
-PROTOCOLS = ("time", "stratified")
 TWO_STAGE = "two-stage"
 SPLIT_COLUMNS = ["user_id", "video_id", "rating", "timestamp"]
 # What counts as an interaction for learning and for relevance: explicit feedback and real viewing.
@@ -68,6 +70,8 @@ def split_events(events: pd.DataFrame, protocol: str, seed: int) -> tuple[pd.Dat
     as_events = pairs.assign(event_ts=pd.to_datetime(pairs["timestamp"], unit="s", utc=True), event_type="rating")
     if protocol == "time":
         train, test = time_split(as_events)
+    elif protocol == "user-time":
+        train, test = user_time_split(as_events)
     elif protocol == "stratified":
         train, test = stratified_split(as_events, ratio=0.75, seed=seed)
     else:
@@ -123,7 +127,7 @@ def two_stage_model(data: BenchmarkData, train_events: pd.DataFrame, protocol: s
 
     The ranker learns from label windows inside the train split, each with generators fitted
     on what came before it: with the time protocol, rolling origins (`rolling_time_splits`);
-    with the stratified one, one inner stratified split. Then the generators are refit on the
+    with the others, one inner split of the same kind. Then the generators are refit on the
     whole train split and the ranker ranks their candidates for the test users, each request
     at the user's first test event (its hour, day and device are the request's context).
     No Feast features here: the benchmark compares models on the split alone (`vidrec train`
@@ -131,10 +135,14 @@ def two_stage_model(data: BenchmarkData, train_events: pd.DataFrame, protocol: s
     """
     from models.ranker import CatalogSide
     from models.two_stage import Requests, TwoStage, TwoStageRecommender, train_on_windows
-    from models.train import DEFAULT_GENERATORS
+    from models.train import DEFAULT_GENERATORS, TrainConfig
 
     if protocol == "time":
         windows = rolling_time_splits(train_events)
+    elif protocol == "user-time":
+        windows = [user_time_split(train_events)]
+    elif TrainConfig.label_folds > 1:  # cross-fitted labels, as `vidrec train` learns them
+        windows = stratified_folds(train_events, TrainConfig.label_folds, seed=7)
     else:
         windows = [stratified_split(train_events, ratio=0.75, seed=7)]
     if not windows:
@@ -145,7 +153,7 @@ def two_stage_model(data: BenchmarkData, train_events: pd.DataFrame, protocol: s
         union = HybridUnion({name: factories[name]() for name in DEFAULT_GENERATORS}, per_source_k=100).fit(interactions)
         return union, CatalogSide.build(data.videos, interactions, align_rows(vectors, data.videos["video_id"], interactions.video_ids))
 
-    ranker, _ = train_on_windows([(*union_on(fit), label) for fit, label in windows])
+    ranker, _ = train_on_windows((*union_on(fit), label) for fit, label in windows)  # one union at a time
     final_union, final_catalog = union_on(train_events)
     system = TwoStage(final_union, final_catalog, ranker)
     train_end = pd.to_datetime(train_events["event_ts"], utc=True).max()
@@ -160,8 +168,11 @@ def run_benchmark(
     encoder: str = "minilm",
     progress: Callable[[str], None] | None = None,
     protocol: str = "stratified",
+    tuned: dict[str, dict] | None = None,
 ) -> list[dict]:
     """Fit every generator on `data.train`, evaluate on `data.test`, write recs and results.
+
+    `tuned`: {generator: params} over the catalog's settings (`models.tuning.tuned_params`).
 
     `encoder` (minilm | tfidf) embeds the catalog for intra-list diversity.
     """
@@ -175,7 +186,7 @@ def run_benchmark(
     user_rows = users_with_truth(relevant)
     test_ratings = rating_triples(test_events, train)
     vectors = content_vectors(data.videos, encoder)
-    factories = generator_factories(data.videos, minilm=vectors if encoder == "minilm" else None)
+    factories = generator_factories(data.videos, minilm=vectors if encoder == "minilm" else None, tuned=tuned)
     item_vectors = align_rows(vectors, data.videos["video_id"], train.video_ids)
     factories[TWO_STAGE] = lambda: two_stage_model(data, train_events_of(data), protocol, vectors, factories)
     names = models or list(factories)
@@ -197,7 +208,8 @@ def run_benchmark(
         ids, scores = model.recommend(user_rows, k=k)
         write_recs(out_dir / "recs" / f"{name}.parquet", train, user_rows, ids, scores)
         rows.append({"model": name, "train_s": train_seconds, **metrics})
-    (out_dir / "results.json").write_text(json.dumps({"k": k, "users": int(len(user_rows)), "rows": rows}, indent=2))
+    summary = {"k": k, "users": int(len(user_rows)), "rows": rows, "tuned": tuned or {}}
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "results.md").write_text(markdown_table(rows, k))
     return rows
 

@@ -102,3 +102,20 @@ def test_time_protocol_trains_on_the_past(ml_small, tmp_path):
     # popularity knows and more (on this window it is about 0.24 against 0.11).
     assert results["two-stage"]["ndcg_at_10"] > 1.5 * results["popularity"]["ndcg_at_10"]
     assert len(pd.read_parquet(tmp_path / "recs" / "two-stage.parquet")) > 0
+
+
+def test_user_time_protocol_judges_every_user(ml_small, tmp_path):
+    result = runner.invoke(
+        app, ["benchmark", "--data-dir", str(ml_small), "--protocol", "user-time", "--models", "popularity,ease",
+              "--encoder", "tfidf", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    train = pd.read_parquet(tmp_path / "split" / "train.parquet")
+    test = pd.read_parquet(tmp_path / "split" / "test.parquet")
+    assert test.groupby("user_id").size().eq(5).all() and test.user_id.nunique() == 610
+    latest_train = train.groupby("user_id").timestamp.max()
+    assert (latest_train.reindex(test.user_id).to_numpy() <= test.timestamp.to_numpy()).all()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["users"] > 600
+    rows = {r["model"]: r for r in results["rows"]}
+    assert rows["ease"]["ndcg_at_10"] > rows["popularity"]["ndcg_at_10"]

@@ -96,7 +96,7 @@ def test_bounded_ranker_matches_the_unbounded_one(platform):
     tables = {}
     for name, ranker in (("unbounded", unbounded), ("chunked", chunked), ("bounded", bounded)):
         system = TwoStage(final_union, final_catalog, ranker)
-        tables[name], _ = evaluate_all(final_union, system, test, requests, None, k=10)
+        tables[name] = evaluate_all(final_union, system, test, requests, None, k=10).table
     # The generators are the same models on the same users: identical metrics (timings aside).
     generators = list(GENERATORS)
     same = lambda t: t.loc[generators].drop(columns="recommend_s_per_1k_users")  # noqa: E731

@@ -129,17 +129,19 @@ def benchmark(
     ctx: typer.Context,
     dataset: Annotated[str, typer.Option(help="Dataset name, as for `vidrec ingest`")] = "movielens-small",
     data_dir: Annotated[Path | None, typer.Option(help="Folder with the dataset's files")] = None,
-    protocol: Annotated[str, typer.Option(help="time (train on the past, test on the future) | stratified (75/25 per user)")] = "time",
+    protocol: Annotated[str, typer.Option(help="time (train on the past, test on the future) | user-time (each user's last 5 relevant videos) | stratified (75/25 per user)")] = "time",
     k: Annotated[int, typer.Option(min=1, max=1000)] = 10,
     out: Annotated[Path, typer.Option(help="Folder for split/, recs/, results.json, results.md")] = Path("benchmark-results"),
     split_dir: Annotated[Path | None, typer.Option(help="Evaluate on DIR/train.parquet and DIR/test.parquet instead of splitting")] = None,
     models: Annotated[str | None, typer.Option(help="Comma-separated generator names (default: all)")] = None,
     encoder: Annotated[str, typer.Option(help="Content embedding for intra-list diversity: minilm | tfidf")] = "minilm",
+    tuned: Annotated[bool, typer.Option("--tuned/--no-tuned", help="Use the dataset's tuned hyperparameters (`vidrec tune`) where its file exists")] = True,
     seed: int = 42,
 ) -> None:
     """Train every candidate generator on one split, print the metrics table, write results and recs."""
     from feature_repo.sources import DataFileError, DownloadError
-    from models.benchmark import BenchmarkData, PROTOCOLS, load_dataset, read_split, run_benchmark, split_events
+    from models.benchmark import BenchmarkData, load_dataset, read_split, run_benchmark, split_events
+    from models.protocols import PROTOCOLS
 
     settings: Settings = ctx.obj
     if protocol not in PROTOCOLS:
@@ -151,11 +153,12 @@ def benchmark(
         fail(str(exc))
     names = [m.strip() for m in models.split(",")] if models else None
     console.print(f"{dataset}: {len(train):,} train pairs, {len(test):,} test pairs ({'given split' if split_dir else protocol})")
+    params = _tuned_params(dataset) if tuned else None
     with progress_bar("benchmark", len(names) if names else None) as advance:
         try:
             rows = run_benchmark(
                 BenchmarkData(train, test, videos), out, k=k, models=names, encoder=encoder,
-                protocol="stratified" if split_dir else protocol,
+                protocol="stratified" if split_dir else protocol, tuned=params,
                 progress=lambda name: (advance(1), console.print(f"  fitting {name}")),
             )
         except ValueError as exc:
@@ -164,18 +167,104 @@ def benchmark(
     console.print(f"wrote {out / 'results.json'}, {out / 'recs'}/, {out / 'split'}/ ({len(rows)} models)")
 
 
+def _tuned_params(dataset: str) -> dict[str, dict] | None:
+    """The dataset's tuned params ({generator: params}), saying which are used; None without a file."""
+    from models.tuning import read_tuned, tuned_path
+
+    path = tuned_path(dataset)
+    try:
+        entries = read_tuned(path)
+    except ValueError as exc:
+        fail(str(exc))
+    if entries:
+        used = ", ".join(f"{name} ({entry.get('protocol', '?')}, {entry.get('trials', '?')} trials)" for name, entry in entries.items())
+        console.print(f"tuned hyperparameters from {path}: {used} (--no-tuned for the catalog's defaults)")
+    return {name: dict(entry["params"]) for name, entry in entries.items()} or None
+
+
+@app.command()
+def tune(
+    ctx: typer.Context,
+    generator: Annotated[str, typer.Option(help="Generator(s) to tune, comma-separated (als, bpr, ease, item-cf, user-cf, svd, ...)")],
+    dataset: Annotated[str, typer.Option(help="Dataset name, as for `vidrec benchmark`")] = "movielens-small",
+    data_dir: Annotated[Path | None, typer.Option(help="Folder with the dataset's files")] = None,
+    protocol: Annotated[str, typer.Option(help="The benchmark protocol whose train part is searched (its validation split follows it)")] = "time",
+    trials: Annotated[int, typer.Option(min=1, help="Trials per generator; trial 0 runs the catalog's defaults")] = 30,
+    timeout: Annotated[float | None, typer.Option(min=1, help="Stop a generator's search after this many seconds")] = None,
+    out: Annotated[Path | None, typer.Option(help="Tuned file to update (default: models/tuned/<dataset>.json)")] = None,
+    seed: int = 42,
+) -> None:
+    """Search generators' hyperparameters (Optuna TPE) on a validation split of the train part; save the best."""
+    from feature_repo.sources import DataFileError, DownloadError
+    from models.benchmark import load_dataset, split_events
+    from models.protocols import PROTOCOLS
+    from models.tuning import tunable, tune_generator, tuned_path
+
+    settings: Settings = ctx.obj
+    if protocol not in PROTOCOLS:
+        fail(f"unknown protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    names = [g.strip() for g in generator.split(",") if g.strip()]
+    try:
+        events, videos = load_dataset(dataset, data_dir, settings.home / "benchmark-lakes" / dataset, settings.cache_dir / "datasets")
+        train, test = split_events(events, protocol, seed)
+    except (DataFileError, DownloadError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    unknown = [g for g in names if g not in tunable(videos)]
+    if unknown or not names:
+        fail(f"cannot tune {unknown or generator!r}: tunable generators are {', '.join(tunable(videos))}")
+    path = out or tuned_path(dataset)
+    console.print(
+        f"{dataset} ({protocol}): searching on a validation split of the {len(train):,} train pairs; "
+        f"{trials} trials per generator, trial 0 = defaults; best -> {path}"
+    )
+    results = []
+    for name in names:
+        with progress_bar(f"tune {name}", trials) as advance:
+
+            def report(t, name=name, advance=advance) -> None:
+                advance(1)
+                console.print(
+                    f"  {name} #{t.number:<3} val nDCG@10 {t.value:.4f} (best {t.best_value:.4f}) {t.seconds:5.1f}s  "
+                    f"{_shown_params(t.params)}"
+                )
+
+            try:
+                results.append(tune_generator(
+                    name, train, test, videos, dataset=dataset, protocol=protocol, trials=trials, seed=seed,
+                    timeout_s=timeout, settings=settings, path=path, progress=report,
+                ))  # fmt: skip
+            except ValueError as exc:
+                fail(str(exc))
+    table = Table(title=f"nDCG@10, catalog defaults -> tuned ({dataset}, {protocol})")
+    for column in ("generator", "trials", "min", "val\ndefault", "val\ntuned", "test\ndefault", "test\ntuned", "test\nchange"):
+        table.add_column(column, justify="left" if column == "generator" else "right", no_wrap=True)
+    for r in results:
+        change = f"{(r.test_after / r.test_before - 1) * 100:+.1f}%" if r.test_before else "-"
+        table.add_row(r.generator, str(r.trials), f"{r.seconds / 60:.1f}", f"{r.validation_before:.4f}", f"{r.validation_after:.4f}",
+                      f"{r.test_before:.4f}", f"{r.test_after:.4f}", change)  # fmt: skip
+    console.print(table)
+    for r in results:
+        console.print(f"  {r.generator}: {_shown_params(r.best_params)}")
+    console.print(f"wrote {path}; MLflow parent runs: {', '.join(f'{r.generator} {r.run_id}' for r in results)}")
+
+
+def _shown_params(params: dict) -> str:
+    return " ".join(f"{p}={v:.4g}" if isinstance(v, float) else f"{p}={v}" for p, v in params.items())
+
+
 @app.command()
 def train(
     ctx: typer.Context,
-    protocol: Annotated[str, typer.Option(help="time | stratified")] = "time",
+    protocol: Annotated[str, typer.Option(help="time (held-out window after a cut) | user-time (each user's last relevant videos) | stratified")] = "time",
     generators: Annotated[str | None, typer.Option(help="Comma-separated candidate generators (default: the standard set)")] = None,
     per_source_k: Annotated[int, typer.Option(min=10, max=1000, help="Candidates per generator per user")] = 100,
     feast: Annotated[bool, typer.Option(help="Join Feast point-in-time features (time protocol)")] = True,
     label_windows: Annotated[int, typer.Option(min=1, max=10, help="Rolling label windows the ranker learns from (time protocol)")] = 4,
     max_queries_per_window: Annotated[int | None, typer.Option(min=0, help="Memory bound: ranker queries (users) per label window, a seeded draw (0: every user; default: RankerConfig's)")] = None,
     max_eval_users: Annotated[int | None, typer.Option(min=0, help="Held-out users each model is evaluated on, a seeded draw (0: all; default: TrainConfig's)")] = None,
-    min_gain: Annotated[float, typer.Option(help="Gate: nDCG@10 gain needed over the champion")] = 0.002,
-    baseline_gain: Annotated[float, typer.Option(help="Gate: nDCG@10 gain over popularity for a first model")] = 0.01,
+    min_test_users: Annotated[int, typer.Option(min=1, help="time protocol: move the cut earlier until the held-out window judges this many users")] = 200,
+    min_gain: Annotated[float, typer.Option(help="Gate: the lower end of the 95% interval of the per-user nDCG@10 gain over the champion must reach this")] = 0.0,
+    baseline_gain: Annotated[float, typer.Option(help="Gate: the same, over the best of popularity and trending, for a first model")] = 0.0,
     shuffle_labels: Annotated[bool, typer.Option(help="Sanity check: train the ranker on shuffled labels (must be blocked)")] = False,
     dataset: Annotated[str, typer.Option(help="Name recorded with the run")] = "lake",
     seed: int = 42,
@@ -191,6 +280,7 @@ def train(
         generators=tuple(g.strip() for g in generators.split(",")) if generators else DEFAULT_GENERATORS,
         per_source_k=per_source_k,
         label_windows=label_windows,
+        min_test_users=min_test_users,
         max_eval_users=TrainConfig.max_eval_users if max_eval_users is None else (max_eval_users or None),
         ranker=RankerConfig(
             max_queries_per_window=RankerConfig.max_queries_per_window if max_queries_per_window is None else (max_queries_per_window or None)

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from recommender_contract import RecommenderContract, small_movielens
+from test_vae import holdout_split, recall_at, two_clusters
+
+from models.interactions import Interactions
+from models.ncf import NCF, sample_unseen
+from models.popularity import Popularity
+
+
+class TestNCF(RecommenderContract):
+    def make_model(self, videos):
+        return NCF(factors=16, mlp_dims=(32, 16, 8), epochs=3, batch_size=512, seed=7)
+
+
+def test_beats_popularity_on_held_out_slice(ml_small):
+    data, _ = small_movielens(ml_small)
+    train, held = holdout_split(data)
+    ncf = NCF(factors=16, mlp_dims=(32, 16, 8), epochs=8, batch_size=512, seed=7).fit(train)
+    pop = Popularity().fit(train)
+    ncf_recall, pop_recall = recall_at(ncf, held, 20), recall_at(pop, held, 20)
+    assert ncf_recall > pop_recall * 1.15, f"ncf recall@20 {ncf_recall:.3f} vs popularity {pop_recall:.3f}"
+
+
+def test_scoring_the_catalog_matches_the_pairwise_network():
+    """score_all splits the first MLP layer into user and video parts; it must equal forward()."""
+    data = two_clusters(n_users=12)
+    model = NCF(factors=8, mlp_dims=(16, 8), dropout=0.3, epochs=2, batch_size=64).fit(data)
+    users = np.arange(data.n_users)
+    pairs_u, pairs_i = np.repeat(users, data.n_videos), np.tile(np.arange(data.n_videos), len(users))
+    with torch.no_grad():
+        pairwise = model.net(torch.from_numpy(pairs_u), torch.from_numpy(pairs_i)).numpy()
+    np.testing.assert_allclose(model.score(users).ravel(), pairwise, rtol=1e-5, atol=1e-5)
+
+
+def test_negatives_avoid_the_users_videos():
+    data = two_clusters()
+    users, items = data.matrix.nonzero()
+    keys = np.sort(users.astype(np.int64) * data.n_videos + items)
+    drawn_for = np.repeat(np.arange(data.n_users), 50)
+    negatives = sample_unseen(drawn_for, data.n_videos, keys, np.random.default_rng(0))
+    assert not np.asarray(data.matrix[drawn_for, negatives]).any()
+
+
+def test_empty_users_and_unwatched_videos_do_not_crash():
+    data = two_clusters(n_users=20)
+    data = Interactions(
+        sp.vstack([data.matrix, sp.csr_matrix((1, data.n_videos), dtype=np.float32)]).tocsr(),
+        np.append(data.user_ids, "lurker"),
+        data.video_ids,
+    )
+    model = NCF(factors=4, mlp_dims=(8,), epochs=1).fit(data)
+    scores = model.score(np.arange(data.n_users))
+    assert scores.shape == (data.n_users, data.n_videos) and np.isfinite(scores).all()
+    np.testing.assert_array_equal(scores[-1], np.asarray(data.matrix.sum(axis=0)).ravel())  # popularity
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"factors": 0}, {"mlp_dims": (15, 8)}, {"mlp_dims": ()}, {"dropout": 1.0}, {"n_negatives": 0},
+     {"lr": 0}, {"l2": -1.0}, {"epochs": 2.5}],
+)  # fmt: skip
+def test_bad_parameters_are_refused(params):
+    with pytest.raises(ValueError):
+        NCF(**params)
