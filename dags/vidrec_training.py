@@ -51,6 +51,8 @@ GENERATORS = ["popularity", "trending", "item-cf", "user-cf", "als", "ease", "co
             description="Candidate generators to train."),
         "per_source_k": Param(100, type="integer", minimum=10, maximum=1000, description="Candidates per generator per user."),
         "label_windows": Param(4, type="integer", minimum=1, maximum=10, description="Rolling label windows the ranker learns from (time protocol; each refits the generators)."),
+        "tuned_for": Param("", type="string", description="Use the hyperparameters `vidrec tune` saved for this dataset "
+                           "(models/tuned/<dataset>.json, e.g. movielens-small); empty: the catalog's defaults."),
         "use_feast": Param(True, type="boolean", description="Join Feast point-in-time features (time protocol)."),
         "ranker": Param({}, type="object", description="XGBoost ranker hyperparameters (models.ranker.RankerConfig fields), e.g. {\"max_depth\": 6}."),
         "max_queries_per_window": Param(1000, type=["integer", "null"], minimum=1,

@@ -75,14 +75,17 @@ class TrainConfig:
     # Bounds evaluation time and memory on large platforms; far above ml-latest-small's windows.
     max_eval_users: int | None = 20_000
     use_feast: bool = True
+    # {generator: params} over the catalog's settings, e.g. `models.tuning.tuned_params(dataset)`.
+    tuned: dict[str, dict] = field(default_factory=dict)
     ranker: RankerConfig = field(default_factory=RankerConfig)
     gate: registry.GatePolicy = field(default_factory=registry.GatePolicy)
     shuffle_labels: bool = False  # a sanity check: a ranker on shuffled labels must be blocked
     seed: int = 42
 
     def params(self) -> dict:
-        flat = {k: v for k, v in asdict(self).items() if k not in ("ranker", "gate")}
+        flat = {k: v for k, v in asdict(self).items() if k not in ("ranker", "gate", "tuned")}
         flat["generators"] = ",".join(self.generators)
+        flat |= {f"tuned.{g}.{k}": v for g, params in sorted(self.tuned.items()) for k, v in sorted(params.items())}
         flat |= {f"ranker.{k}": v for k, v in self.ranker.params().items()}
         flat |= {f"gate.{k}": v for k, v in asdict(self.gate).items()}
         return flat
@@ -150,7 +153,7 @@ def fit_union(
 ) -> tuple[HybridUnion, CatalogSide]:
     """The configured generators fitted on `events`; `users`: ids to know even without an interaction."""
     data = Interactions.from_events(events, catalog=videos["video_id"], weighting="binary", users=users)
-    factories = generator_factories(videos)
+    factories = generator_factories(videos, tuned=config.tuned or None)
     unknown = sorted(set(config.generators) - set(factories))
     if unknown:
         raise ValueError(f"unknown generator(s) {unknown}: available {sorted(factories)}")

@@ -221,6 +221,14 @@ def tuned_params(dataset: str, path: Path | None = None) -> dict[str, dict[str, 
     return {generator: dict(entry["params"]) for generator, entry in read_tuned(path).items()}
 
 
+def require_tuned(dataset: str) -> dict[str, dict[str, Any]]:
+    """`tuned_params(dataset)`, or a ValueError naming the missing file and how to make it."""
+    params = tuned_params(dataset)
+    if params is None:
+        raise ValueError(f"no tuned hyperparameters for {dataset!r}: {tuned_path(dataset)} does not exist (run `vidrec tune`)")
+    return params
+
+
 def save_tuned(path: Path, generator: str, entry: dict[str, Any]) -> None:
     """Set one generator's entry, keeping the others; readers see the old or the new file.
 

@@ -225,7 +225,7 @@ def main() -> None:
     stages.run("dag vidrec_features", dag_test, "vidrec_features", date, features_conf, env)
     # ml-latest-small's users rate in bursts: no time cut has more than 28 users on both sides, too
     # few for the gate to tell models apart. user-time holds out every user's last 5 videos instead.
-    stages.run("dag vidrec_training", dag_test, "vidrec_training", date, {"protocol": "user-time"}, env)
+    stages.run("dag vidrec_training", dag_test, "vidrec_training", date, {"protocol": "user-time", "tuned_for": "movielens-small"}, env)
     print_training_result()
     stages.run("dag vidrec_batch_recs", dag_test, "vidrec_batch_recs", date, {"active_days": 365}, env)
     if os.environ.get("VIDREC_DEMO_SERVE", "1") == "0":

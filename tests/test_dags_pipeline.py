@@ -124,6 +124,19 @@ def test_train_config_from_params():
     assert pipeline.train_config({"generators": "popularity, item-cf"}).generators == ("popularity", "item-cf")
     with pytest.raises(ValueError, match="unknown ranker hyperparameter"):
         pipeline.train_config({"ranker": {"depth": 3}})
+    with pytest.raises(ValueError, match="unknown protocol 'random'"):
+        pipeline.train_config({"protocol": "random"})
+    user_time = pipeline.train_config({"protocol": "user-time", "min_test_users": 50})
+    assert user_time.protocol == "user-time" and user_time.min_test_users == 50
+    # The tuned hyperparameters saved under version control for ml-latest-small, by dataset name.
+    tuned = pipeline.train_config({"tuned_for": "movielens-small"})
+    assert tuned.tuned["als"]["factors"] > 0 and "tuned.als.factors" in tuned.params()
+    from models.catalog import generator_factories
+
+    videos = pd.DataFrame({"video_id": ["1"], "title": ["t"], "genres": [["Drama"]]})
+    assert generator_factories(videos, tuned=tuned.tuned)["als"]().factors == tuned.tuned["als"]["factors"]
+    with pytest.raises(ValueError, match="no tuned hyperparameters for 'nowhere'"):
+        pipeline.train_config({"tuned_for": "nowhere"})
 
 
 def test_as_of_times_step_back_from_the_interval_end():

@@ -182,6 +182,15 @@ def _tuned_params(dataset: str) -> dict[str, dict] | None:
     return {name: dict(entry["params"]) for name, entry in entries.items()} or None
 
 
+def _required_tuned(dataset: str) -> dict[str, dict]:
+    from models.tuning import require_tuned
+
+    try:
+        return require_tuned(dataset)
+    except ValueError as exc:
+        fail(str(exc))
+
+
 @app.command()
 def tune(
     ctx: typer.Context,
@@ -267,6 +276,7 @@ def train(
     baseline_gain: Annotated[float, typer.Option(help="Gate: the same, over the best of popularity and trending, for a first model")] = 0.0,
     shuffle_labels: Annotated[bool, typer.Option(help="Sanity check: train the ranker on shuffled labels (must be blocked)")] = False,
     dataset: Annotated[str, typer.Option(help="Name recorded with the run")] = "lake",
+    tuned_for: Annotated[str | None, typer.Option(help="Use the hyperparameters `vidrec tune` saved for this dataset (e.g. movielens-small)")] = None,
     seed: int = 42,
 ) -> None:
     """Train generators and the ranker on the lake, evaluate, register in MLflow, gate, promote."""
@@ -286,6 +296,7 @@ def train(
             max_queries_per_window=RankerConfig.max_queries_per_window if max_queries_per_window is None else (max_queries_per_window or None)
         ),
         use_feast=feast,
+        tuned=_required_tuned(tuned_for) if tuned_for else {},
         gate=GatePolicy(min_gain=min_gain, baseline_gain=baseline_gain),
         shuffle_labels=shuffle_labels,
         seed=seed,

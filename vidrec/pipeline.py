@@ -374,6 +374,7 @@ def train_config(params: dict):
     from models.ranker import RankerConfig
     from models.registry import GatePolicy
     from models.train import DEFAULT_GENERATORS, TrainConfig
+    from models.tuning import require_tuned
 
     generators = params.get("generators") or DEFAULT_GENERATORS
     if isinstance(generators, str):
@@ -396,6 +397,7 @@ def train_config(params: dict):
         min_test_users=int(params.get("min_test_users", TrainConfig.min_test_users)),
         max_eval_users=_optional_int(params.get("max_eval_users", TrainConfig.max_eval_users)),
         use_feast=bool(params.get("use_feast", True)),
+        tuned=require_tuned(params["tuned_for"]) if params.get("tuned_for") else {},
         ranker=RankerConfig(**ranker_params),
         gate=GatePolicy(
             min_gain=float(params.get("min_gain", GatePolicy.min_gain)),
