@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +28,12 @@ from models.hybrid import HybridUnion
 from models.catalog import generator_factories
 from models.evaluate import evaluate_model, users_with_truth
 from models.interactions import Interactions, epoch_seconds
+from models.metrics import per_user_ndcg
 from models.protocols import (
     PROTOCOLS, rating_triples, relevant_sets, rolling_time_splits, stratified_folds, stratified_split, time_split,
     user_time_split,
 )  # fmt: skip
+from models.significance import Interval, PerUser, paired_intervals
 
 TWO_STAGE = "two-stage"
 SPLIT_COLUMNS = ["user_id", "video_id", "rating", "timestamp"]
@@ -194,6 +196,11 @@ def run_benchmark(
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}: available {sorted(factories)}")
     rows = []
+    per_user: dict[str, PerUser] = {}  # for the paired interval of two-stage against the best generator
+    truth = [relevant[u] for u in user_rows]
+    users = train.user_ids[user_rows].astype(str)
+    order = np.argsort(users, kind="stable")
+    users = users[order]
     for name in names:
         if progress:
             progress(name)
@@ -208,10 +215,27 @@ def run_benchmark(
         ids, scores = model.recommend(user_rows, k=k)
         write_recs(out_dir / "recs" / f"{name}.parquet", train, user_rows, ids, scores)
         rows.append({"model": name, "train_s": train_seconds, **metrics})
+        per_user[name] = PerUser(users, {f"ndcg_at_{k}": per_user_ndcg(ids, truth, k)[order]}, ids[order], train.n_videos)
     summary = {"k": k, "users": int(len(user_rows)), "rows": rows, "tuned": tuned or {}}
+    markdown = markdown_table(rows, k)
+    versus = two_stage_versus_best(rows, per_user, k)
+    if versus is not None:
+        summary["two_stage_vs_best"] = versus.as_dict()
+        markdown += f"\ntwo-stage against the best single generator, paired over users: {versus.words()}\n"
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "results.md").write_text(markdown_table(rows, k))
+    (out_dir / "results.md").write_text(markdown)
     return rows
+
+
+def two_stage_versus_best(rows: list[dict], per_user: dict[str, PerUser], k: int) -> Interval | None:
+    """The two-stage system's nDCG@k gain over the best other model, with a paired bootstrap interval."""
+    metric = f"ndcg_at_{k}"
+    others = [r for r in rows if r["model"] != TWO_STAGE and np.isfinite(r.get(metric, np.nan))]
+    if TWO_STAGE not in per_user or not others:
+        return None
+    best = max(others, key=lambda r: r[metric])["model"]
+    interval = paired_intervals(per_user[TWO_STAGE], per_user[best], [metric]).get(metric)
+    return None if interval is None else replace(interval, metric=f"{metric} vs {best}")
 
 
 def content_vectors(videos: pd.DataFrame, encoder: str) -> np.ndarray | sp.csr_matrix:

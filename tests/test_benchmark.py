@@ -32,6 +32,9 @@ def test_outputs_table_results_recs_and_split(stratified_run):
     assert "| model |" in output and "ndcg_at_10" in output
     results = json.loads((out / "results.json").read_text())
     assert [r["model"] for r in results["rows"]] == MODELS.split(",")
+    versus = results["two_stage_vs_best"]  # a paired interval against the best generator (EASE here)
+    assert versus["metric"] == "ndcg_at_10 vs ease" and versus["n_users"] == results["users"]
+    assert versus["low"] <= versus["diff"] <= versus["high"] and "two-stage against the best single generator" in output
     for name in MODELS.split(","):
         recs = pd.read_parquet(out / "recs" / f"{name}.parquet")
         assert list(recs.columns) == ["user_id", "video_id", "rank", "score"]
