@@ -10,8 +10,14 @@ With `label_windows` > 1 (time protocol), the ranker also learns from earlier la
 (rolling origins from 30% of the train part on), each with generators fitted on what came before
 it: more users to learn from than one recent window holds.
 
-The stratified protocol splits per user at random instead (to compare with published tables);
-Feast features are then left out, because snapshots as of any time would contain test events.
+The user-time protocol holds out each user's last relevant videos, and the stratified one a
+random share per user (its ranker labels cross-fitted over `label_folds` folds). Feast features
+are then left out, because snapshots as of any one time would contain test events.
+
+The gate compares the challenger with the champion (refit on the same events, scored on the same
+users) or, for a first model, with the better of popularity and trending, by a paired bootstrap
+interval over users (models/significance.py). What is registered and served is the same
+configuration refit on every event, so that every user with history is known.
 """
 
 from __future__ import annotations
