@@ -419,24 +419,31 @@ def train_and_gate(
         step("gate against the champion on the same users")
         challenger = evaluation.per_user["two-stage"]
         champion_versions = registry.champion_versions(client)
-        if champion_versions is None:
+        challenger_row = gate_metrics(table.loc["two-stage"])
+        champion = registry.load_champion() if champion_versions is not None else None
+        if champion is None:
             best = max(NON_PERSONALIZED, key=lambda name: table.loc[name, "ndcg_at_10"])
-            reference, against, reference_row = evaluation.per_user[best], best, table.loc[best]
+            decision = registry.decide(challenger, evaluation.per_user[best], best, config.gate, challenger_row, gate_metrics(table.loc[best]))
+        elif champion.feature_service and not use_feast:
+            # Its ranker reads Feast features that this protocol does not snapshot: no fair comparison.
+            decision = registry.GateDecision(
+                False, [(f"the champion {champion_versions} ranks with Feast features ({champion.feature_service}), which the "
+                         f"{config.protocol} protocol leaves out: compare by hand, or train with the time protocol")],
+                challenger_row, {}, "champion", config.gate,
+            )  # fmt: skip
         else:
             with meter.stage("champion refit and evaluation"):
                 step(f"champion {champion_versions}: its generators refit on the same events, scored on the same users")
-                champion = registry.load_champion()
                 champion_system, champion_lookup = refit_champion(champion, windows.train, videos, content, settings, use_feast)
                 champion_requests = Requests.first_events(champion_system.data, test, as_of=windows.test_start)
                 champion_eval = evaluate_all(champion_system.union, champion_system, test, champion_requests, champion_lookup, config.k)
-                del champion, champion_system
-            reference, against, reference_row = champion_eval.per_user["two-stage"], "champion", champion_eval.table.loc["two-stage"]
-            for metric, value in gate_metrics(reference_row).items():
+                del champion_system
+            reference_row = gate_metrics(champion_eval.table.loc["two-stage"])
+            for metric, value in reference_row.items():
                 if value is not None and pd.notna(value):
                     mlflow.log_metric(tracking.metric_name("champion", metric), float(value))
-        decision = registry.decide(
-            challenger, reference, against, config.gate, gate_metrics(table.loc["two-stage"]), gate_metrics(reference_row)
-        )
+            decision = registry.decide(challenger, champion_eval.per_user["two-stage"], "champion", config.gate, challenger_row, reference_row)
+        del champion
         step(f"gate: {decision.summary()}")
 
         with meter.stage("generators refit on every event (served)"):

@@ -318,6 +318,13 @@ class TestDagRuns:
         assert state["versions"] == {"vidrec-candidates": [1, 2], "vidrec-ranker": [1, 2]}
         assert state["champion"] == {"vidrec-candidates": "1", "vidrec-ranker": "1"}
 
+    def test_a_protocol_without_feast_features_cannot_judge_a_feast_champion(self, platform):
+        code, states, log = platform.run("vidrec_training", DAY, {**TRAIN_CONF, "protocol": "user-time"})
+        assert code == 0, log[-6000:]
+        assert_states(states, {"gate_blocked": "success", "champion_promoted": "skipped"}, log)
+        assert "ranks with Feast features (ranker_v1), which the user-time protocol leaves out" in log
+        assert platform.registry()["champion"] == {"vidrec-candidates": "1", "vidrec-ranker": "1"}
+
     def test_batch_dag_writes_the_champions_lists(self, platform):
         code, states, log = platform.run("vidrec_batch_recs", DAY, {"active_days": 7, "top_n": 20})
         assert code == 0 and states == {"precompute": "success"}, log[-6000:]
@@ -379,7 +386,7 @@ class TestDagRuns:
             )  # fmt: skip
             assert code == 0, log[-6000:]
             assert_states(states, {"champion_promoted": "success", "reload_serving": "success"}, log)
-            assert platform.registry()["champion"] == {"vidrec-candidates": "3", "vidrec-ranker": "3"}
+            assert platform.registry()["champion"] == {"vidrec-candidates": "4", "vidrec-ranker": "4"}
             import time
 
             import httpx
@@ -387,10 +394,10 @@ class TestDagRuns:
             deadline = time.monotonic() + 120  # a reload answers after 3 s even if loading takes longer
             while True:
                 status = httpx.post(f"{server.url}/status", json={}, timeout=30).json()
-                if '"vidrec-ranker": "3"' in json.dumps(status) or time.monotonic() > deadline:
+                if '"vidrec-ranker": "4"' in json.dumps(status) or time.monotonic() > deadline:
                     break
                 time.sleep(1)
-            assert '"vidrec-ranker": "3"' in json.dumps(status), status
+            assert '"vidrec-ranker": "4"' in json.dumps(status), status
             with pytest.raises(PermissionError, match="401"):
                 pipeline.reload_serving(server.url, "wrong-token")
             # Every user with history (the 40 feedback events' users included) is ranked, never cold start.
@@ -410,8 +417,8 @@ class TestDagRuns:
 
         uri = f"sqlite:///{platform.home / 'mlflow.db'}"
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        events = {v: int(client.get_run(client.get_model_version("vidrec-ranker", v).run_id).data.params["data.events"]) for v in ("1", "3")}
-        assert events["3"] == events["1"] + 40
+        events = {v: int(client.get_run(client.get_model_version("vidrec-ranker", v).run_id).data.params["data.events"]) for v in ("1", "4")}
+        assert events["4"] == events["1"] + 40
 
 
 @pytest.mark.integration
