@@ -199,8 +199,6 @@ def run_benchmark(
     per_user: dict[str, PerUser] = {}  # for the paired interval of two-stage against the best generator
     truth = [relevant[u] for u in user_rows]
     users = train.user_ids[user_rows].astype(str)
-    order = np.argsort(users, kind="stable")
-    users = users[order]
     for name in names:
         if progress:
             progress(name)
@@ -215,7 +213,7 @@ def run_benchmark(
         ids, scores = model.recommend(user_rows, k=k)
         write_recs(out_dir / "recs" / f"{name}.parquet", train, user_rows, ids, scores)
         rows.append({"model": name, "train_s": train_seconds, **metrics})
-        per_user[name] = PerUser(users, {f"ndcg_at_{k}": per_user_ndcg(ids, truth, k)[order]}, ids[order], train.n_videos)
+        per_user[name] = PerUser.of(users, {f"ndcg_at_{k}": per_user_ndcg(ids, truth, k)}, ids, train.n_videos)
     summary = {"k": k, "users": int(len(user_rows)), "rows": rows, "tuned": tuned or {}}
     markdown = markdown_table(rows, k)
     versus = two_stage_versus_best(rows, per_user, k)

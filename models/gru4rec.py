@@ -35,6 +35,7 @@ from torch.nn.utils.rnn import pack_sequence
 
 from models.base import NotFittedError, Recommender
 from models.interactions import Interactions
+from models.item_cf import check_positive_int
 from models.sequential import ordered_histories
 from models.torch_state import TorchStateMixin, torch_determinism
 
@@ -142,10 +143,12 @@ class GRU4Rec(TorchStateMixin, Recommender):
         seed: int = 42,
     ):
         super().__init__()
-        for label, value in {"embedding": embedding, "hidden": hidden, "epochs": epochs, "batch_size": batch_size,
-                             "bptt": bptt, "n_samples": n_samples}.items():  # fmt: skip
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        check_positive_int("embedding", embedding)
+        check_positive_int("hidden", hidden)
+        check_positive_int("epochs", epochs)
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("bptt", bptt)
+        check_positive_int("n_samples", n_samples)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if not lr > 0:

@@ -21,6 +21,7 @@ from torch import nn
 
 from models.base import NotFittedError, Recommender
 from models.interactions import Interactions
+from models.item_cf import check_positive_int
 from models.torch_state import TorchStateMixin, torch_determinism
 
 # (user, video) pairs pushed through the MLP at once when scoring: bounds the hidden block.
@@ -102,10 +103,10 @@ class NCF(TorchStateMixin, Recommender):
     ):
         super().__init__()
         mlp_dims = tuple(mlp_dims)
-        for label, value in {"factors": factors, "n_negatives": n_negatives, "epochs": epochs,
-                             "batch_size": batch_size}.items():  # fmt: skip
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        check_positive_int("factors", factors)
+        check_positive_int("n_negatives", n_negatives)
+        check_positive_int("epochs", epochs)
+        check_positive_int("batch_size", batch_size)
         if not mlp_dims or not all(isinstance(d, int) and d >= 2 and d % 2 == 0 for d in mlp_dims):
             raise ValueError(f"mlp_dims must be even integers >= 2 (the first is split user/video), got {mlp_dims!r}")
         if not 0.0 <= dropout < 1.0:

@@ -28,6 +28,12 @@ class PerUser:
     lists: np.ndarray  # (n_users, k) video rows, -1 for empty slots
     n_videos: int
 
+    @classmethod
+    def of(cls, users: np.ndarray, values: dict[str, np.ndarray], lists: np.ndarray, n_videos: int) -> PerUser:
+        """From arrays in any user order: sorted by user id, as `subset` and pairing expect."""
+        order = np.argsort(users, kind="stable")
+        return cls(users[order], {m: v[order] for m, v in values.items()}, lists[order], n_videos)
+
     def subset(self, users: np.ndarray) -> PerUser:
         at = np.searchsorted(self.users, users)
         return PerUser(users, {m: v[at] for m, v in self.values.items()}, self.lists[at], self.n_videos)

@@ -265,7 +265,7 @@ def evaluate_all(
     truth = [relevant[u] for u in users]
     depth = max(k, max(CURVE_KS))
     ids_of_users = data.user_ids[users].astype(str)
-    order = np.argsort(ids_of_users, kind="stable")  # PerUser arrays follow sorted user ids
+    recall = candidate_recall(union, relevant, users)
     for name, model in models.items():
         started = time.perf_counter()
         ids, _ = model.recommend(users, k=depth)  # one list serves the metrics at k and the curve
@@ -274,12 +274,12 @@ def evaluate_all(
         rows[name]["recommend_s_per_1k_users"] = seconds * 1000.0 / max(len(users), 1)
         curves[name] = {kk: ndcg_at_k(ids, truth, kk) for kk in CURVE_KS}
         values = {f"ndcg_at_{k}": per_user_ndcg(ids, truth, k), f"diversity_at_{k}": list_diversity(ids[:, :k], vectors)}
-        per_user[name] = PerUser(ids_of_users[order], {m: v[order] for m, v in values.items()}, ids[order, :k], data.n_videos)
+        if name == "two-stage":
+            values[f"candidate_recall_at_{GUARD_K}"] = recall
+        per_user[name] = PerUser.of(ids_of_users, values, ids[:, :k], data.n_videos)
     table = pd.DataFrame(rows).T
-    recall = candidate_recall(union, relevant, users)
     table[f"candidate_recall_at_{GUARD_K}"] = np.nan
     table.loc["two-stage", f"candidate_recall_at_{GUARD_K}"] = float(np.nanmean(recall)) if np.isfinite(recall).any() else np.nan
-    per_user["two-stage"].values[f"candidate_recall_at_{GUARD_K}"] = recall[order]
     return Evaluation(table, curves, per_user)
 
 
