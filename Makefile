@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo ui serve test bench lock clean
+.PHONY: install demo ui serve lint test test-fast bench lock clean
 
 install: $(STAMP)
 
@@ -29,10 +29,20 @@ ui: $(STAMP)
 
 # The BentoML service on the `champion` models of the MLflow registry (train one first: make demo).
 serve: $(STAMP)
-	$(BIN)/bentoml serve serving.service:Vidrec --host 127.0.0.1 --port 3000
+	$(BIN)/vidrec serve --host 127.0.0.1 --port 3000
+
+# Lint and format (ruff), and imports pointing down the layers (import-linter; pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# The unit layer only: no servers, no end-to-end jobs.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not integration and not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py

@@ -58,17 +58,24 @@ def main() -> None:
             for step in ("generate", "ingest"):
                 result = run_step(step, events, folder)
                 rows.append({"step": step, "events": events, **result, "events_per_s": events / result["seconds"]})
-                print(f"{step:8s} {events:>12,} events  {result['seconds']:8.1f} s  "
-                      f"{events / result['seconds']:>10,.0f} ev/s  peak RSS {result['peak_rss_mb']:,.0f} MB", flush=True)
+                print(
+                    f"{step:8s} {events:>12,} events  {result['seconds']:8.1f} s  "
+                    f"{events / result['seconds']:>10,.0f} ev/s  peak RSS {result['peak_rss_mb']:,.0f} MB",
+                    flush=True,
+                )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
     print("\n| step | events | seconds | events/s | peak RSS (MB) |\n|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['step']} | {r['events']:,} | {r['seconds']:.1f} | {r['events_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} |")
+        print(
+            f"| {r['step']} | {r['events']:,} | {r['seconds']:.1f} | {r['events_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} |"
+        )
     out = Path(__file__).parent / "results" / "ingest.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps({"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def main() -> None:
     print(f"peak RSS {peak:,.0f} MB")
     out = Path(__file__).parent / "results" / "models.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"events": args.events, "pairs": int(data.matrix.nnz), "rows": rows, "peak_rss_mb": peak}, indent=2))
+    out.write_text(
+        json.dumps({"events": args.events, "pairs": int(data.matrix.nnz), "rows": rows, "peak_rss_mb": peak}, indent=2)
+    )
 
 
 if __name__ == "__main__":

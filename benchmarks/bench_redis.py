@@ -56,7 +56,10 @@ def user_table(n: int, seed: int = 1) -> pa.Table:
     last_1 = np.minimum(last_7, rng.integers(0, 15, n))
     ratings = np.minimum(total, rng.integers(0, 300, n))
     g = rng.integers(0, len(GENRES), (n, 3))
-    top = pd.Series(GENRES[g[:, 0]]).str.cat([pd.Series(GENRES[g[:, 1]]), pd.Series(GENRES[g[:, 2]])], sep=":0.3|") + ":0.2"
+    top = (
+        pd.Series(GENRES[g[:, 0]]).str.cat([pd.Series(GENRES[g[:, 1]]), pd.Series(GENRES[g[:, 2]])], sep=":0.3|")
+        + ":0.2"
+    )
     videos = rng.integers(0, 200_000, (n, 10)).astype(str)
     last_videos = pd.Series(["v" + "|v".join(row) for row in videos])
     day = _shares(rng, n, 4)
@@ -213,13 +216,23 @@ def run(args: argparse.Namespace) -> dict:
         sample = [f"u{i}" for i in rng.integers(0, args.users, 20)]
         online = store.online_user_features(sample, settings=settings).set_index("user_id")
         want = users.to_pandas().set_index("user_id").loc[sample]
-        np.testing.assert_allclose(online["user_profile__avg_completion"].to_numpy(float), want["avg_completion"].to_numpy(float))
+        np.testing.assert_allclose(
+            online["user_profile__avg_completion"].to_numpy(float), want["avg_completion"].to_numpy(float)
+        )
         assert online["user_recent__last_video_ids"].tolist() == want["last_video_ids"].tolist()
 
         latencies = {}
         for name, reader, ids in (
-            ("user (user_profile + user_recent)", store.online_user_features, [f"u{i}" for i in rng.integers(0, args.users, args.reads)]),
-            ("video (video_stats)", store.online_video_features, [f"v{i}" for i in rng.integers(0, args.videos, args.reads)]),
+            (
+                "user (user_profile + user_recent)",
+                store.online_user_features,
+                [f"u{i}" for i in rng.integers(0, args.users, args.reads)],
+            ),
+            (
+                "video (video_stats)",
+                store.online_video_features,
+                [f"v{i}" for i in rng.integers(0, args.videos, args.reads)],
+            ),
         ):
             for uid in ids[:50]:  # warm-up: registry cache, connection pool
                 reader([uid], settings=settings)
@@ -266,7 +279,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=800_000)
     parser.add_argument("--videos", type=int, default=200_000)
     parser.add_argument("--reads", type=int, default=2_000, help="one-row online reads per entity kind")
-    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres", help="admin URL (creates a database)")
+    parser.add_argument(
+        "--pg", default="postgresql://postgres@127.0.0.1:5432/postgres", help="admin URL (creates a database)"
+    )
     parser.add_argument("--redis", default="127.0.0.1:6379")
     parser.add_argument("--writer", choices=["bulk", "feast"], default="bulk",
                         help="bulk: feature_repo.online_bulk (the default of `vidrec features`); feast: Feast's own writer")  # fmt: skip
@@ -277,16 +292,22 @@ def main() -> None:
     print()
     print(f"| Feast -> Redis ({result['redis']}), {result['writer']} writer | value |")
     print("|---|---|")
-    print(f"| feature-table rows | {result['table_rows']:,} ({result['users']:,} users + {result['videos']:,} videos) |")
+    print(
+        f"| feature-table rows | {result['table_rows']:,} ({result['users']:,} users + {result['videos']:,} videos) |"
+    )
     print(f"| feast apply (SQL registry on PostgreSQL) | {result['apply_s']:.1f} s |")
     print(f"| materialize | {result['materialize_s']:.1f} s |")
     print(f"| throughput, table rows | {result['table_rows_per_s']:,.0f} rows/s |")
     print(f"| throughput, view rows (user rows feed 2 views) | {result['view_rows_per_s']:,.0f} rows/s |")
     for view, v in result["views"].items():
         print(f"| {view} | {v['rows']:,} rows, {v['seconds']:.1f} s, {v['rows_per_s']:,.0f} rows/s |")
-    print(f"| Redis keys / instance used memory | {result['redis_keys']:,} / {result['redis_used_memory_mb']:,.0f} MiB |")
+    print(
+        f"| Redis keys / instance used memory | {result['redis_keys']:,} / {result['redis_used_memory_mb']:,.0f} MiB |"
+    )
     for name, lat in result["online_read"].items():
-        print(f"| one-row online read, {name} | p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms over {lat['reads']:,} reads |")
+        print(
+            f"| one-row online read, {name} | p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms over {lat['reads']:,} reads |"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"\nwritten {args.out}")

@@ -2,7 +2,7 @@
 
     generate   `vidrec generate`-equivalent synthetic platform (users, videos, events with sessions)
     ingest     validation + lake (feature_repo.ingest)
-    features   feature tables, TF-IDF video embeddings, feast apply, materialize (store.build_features)
+    features   feature tables, TF-IDF video embeddings, feast apply, materialize (vidrec.pipeline.features_job)
     train      `vidrec train` with its defaults (models.train.train_and_gate): its own stages are
                printed below the table (generators per window, ranker rows and training, evaluation)
     batch      the vidrec_batch_recs precompute (vidrec.pipeline.precompute_recommendations) for the
@@ -58,19 +58,19 @@ elif stage == "ingest":
     out = {"events": summary.lake["events"], "users": summary.lake["users"], "videos": summary.lake["videos"]}
 elif stage == "baseline":
     from feature_repo.lake import Lake
-    from models.interactions import Interactions
-    from models.train import LEARNING_TYPES
+    from models.interactions import LEARNING_TYPES, Interactions
     lake = Lake(settings.lake_dir)
     events = lake.read_events(columns=["user_id", "video_id", "event_type", "rating", "event_ts"])
     events = events[events["event_type"].isin(LEARNING_TYPES)]
     data = Interactions.from_events(events, catalog=lake.read_table("videos")["video_id"], weighting="binary")
     out = {"learning_events": len(events), "pairs": int(data.matrix.nnz)}
 elif stage == "features":
-    from feature_repo.store import build_features
-    run = build_features(settings, embeddings="tfidf")
-    out = {"as_of_times": len(run.as_of_times)}
+    from vidrec.pipeline import features_job
+    run = features_job(None, 52, "W", embeddings="tfidf", settings=settings)
+    out = {"as_of_times": len(run["transform"]["as_of"])}
 elif stage == "train":
-    from models.train import TrainConfig, train_and_gate
+    from models.config import TrainConfig
+    from models.train import train_and_gate
     result = train_and_gate(settings, TrainConfig(), dataset="synthetic", progress=lambda m: print(m, file=sys.stderr, flush=True))
     row = result.table.loc["two-stage"]
     out = {"ndcg_at_10": float(row["ndcg_at_10"]), "eval_users": float(row["n_users"]),
@@ -143,8 +143,16 @@ def main() -> None:
     env = {**os.environ, "VIDREC_HOME": str(folder / "home"), "VIDREC_CACHE_DIR": str(folder / "cache"),
            "VIDREC_PROFILE": "local", "PYTHONPATH": str(ROOT)}  # fmt: skip
     env.pop("VIDREC_LAKE_DIR", None)
-    stage_args = {"folder": str(folder), "events": args.events, "users": args.users, "videos": args.videos, "days": args.days}
-    print(f"# scale: {args.events:,} events, {args.users:,} users, {args.videos:,} videos over {args.days} days ({folder})")
+    stage_args = {
+        "folder": str(folder),
+        "events": args.events,
+        "users": args.users,
+        "videos": args.videos,
+        "days": args.days,
+    }
+    print(
+        f"# scale: {args.events:,} events, {args.users:,} users, {args.videos:,} videos over {args.days} days ({folder})"
+    )
     results = {}
     try:
         for stage in STAGES:
@@ -163,8 +171,14 @@ def main() -> None:
     print("| stage | seconds | x baseline | peak RSS | detail |")
     print("|---|---:|---:|---:|---|")
     for stage, r in results.items():
-        detail = {k: v for k, v in r.items() if k not in ("seconds", "wall_seconds", "peak_rss_bytes", "stages", "table", "versions")}
-        print(f"| {stage} | {r['seconds']:.1f} | {r['seconds'] / base:.1f} | {r['peak_rss_bytes'] / 2**30:.2f} GB | {detail} |")
+        detail = {
+            k: v
+            for k, v in r.items()
+            if k not in ("seconds", "wall_seconds", "peak_rss_bytes", "stages", "table", "versions")
+        }
+        print(
+            f"| {stage} | {r['seconds']:.1f} | {r['seconds'] / base:.1f} | {r['peak_rss_bytes'] / 2**30:.2f} GB | {detail} |"
+        )
     if "train" in results:
         print("\n| train stage | seconds | peak RSS |\n|---|---:|---:|")
         for s in results["train"]["stages"]:
@@ -172,7 +186,9 @@ def main() -> None:
         print("\nheld-out nDCG@10: " + ", ".join(f"{m} {v:.4f}" for m, v in results["train"]["table"].items()))
     out = ROOT / "benchmarks" / "results" / "scale.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": vars(args) | {"keep": str(args.keep)}, "results": results}, indent=2, default=str))
+    out.write_text(
+        json.dumps({"config": vars(args) | {"keep": str(args.keep)}, "results": results}, indent=2, default=str)
+    )
     print(f"\nwrote {out}")
 
 

@@ -51,18 +51,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from feature_repo.schema import KNOWN_DEVICES  # noqa: E402
 from serving.process import ServerProcess  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 ML_SMALL = ROOT.parent / "shared" / "datasets" / "ml-latest-small"
 GENERATORS = ("popularity", "trending", "item-cf", "ease", "content-tfidf")
-DEVICES = ("mobile", "desktop", "tv", "tablet")
 
 WRK_SCRIPT = r"""
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local users = {%(users)s}
-local devices = {"mobile", "desktop", "tv", "tablet"}
+local devices = {%(devices)s}
 local counter = 0
 request = function()
   counter = counter + 1
@@ -105,7 +105,10 @@ def known_users(home: Path, n: int = 500) -> list[str]:
 
 def run_wrk(url: str, users: list[str], connections: int, seconds: float, threads: int) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(WRK_SCRIPT % {"users": ", ".join(f'"{u}"' for u in users)})
+        fh.write(
+            WRK_SCRIPT
+            % {"users": ", ".join(f'"{u}"' for u in users), "devices": ", ".join(f'"{d}"' for d in KNOWN_DEVICES)}
+        )
         script = fh.name
     try:
         proc = subprocess.run(
@@ -132,7 +135,11 @@ def run_httpx(url: str, users: list[str], connections: int, seconds: float) -> d
         nonlocal errors
         i = index
         while time.perf_counter() < stop_at:
-            body = {"user_id": users[i % len(users)], "k": 10, "context": {"device": DEVICES[i % 4]}}
+            body = {
+                "user_id": users[i % len(users)],
+                "k": 10,
+                "context": {"device": KNOWN_DEVICES[i % len(KNOWN_DEVICES)]},
+            }
             started = time.perf_counter()
             try:
                 response = await http.post(url + "/recommend", json=body)
@@ -212,7 +219,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=ML_SMALL)
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto")
-    parser.add_argument("--cache", nargs="+", choices=["on", "off"], default=["on", "off"], help="candidate cache configurations")
+    parser.add_argument(
+        "--cache", nargs="+", choices=["on", "off"], default=["on", "off"], help="candidate cache configurations"
+    )
     parser.add_argument("--online-store", choices=["sqlite", "redis"], default="sqlite",
                         help="sqlite: the local profile; redis: the prod profile (Redis + PostgreSQL)")  # fmt: skip
     parser.add_argument("--redis", default="127.0.0.1:6379", help="Redis for --online-store redis")
@@ -264,14 +273,18 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
             "VIDREC_RELOAD_POLL_S": "30",
             "VIDREC_CANDIDATE_CACHE": "5000" if cache == "on" else "0",
         }
-        with ServerProcess(env=env, log_path=RESULTS / f"serving-server-{args.online_store}-cache-{cache}.log") as server:
+        with ServerProcess(
+            env=env, log_path=RESULTS / f"serving-server-{args.online_store}-cache-{cache}.log"
+        ) as server:
             checked = check_requests(server.url, users)
             print(f"[candidate cache {cache}] server ready at {server.url}; {checked}", flush=True)
             # Warm up both workers (lazy imports, allocator growth; with the cache on, fills it).
             (run_wrk(server.url, users, 8, 4, 1) if client == "wrk" else run_httpx(server.url, users, 8, 4))
             for connections in args.connections:
                 if client == "wrk":
-                    result = run_wrk(server.url, users, connections, args.duration, threads=1 if connections <= 4 else 2)
+                    result = run_wrk(
+                        server.url, users, connections, args.duration, threads=1 if connections <= 4 else 2
+                    )
                 else:
                     result = run_httpx(server.url, users, connections, args.duration)
                 rows.append({"candidate_cache": cache, "connections": connections, "client": client, **result})
@@ -293,9 +306,13 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
         "results": rows,
     }
     out.write_text(json.dumps(report, indent=2))
-    print("\n| candidate cache | connections | req/s | p50 ms | p95 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|")
+    print(
+        "\n| candidate cache | connections | req/s | p50 ms | p95 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['candidate_cache']} | {r['connections']} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
+        print(
+            f"| {r['candidate_cache']} | {r['connections']} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,7 @@ end for a run triggered by a promotion. Before the first champion the task is sk
 
 from __future__ import annotations
 
-import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 
@@ -33,7 +32,7 @@ def _as_of(context) -> datetime:
         if event.extra and event.extra.get("as_of")
     ]
     if stamps:
-        return max(datetime.fromisoformat(s) for s in stamps).astimezone(timezone.utc)
+        return max(datetime.fromisoformat(s) for s in stamps).astimezone(UTC)
     return interval_end(context)
 
 
@@ -51,8 +50,13 @@ def _as_of(context) -> datetime:
     tags=["vidrec", "serving"],
     doc_md=__doc__,
     params={
-        "active_days": Param(30, type="integer", minimum=1, maximum=3650,
-                             description="A user is active with an event in this many days before the as-of time."),
+        "active_days": Param(
+            30,
+            type="integer",
+            minimum=1,
+            maximum=3650,
+            description="A user is active with an event in this many days before the as-of time.",
+        ),
         "top_n": Param(100, type="integer", minimum=1, maximum=100, description="Videos kept per user."),
     },
 )

@@ -24,9 +24,8 @@ from datetime import timedelta
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
+from models.config import DEFAULT_GENERATORS, GENERATORS, PROTOCOLS, GatePolicy, RankerConfig, TrainConfig
 from vidrec.orchestration import CHAMPION, START_DATE, default_args, interval_end
-
-GENERATORS = ["popularity", "trending", "item-cf", "user-cf", "als", "ease", "content-tfidf"]
 
 
 @dag(
@@ -40,34 +39,94 @@ GENERATORS = ["popularity", "trending", "item-cf", "user-cf", "als", "ease", "co
     tags=["vidrec", "training"],
     doc_md=__doc__,
     params={
-        "protocol": Param("time", type="string", enum=["time", "user-time", "stratified"],
-                          description="time: train on the past, evaluate on the future; user-time: each user's last relevant "
-                          "videos held out (judges every user); stratified: per-user random split."),
-        "min_test_users": Param(200, type="integer", minimum=1,
-                                description="time protocol: the cut moves earlier until the held-out window judges this many users."),
-        "generators": Param(GENERATORS, type="array", items={"type": "string", "enum": [
-            "popularity", "trending", "item-cf", "user-cf", "als", "bpr", "svd", "ease", "content-tfidf",
-            "content-minilm", "mult-vae", "sasrec"]},
-            description="Candidate generators to train."),
-        "per_source_k": Param(100, type="integer", minimum=10, maximum=1000, description="Candidates per generator per user."),
-        "label_windows": Param(4, type="integer", minimum=1, maximum=10, description="Rolling label windows the ranker learns from (time protocol; each refits the generators)."),
-        "tuned_for": Param("", type="string", description="Use the hyperparameters `vidrec tune` saved for this dataset "
-                           "(models/tuned/<dataset>.json, e.g. movielens-small); empty: the catalog's defaults."),
-        "use_feast": Param(True, type="boolean", description="Join Feast point-in-time features (time protocol)."),
-        "ranker": Param({}, type="object", description="XGBoost ranker hyperparameters (models.ranker.RankerConfig fields), e.g. {\"max_depth\": 6}."),
-        "max_queries_per_window": Param(1000, type=["integer", "null"], minimum=1,
-                                        description="Memory bound: ranker queries (users) drawn per label window; null: every user."),
-        "max_eval_users": Param(20000, type=["integer", "null"], minimum=1,
-                                description="Held-out users every model is evaluated on, at most (a seeded draw); null: all."),
-        "min_gain": Param(0.0, type="number", description="Gate: the lower end of the 95% interval of the per-user nDCG@10 gain over the champion must reach this."),
-        "baseline_gain": Param(0.0, type="number", description="Gate: the same over the best of popularity and trending, for a first model."),
-        "guards": Param({}, type="object", description="Gate: largest allowed drop per guard metric against the champion, "
-                        "e.g. {\"coverage_at_10\": 0.05} (empty: the defaults of models.registry.GatePolicy)."),
-        "shuffle_labels": Param(False, type="boolean", description="Sanity check: train on shuffled labels (must be blocked)."),
-        "seed": Param(42, type="integer"),
+        "protocol": Param(
+            TrainConfig.protocol,
+            type="string",
+            enum=list(PROTOCOLS),
+            description="time: train on the past, evaluate on the future; user-time: each user's last relevant "
+            "videos held out (judges every user); stratified: per-user random split.",
+        ),
+        "min_test_users": Param(
+            TrainConfig.min_test_users,
+            type="integer",
+            minimum=1,
+            description="time protocol: the cut moves earlier until the held-out window judges this many users.",
+        ),
+        "generators": Param(
+            list(DEFAULT_GENERATORS),
+            type="array",
+            items={"type": "string", "enum": list(GENERATORS)},
+            description="Candidate generators to train.",
+        ),
+        "per_source_k": Param(
+            TrainConfig.per_source_k,
+            type="integer",
+            minimum=10,
+            maximum=1000,
+            description="Candidates per generator per user.",
+        ),
+        "label_windows": Param(
+            TrainConfig.label_windows,
+            type="integer",
+            minimum=1,
+            maximum=10,
+            description="Rolling label windows the ranker learns from (time protocol; each refits the generators).",
+        ),
+        "tuned_for": Param(
+            "",
+            type="string",
+            description="Use the hyperparameters `vidrec tune` saved for this dataset "
+            "(models/tuned/<dataset>.json, e.g. movielens-small); empty: the catalog's defaults.",
+        ),
+        "use_feast": Param(
+            TrainConfig.use_feast, type="boolean", description="Join Feast point-in-time features (time protocol)."
+        ),
+        "ranker": Param(
+            {},
+            type="object",
+            description='XGBoost ranker hyperparameters (models.config.RankerConfig fields), e.g. {"max_depth": 6}.',
+        ),
+        "max_queries_per_window": Param(
+            RankerConfig.max_queries_per_window,
+            type=["integer", "null"],
+            minimum=1,
+            description="Memory bound: ranker queries (users) drawn per label window; null: every user.",
+        ),
+        "max_eval_users": Param(
+            TrainConfig.max_eval_users,
+            type=["integer", "null"],
+            minimum=1,
+            description="Held-out users every model is evaluated on, at most (a seeded draw); null: all.",
+        ),
+        "min_gain": Param(
+            GatePolicy.min_gain,
+            type="number",
+            description="Gate: the lower end of the 95% interval of the per-user nDCG@10 gain over the champion must reach this.",
+        ),
+        "baseline_gain": Param(
+            GatePolicy.baseline_gain,
+            type="number",
+            description="Gate: the same over the best of popularity and trending, for a first model.",
+        ),
+        "guards": Param(
+            {},
+            type="object",
+            description="Gate: largest allowed drop per guard metric against the champion, "
+            'e.g. {"coverage_at_10": 0.05} (empty: the defaults of models.config.GatePolicy).',
+        ),
+        "shuffle_labels": Param(
+            TrainConfig.shuffle_labels,
+            type="boolean",
+            description="Sanity check: train on shuffled labels (must be blocked).",
+        ),
+        "seed": Param(TrainConfig.seed, type="integer"),
         "dataset": Param("lake", type="string", description="Name recorded with the MLflow run."),
-        "require_validated_lake": Param(True, type="boolean", description="Refuse a lake that changed since vidrec_features validated it."),
-        "force_retrain": Param(False, type="boolean", description="Train even when an MLflow run with the same data and config exists."),
+        "require_validated_lake": Param(
+            True, type="boolean", description="Refuse a lake that changed since vidrec_features validated it."
+        ),
+        "force_retrain": Param(
+            False, type="boolean", description="Train even when an MLflow run with the same data and config exists."
+        ),
     },
 )
 def vidrec_training():
@@ -145,7 +204,9 @@ def vidrec_training():
 
         url = os.environ.get("VIDREC_SERVING_URL")
         if not url:
-            raise AirflowSkipException("VIDREC_SERVING_URL is not set: no service to reload (it polls the registry itself)")
+            raise AirflowSkipException(
+                "VIDREC_SERVING_URL is not set: no service to reload (it polls the registry itself)"
+            )
         try:
             answer = post_reload(url, os.environ.get("VIDREC_RELOAD_TOKEN"))
         except PermissionError as exc:  # a wrong or missing token: retrying cannot help

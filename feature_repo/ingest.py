@@ -156,7 +156,10 @@ def _stage_events(
         )
         seq += len(chunk.frame)
         (run / "accepted").mkdir(exist_ok=True)
-        pq.write_table(pa.Table.from_pandas(staged, schema=STAGED_EVENTS, preserve_index=False), run / "accepted" / f"chunk-{index:05d}.parquet")
+        pq.write_table(
+            pa.Table.from_pandas(staged, schema=STAGED_EVENTS, preserve_index=False),
+            run / "accepted" / f"chunk-{index:05d}.parquet",
+        )
         _write_quarantine(
             validated.rejected,
             run / "quarantine" / "events" / f"part-{index:05d}.parquet",

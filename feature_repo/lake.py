@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -29,10 +30,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from feature_repo import schema
+from feature_repo.schema import utc_time
 
 PARTITION = "event_date"
 EVENT_COLUMNS = schema.EVENTS.names
-QUARANTINE_EXTRA = ("reason", "source_file", "source_row")
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,64 @@ class EventCommit:
     partitions_written: int
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+# ---- atomic writes: a reader sees the old file or the new one, never a part ---------------------------
+
+
+@contextmanager
+def replacing(path: Path, durable: bool = False) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed over `path` when the block succeeds,
+    removed when it fails. `durable`: the file and the folder entries are fsynced too, so an
+    acknowledged write survives a power cut (the feedback log)."""
+    path = Path(path)
+    if durable:
+        _make_dirs_durably(path.parent)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        pq.write_table(table, tmp)
+        yield tmp
+        if durable:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path, durable: bool = False) -> None:
+    with replacing(path, durable) as tmp:
+        pq.write_table(table, tmp)
+
+
+def write_text_atomic(text: str, path: Path) -> Path:
+    with replacing(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs_durably(path: Path) -> None:
+    """Create `path` (and parents), fsyncing each parent whose entries changed."""
+    missing = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            pass
+        fsync_dir(folder.parent)
 
 
 def replace_dir_atomic(new: Path, target: Path) -> None:
@@ -271,3 +322,46 @@ class Lake:
             out["first_event"] = min(r[2] for r in rows)
             out["last_event"] = max(r[3] for r in rows)
         return out
+
+
+@contextmanager
+def lake_as_of(lake_dir: Path, end: datetime, work_root: Path) -> Iterator[Path]:
+    """A private view of the lake holding only events strictly before `end`.
+
+    Whole day partitions before `end`'s day are hard links (the lake replaces files by rename, so
+    a link keeps the content it had); the partition of `end`'s day, when `end` is not midnight,
+    is filtered. Users and videos are linked as they are. Removed on exit.
+    """
+    import pyarrow.compute as pc
+
+    source = Lake(lake_dir)
+    end = utc_time(end)
+    day = end.strftime("%Y-%m-%d")
+    midnight = end.hour == end.minute == end.second == end.microsecond == 0
+    root = Path(work_root) / f"lake-asof-{end.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+    def link(src: Path, dst: Path) -> None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    try:
+        with source.locked():
+            for table in ("users", "videos"):
+                if source.table_path(table).exists():
+                    link(source.table_path(table), root / table / f"{table}.parquet")
+            for path in source.event_files():
+                date = path.parent.name.split("=", 1)[1]
+                target = root / "events" / f"{PARTITION}={date}" / "part-0.parquet"
+                if date < day:
+                    link(path, target)
+                elif date == day and not midnight:
+                    table = pq.read_table(path)
+                    kept = table.filter(pc.less(table["event_ts"], end))
+                    if kept.num_rows:
+                        write_parquet_atomic(kept, target)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

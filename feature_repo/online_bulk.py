@@ -27,8 +27,8 @@ from __future__ import annotations
 import math
 import sqlite3
 import struct
-from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -48,7 +48,9 @@ def supports(store) -> bool:
     online = store.config.online_store
     kind = getattr(online, "type", None)
     if kind == "sqlite":
-        return not getattr(online, "vector_enabled", False) and not getattr(online, "enable_openai_compatible_store", False)
+        return not getattr(online, "vector_enabled", False) and not getattr(
+            online, "enable_openai_compatible_store", False
+        )
     if kind == "redis":
         return not getattr(online, "key_ttl_seconds", None)
     return False
@@ -116,7 +118,11 @@ class EncodedBatch:
         """Encode a batch whose rows have these serialized entity keys (see `entity_keys`)."""
         source = view.batch_source
         event_ts = _datetimes(batch.column(source.timestamp_field))
-        created = _datetimes(batch.column(source.created_timestamp_column)) if source.created_timestamp_column else [None] * batch.num_rows
+        created = (
+            _datetimes(batch.column(source.created_timestamp_column))
+            if source.created_timestamp_column
+            else [None] * batch.num_rows
+        )
         types = {f.name: f.dtype.to_value_type() for f in view.features}
         values = {name: encode_values(batch.column(name), t) for name, t in types.items()}
         return cls(batch, types, keys, event_ts, created, values)
@@ -168,7 +174,9 @@ def entity_keys(batch: pa.RecordBatch, join: dict, version: int = 3) -> list[byt
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.type_map import python_values_to_proto_values
 
-    columns = {k: python_values_to_proto_values(batch.column(k).to_numpy(zero_copy_only=False), t) for k, t in join.items()}
+    columns = {
+        k: python_values_to_proto_values(batch.column(k).to_numpy(zero_copy_only=False), t) for k, t in join.items()
+    }
     return [
         serialize_entity_key(EntityKey(join_keys=names, entity_values=[columns[k][i] for k in names]), version)
         for i in range(batch.num_rows)
@@ -220,7 +228,7 @@ def _split(buffer: bytes, lengths: np.ndarray, stride: int, missing: np.ndarray)
     if (lengths == stride).all():
         out = [buffer[s : s + stride] for s in starts]
     else:
-        out = [buffer[s : s + n] for s, n in zip(starts, lengths.tolist())]
+        out = [buffer[s : s + n] for s, n in zip(starts, lengths.tolist(), strict=False)]
     for i in np.flatnonzero(missing).tolist():
         out[i] = b""
     return out
@@ -255,7 +263,7 @@ def _datetimes(column: pa.Array) -> list[datetime]:
     if pa.types.is_timestamp(column.type) and column.type.tz is None:
         column = pc.assume_timezone(column, "UTC")
     encoded = pc.dictionary_encode(column)
-    distinct = [None if v is None else v.astimezone(timezone.utc) for v in encoded.dictionary.to_pylist()]
+    distinct = [None if v is None else v.astimezone(UTC) for v in encoded.dictionary.to_pylist()]
     indices = encoded.indices.to_pylist()
     return [None if i is None else distinct[i] for i in indices]
 
@@ -278,12 +286,18 @@ def _write_sqlite(store, view, batch: EncodedBatch) -> None:
     # unindexed temp table; one INSERT ... SELECT then unpivots it into Feast's row per feature, in
     # primary-key order, and upserts. Python binds one row per entity instead of one per value, and
     # SQLite maintains Feast's two indexes itself.
-    wide = ["entity_key", "event_ts", "created_ts"] + [f"v{j}" for j in range(len(features))] + [f"t{j}" for j in range(len(features))]
+    wide = (
+        ["entity_key", "event_ts", "created_ts"]
+        + [f"v{j}" for j in range(len(features))]
+        + [f"t{j}" for j in range(len(features))]
+    )
     unpivot = " UNION ALL ".join(
         f"SELECT entity_key, {_sql_string(feature)}, v{j}, t{j}, event_ts, created_ts FROM {_STAGE}"
         for j, feature in enumerate(features)
     )
-    rows = zip(batch.keys, _sqlite_times(batch.event_ts), _sqlite_times(batch.created_ts), *values, *texts)
+    rows = zip(
+        batch.keys, _sqlite_times(batch.event_ts), _sqlite_times(batch.created_ts), *values, *texts, strict=False
+    )
     with conn:
         conn.execute(f"DROP TABLE IF EXISTS {_STAGE}")
         conn.execute(f"CREATE TEMP TABLE {_STAGE} ({', '.join(wide)})")
@@ -308,7 +322,7 @@ def _sqlite_times(times: list) -> list:
     out = []
     for t in times:
         if t not in cache:
-            cache[t] = None if t is None else adapt(t.astimezone(timezone.utc).replace(tzinfo=None))
+            cache[t] = None if t is None else adapt(t.astimezone(UTC).replace(tzinfo=None))
         out.append(cache[t])
     return out
 
@@ -340,7 +354,7 @@ def _write_redis(store, view, batch: EncodedBatch) -> None:
                 pipe.hget(keys[i], ts_key)
             previous = pipe.execute()
             latest: dict[bytes, int] = {}
-            for i, prev in zip(chunk, previous):
+            for i, prev in zip(chunk, previous, strict=False):
                 raw_ts, nanos = stamps[batch.event_ts[i]]
                 seen = latest.get(keys[i], 0)
                 if prev:

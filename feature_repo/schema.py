@@ -6,6 +6,8 @@ stores; loaders hand over pandas frames in the same column order (see `empty_fra
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pandas as pd
 import pyarrow as pa
 
@@ -25,6 +27,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "tag",
 )
 DEVICES: tuple[str, ...] = ("mobile", "desktop", "tv", "tablet", "unknown")
+KNOWN_DEVICES: tuple[str, ...] = tuple(d for d in DEVICES if d != "unknown")  # what a client can say it is
 RATING_MIN, RATING_MAX = 0.5, 5.0
 # Events that are not about one video.
 EVENTS_WITHOUT_VIDEO: tuple[str, ...] = ("search",)
@@ -93,3 +96,24 @@ def to_arrow(df: pd.DataFrame, table: str) -> pa.Table:
     """Cast a canonical frame to the table's Arrow schema (column order and types enforced)."""
     schema = TABLES[table]
     return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+
+
+# ---- time: every timestamp is UTC ------------------------------------------------------------------
+
+
+def utc_time(value: datetime | str | pd.Timestamp | None = None) -> datetime:
+    """An aware UTC datetime from a datetime, pandas Timestamp or ISO string; naive values are taken
+    as UTC; None is now."""
+    if value is None:
+        return datetime.now(UTC)
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utc_series(series: pd.Series) -> pd.Series:
+    """Timestamps as tz-aware UTC (naive values are taken as UTC)."""
+    ts = pd.to_datetime(series)
+    return ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")

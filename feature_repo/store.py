@@ -5,7 +5,6 @@
     materialize(settings, end)       offline -> online up to `end`, incrementally
     training_frame(entity_df)        point-in-time features for labelled rows
     online_user_features(user_ids)   one row per user from the online store
-    build_features(settings, ...)    the whole job: transforms -> apply -> materialize
 
 Configuration: `feast_repo/feature_store.yaml` (local profile) or `feature_store.prod.yaml`
 (prod, spark) with `${VAR}` references, filled here from an environment variable of that name
@@ -22,14 +21,15 @@ import re
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
+from feature_repo.schema import utc_series, utc_time
 from vidrec.settings import Settings
 
 REPO_DIR = Path(__file__).resolve().parent / "feast_repo"
@@ -44,7 +44,7 @@ PROD_REDIS = "localhost:6379,db=0"
 PUSH_SOURCE = "user_recent_push"
 USER_VIEWS = ("user_profile", "user_recent")
 VIDEO_VIEWS = ("video_stats",)
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
 
@@ -200,7 +200,9 @@ def apply_repo(settings: Settings | None = None, quiet: bool = True) -> ApplyRep
     ]
     with _quiet(quiet):
         store.apply(objects, objects_to_delete=stale, partial=False)
-    return ApplyReport(applied=sorted(f"{kind}:{name}" for kind, name in declared), deleted=sorted(o.name for o in stale))
+    return ApplyReport(
+        applied=sorted(f"{kind}:{name}" for kind, name in declared), deleted=sorted(o.name for o in stale)
+    )
 
 
 def register_ranker_service(version: int, features: list | None = None, settings: Settings | None = None):
@@ -255,11 +257,6 @@ def latest_feature_time(settings: Settings | None = None) -> datetime | None:
     return None if latest is None else latest.to_pydatetime()
 
 
-def _utc_time(value) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
 def materialize(
     settings: Settings | None = None,
     end: datetime | None = None,
@@ -292,13 +289,13 @@ def materialize(
     end = end or latest_feature_time(settings)
     if end is None:
         raise LookupError(f"no feature tables under {where.features_dir}: compute features first")
-    end = _utc_time(end).to_pydatetime()
+    end = utc_time(end)
     done: list[Materialized] = []
     for view in sorted(store.list_feature_views(), key=lambda v: v.name):
         if not view.online:
             continue
         path = view.batch_source.path if view.batch_source is not None else None
-        previous = _utc_time(view.most_recent_end_time) if view.most_recent_end_time else None
+        previous = pd.Timestamp(utc_time(view.most_recent_end_time)) if view.most_recent_end_time else None
         ttl = view.ttl if view.ttl and view.ttl.total_seconds() > 0 else None
         window_start = end - ttl if ttl else EPOCH
         if path is None or not (where.features_dir / path).exists():
@@ -385,11 +382,6 @@ def _retrieval_groups(store, features) -> list[tuple[list[str], list[str], list[
     return [(list(keys), sorted(request), group_refs) for keys, (request, group_refs) in groups.items()]
 
 
-def _utc(series: pd.Series) -> pd.Series:
-    ts = pd.to_datetime(series)
-    return ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
-
-
 def training_frame(
     entity_df: pd.DataFrame,
     features=None,
@@ -416,7 +408,7 @@ def training_frame(
     df = entity_df.reset_index(drop=True).copy()
     if timestamp_column != "event_timestamp":
         df = df.rename(columns={timestamp_column: "event_timestamp"})
-    df["event_timestamp"] = _utc(df["event_timestamp"]).astype("datetime64[ns, UTC]")
+    df["event_timestamp"] = utc_series(df["event_timestamp"]).astype("datetime64[ns, UTC]")
     for key in ("user_id", "video_id"):
         if key in df:
             df[key] = df[key].astype(str)
@@ -474,7 +466,9 @@ def _retrieve_distinct(store, distinct: pd.DataFrame, keys: list[str], on: list[
         parts.append(got)
     got = pd.concat(parts, ignore_index=True).set_index("_vidrec_key")
     added = [c for c in got.columns if c not in on]
-    return pd.concat([distinct[on], got[added].reindex(distinct["_vidrec_key"].to_numpy()).reset_index(drop=True)], axis=1)
+    return pd.concat(
+        [distinct[on], got[added].reindex(distinct["_vidrec_key"].to_numpy()).reset_index(drop=True)], axis=1
+    )
 
 
 def online_features(
@@ -513,91 +507,16 @@ def push_user_recent(frame: pd.DataFrame, settings: Settings | None = None) -> N
     df["user_id"] = df["user_id"].astype(str)
     for column in ("event_timestamp", "created_ts"):
         if column in df:
-            df[column] = _utc(df[column])
+            df[column] = utc_series(df[column])
     with _quiet():
         store.push(PUSH_SOURCE, df, to=PushMode.ONLINE)
-
-
-# ---- the whole job -------------------------------------------------------------------------------
-
-
-@dataclass
-class FeaturesRun:
-    as_of_times: list[pd.Timestamp]
-    tables: dict[str, Path]
-    rows: dict[str, int] = field(default_factory=dict)
-    embeddings: str = "none"
-    applied: ApplyReport | None = None
-    materialized: list[Materialized] = field(default_factory=list)
-
-
-def build_features(
-    settings: Settings | None = None,
-    *,
-    lake=None,
-    as_of_times: list[pd.Timestamp] | None = None,
-    freq: str = "W",
-    periods: int | None = 52,
-    embeddings: str = "minilm",
-    end: datetime | None = None,
-    step: Callable[[str], None] | None = None,
-    done: Callable[[str, str], None] | None = None,
-) -> FeaturesRun:
-    """Transforms -> embeddings -> feast apply -> materialize (the `vidrec features` job).
-
-    `step(name)` is told when a step starts, `done(name, detail)` when it ends. Embeddings:
-    "minilm", "tfidf" or "none"; they need `models.content` and are skipped (with a note)
-    when it cannot be imported.
-    """
-    from feature_repo.lake import Lake
-    from feature_repo.transforms import compute_features, default_as_of_times
-
-    settings = settings or Settings.from_env()
-    lake = lake or Lake(settings.lake_dir)
-    where = locations(settings)
-    step = step or (lambda name: None)
-    done = done or (lambda name, detail: None)
-
-    as_of = as_of_times or default_as_of_times(lake, freq=freq, periods=periods)
-    if not as_of:
-        raise LookupError(f"the lake at {lake.root} has no events: ingest data first")
-    run = FeaturesRun(as_of_times=list(as_of), tables={})
-
-    step("transforms")
-    run.tables = compute_features(lake, as_of, where.features_dir, progress=lambda t, n: run.rows.__setitem__(t, n))
-    done("transforms", ", ".join(f"{t}: {n:,} rows" for t, n in run.rows.items()) + f" over {len(as_of)} as-of times")
-
-    if embeddings != "none":
-        step("embeddings")
-        try:
-            from feature_repo.transforms.embeddings import compute_embeddings
-
-            with _quiet():  # model loading prints its own progress bars
-                path = compute_embeddings(lake, where.features_dir, method=embeddings)
-        except ImportError as exc:
-            done("embeddings", f"skipped: {exc}")
-        else:
-            run.tables["video_embeddings"] = path
-            run.embeddings = embeddings
-            done("embeddings", f"{embeddings} -> {path.name}")
-
-    step("feast apply")
-    run.applied = apply_repo(settings)
-    done("feast apply", f"{len(run.applied.applied)} objects" + (f", removed {', '.join(run.applied.deleted)}" if run.applied.deleted else ""))
-
-    step("materialize")
-    run.materialized = materialize(settings, end or max(as_of).to_pydatetime())
-    done("materialize", "; ".join(f"{m.view}: {m.mode}" for m in run.materialized))
-    return run
 
 
 __all__ = [
     "ApplyReport",
     "FeastLocations",
-    "FeaturesRun",
     "Materialized",
     "apply_repo",
-    "build_features",
     "feature_store",
     "latest_feature_time",
     "load_config",
@@ -612,4 +531,3 @@ __all__ = [
     "repo_objects",
     "training_frame",
 ]
-

@@ -14,10 +14,9 @@ event is vectorised with numpy; Python loops run only over users, videos or chun
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,9 +24,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from feature_repo import schema
+from feature_repo.lake import write_parquet_atomic
 
 # --- Vocabulary --------------------------------------------------------------------------------
 # Words are disjoint between genres so that text features of titles, tags and queries carry genre.
@@ -49,9 +48,7 @@ GENRES: tuple[str, ...] = (
 # Share of the catalogue whose primary genre is each of GENRES.
 _GENRE_SHARE = np.array([0.11, 0.12, 0.10, 0.06, 0.07, 0.08, 0.07, 0.10, 0.07, 0.06, 0.10, 0.06])
 # Typical length per genre: music clips are short, action and horror are mostly films.
-_GENRE_MEDIAN_DURATION_S = np.array(
-    [5400, 1200, 3000, 5000, 4000, 2700, 900, 240, 600, 720, 1500, 900], dtype=float
-)
+_GENRE_MEDIAN_DURATION_S = np.array([5400, 1200, 3000, 5000, 4000, 2700, 900, 240, 600, 720, 1500, 900], dtype=float)
 _TITLE_WORDS: dict[str, tuple[str, ...]] = {
     genre: tuple(words.split())
     for genre, words in {
@@ -119,9 +116,7 @@ _COUNTRIES = (
     ("CA", 0.05, -5.0),
     ("MX", 0.05, -6.0),
 )
-_LANGUAGES = (
-    ("en", 0.80), ("es", 0.06), ("de", 0.03), ("fr", 0.03), ("pt", 0.03), ("ja", 0.03), ("hi", 0.02)
-)
+_LANGUAGES = (("en", 0.80), ("es", 0.06), ("de", 0.03), ("fr", 0.03), ("pt", 0.03), ("ja", 0.03), ("hi", 0.02))
 _SIGNUP_SPAN_DAYS = 3 * 365
 _PUBLISHED_BEFORE_SPAN_DAYS = 365
 _P_PUBLISHED_IN_WINDOW = 0.15
@@ -129,17 +124,17 @@ _P_PUBLISHED_IN_WINDOW = 0.15
 # --- Devices and time of day -------------------------------------------------------------------
 
 _DEVICE = {name: i for i, name in enumerate(schema.DEVICES)}
-_REAL_DEVICES = np.array([_DEVICE[d] for d in ("mobile", "desktop", "tv", "tablet")])
+_REAL_DEVICES = np.array([_DEVICE[d] for d in schema.KNOWN_DEVICES])
 _PREFERRED_DEVICE_SHARE = np.array([0.50, 0.20, 0.20, 0.10])
 _P_PREFERRED_DEVICE = 0.8
 _P_UNKNOWN_DEVICE = 0.01
 # Relative session starts per local hour 0..23 on each device: tv in the evening, desktop in
 # working hours, mobile all day with commute peaks, unknown flat.
 _HOUR_PROFILE = {
-    "mobile": [2, 1, .6, .4, .4, .8, 2.5, 5, 6, 4, 3, 3.5, 4.5, 4, 3.5, 4, 5, 6.5, 6, 5, 5, 5.5, 5, 3.5],
-    "desktop": [.5, .3, .2, .2, .2, .3, .8, 2, 5, 7, 8, 8, 7, 8, 8, 7, 6, 4, 3, 2.5, 2, 1.5, 1, .7],
-    "tv": [1, .5, .3, .2, .2, .3, .5, .8, 1, 1, 1, 1.2, 1.5, 1.5, 1.5, 1.8, 2.5, 4, 6, 9, 10, 9, 6, 3],
-    "tablet": [1, .5, .3, .2, .2, .4, 1, 2, 2.5, 2.5, 2.5, 3, 3, 3, 3, 3.5, 4, 5, 6, 7, 7.5, 6.5, 4.5, 2],
+    "mobile": [2, 1, 0.6, 0.4, 0.4, 0.8, 2.5, 5, 6, 4, 3, 3.5, 4.5, 4, 3.5, 4, 5, 6.5, 6, 5, 5, 5.5, 5, 3.5],
+    "desktop": [0.5, 0.3, 0.2, 0.2, 0.2, 0.3, 0.8, 2, 5, 7, 8, 8, 7, 8, 8, 7, 6, 4, 3, 2.5, 2, 1.5, 1, 0.7],
+    "tv": [1, 0.5, 0.3, 0.2, 0.2, 0.3, 0.5, 0.8, 1, 1, 1, 1.2, 1.5, 1.5, 1.5, 1.8, 2.5, 4, 6, 9, 10, 9, 6, 3],
+    "tablet": [1, 0.5, 0.3, 0.2, 0.2, 0.4, 1, 2, 2.5, 2.5, 2.5, 3, 3, 3, 3, 3.5, 4, 5, 6, 7, 7.5, 6.5, 4.5, 2],
     "unknown": [1] * 24,
 }
 _HOUR_CDF = np.cumsum([_HOUR_PROFILE[d] for d in schema.DEVICES], axis=1)
@@ -189,7 +184,7 @@ _ORDER_STRIDE = 1 + _SLATE_MAX + _SLATE_MAX * len(_FOLLOW_UPS)
 
 _DAY_S = 86_400
 _US = 1_000_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -198,7 +193,7 @@ class SyntheticConfig:
     n_videos: int = 1_000
     n_events: int = 200_000  # target number of events; the output has exactly this many
     seed: int = 42
-    start: datetime = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
     days: int = 60  # events fall in [start, start + days)
     chunk_events: int = 500_000  # events held in memory at once, at most (approximately)
     n_factors: int = 16  # latent taste dimension
@@ -258,9 +253,7 @@ class World:
         return _W_TASTE * taste + _W_GENRE * genre_match + _W_POPULARITY * popularity
 
 
-def generate(
-    config: SyntheticConfig, out_dir: Path, progress: Callable[[int], None] | None = None
-) -> SyntheticSummary:
+def generate(config: SyntheticConfig, out_dir: Path, progress: Callable[[int], None] | None = None) -> SyntheticSummary:
     """Write users.parquet, videos.parquet and events/part-NNNNN.parquet under out_dir.
 
     The same config always yields the same files, also when out_dir holds an earlier run.
@@ -273,8 +266,8 @@ def generate(
         stale.unlink()
 
     world = build_world(config)
-    _write_parquet(schema.to_arrow(world.users, "users"), out_dir / "users.parquet")
-    _write_parquet(schema.to_arrow(world.videos, "videos"), out_dir / "videos.parquet")
+    write_parquet_atomic(schema.to_arrow(world.users, "users"), out_dir / "users.parquet")
+    write_parquet_atomic(schema.to_arrow(world.videos, "videos"), out_dir / "videos.parquet")
 
     simulator = _Simulator(world, config)
     by_type = np.zeros(len(schema.EVENT_TYPES), dtype=np.int64)
@@ -282,7 +275,7 @@ def generate(
     first_event = 0
     for index, size in enumerate(sizes):
         table, type_counts = simulator.chunk(index, first_event, size)
-        _write_parquet(table, events_dir / f"part-{index:05d}.parquet")
+        write_parquet_atomic(table, events_dir / f"part-{index:05d}.parquet")
         by_type += type_counts
         first_event += size
         if progress is not None:
@@ -293,7 +286,7 @@ def generate(
         n_videos=config.n_videos,
         n_events=config.n_events,
         event_files=len(sizes),
-        events_by_type={t: int(n) for t, n in zip(schema.EVENT_TYPES, by_type)},
+        events_by_type={t: int(n) for t, n in zip(schema.EVENT_TYPES, by_type, strict=False)},
     )
 
 
@@ -439,7 +432,9 @@ def _users_frame(config: SyntheticConfig, country: np.ndarray, rng: np.random.Ge
             "signup_ts": pd.to_datetime(signup_us, unit="us", utc=True),
             "age_bucket": [_AGE_BUCKETS[i][0] for i in age],
             "gender": [_GENDERS[i][0] for i in gender],
-            "occupation": [_OCCUPATIONS[o] if ok else None for o, ok in zip(occupation, occupation_known)],
+            "occupation": [
+                _OCCUPATIONS[o] if ok else None for o, ok in zip(occupation, occupation_known, strict=False)
+            ],
             "country": [_COUNTRIES[i][0] for i in country],
         }
     )
@@ -724,9 +719,7 @@ def _completion(affinity: np.ndarray, duration_s: np.ndarray, rng: np.random.Gen
     return np.clip(beta, 0.0, 1.0)
 
 
-def _reactions(
-    affinity: np.ndarray, completion: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def _reactions(affinity: np.ndarray, completion: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """At most one of like (high affinity and completion) or dislike (low) per watch."""
     p_like = _sigmoid(_LIKE_BIAS + _LIKE_AFFINITY * affinity + _LIKE_COMPLETION * completion)
     p_dislike = _sigmoid(_DISLIKE_BIAS + _DISLIKE_AFFINITY * affinity + _DISLIKE_COMPLETION * completion)
@@ -830,10 +823,3 @@ def _chunk_sizes(n_events: int, chunk_events: int) -> list[int]:
     """Events per file: full chunks and a remainder; one empty file when there are no events."""
     full, rest = divmod(n_events, chunk_events)
     return [chunk_events] * full + ([rest] if rest or not full else [])
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    """Write next to the target and rename, so a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)

@@ -29,12 +29,6 @@ MISSING = {
     "event_type": "unknown_event_type",
     "title": "missing_title",
 }
-REASONS = (
-    "missing_user_id", "missing_video_id", "missing_event_id", "missing_title",
-    "unparsable_timestamp", "future_timestamp", "negative_watch_time", "negative_duration",
-    "rating_out_of_range", "unknown_event_type", "unknown_device", "unknown_video",
-    "invalid_number", "duplicate_row", "duplicate_id",
-)  # fmt: skip
 
 
 @dataclass
@@ -152,7 +146,7 @@ def failure_reasons(df: pd.DataFrame, checks: pa.DataFrameSchema) -> pd.Series:
         cases = err.failure_cases.dropna(subset=["index"])
         names = [
             MISSING.get(column, f"missing_{column}") if check == "not_nullable" else check
-            for column, check in zip(cases["column"], cases["check"])
+            for column, check in zip(cases["column"], cases["check"], strict=False)
         ]
         # A frame-wide check reports each failing row once per column: keep one (row, reason).
         pairs = pd.DataFrame({"row": cases["index"].astype(int).to_numpy(), "reason": names}).drop_duplicates()
@@ -181,7 +175,9 @@ def validate_events(raw: pd.DataFrame, known_videos: Iterable[str], now: pd.Time
     typed["device"] = _string(raw["device"]).str.lower().fillna("unknown")
     typed["event_ts"] = parse_timestamps(raw["event_ts"]).astype("datetime64[ns, UTC]")
     # Clamped to the largest time pandas holds, so the future-timestamp check names them.
-    typed.loc[beyond_timestamp_range(raw["event_ts"], typed["event_ts"]), "event_ts"] = pd.Timestamp.max.tz_localize("UTC")
+    typed.loc[beyond_timestamp_range(raw["event_ts"], typed["event_ts"]), "event_ts"] = pd.Timestamp.max.tz_localize(
+        "UTC"
+    )
     typed["watch_time_s"] = parse_numbers(raw["watch_time_s"])
     typed["rating"] = parse_numbers(raw["rating"])
 
@@ -231,7 +227,7 @@ def _add_duplicates(reasons: pd.Series, typed: pd.DataFrame, id_column: str) -> 
     """
     valid = reasons == ""
     comparable = typed[valid].map(lambda v: tuple(v) if isinstance(v, (list, np.ndarray)) else v)
-    repeated = (typed[id_column].notna() & valid & typed[id_column].where(valid).duplicated(keep="first"))
+    repeated = typed[id_column].notna() & valid & typed[id_column].where(valid).duplicated(keep="first")
     exact = comparable.duplicated(keep="first").reindex(typed.index, fill_value=False)
     reasons = _add(reasons, repeated & exact, "duplicate_row")
     return _add(reasons, repeated & ~exact, "duplicate_id")

@@ -11,7 +11,7 @@ implicit stores the confidence itself in the matrix it is given (its solver adds
 per observed cell), and its own `alpha` only multiplies the matrix (c = alpha * w, which for
 binary data is alpha and never the paper's 1 + alpha). So the paper's confidence is built here and
 implicit's `alpha` is left at 1. The CPU class is used explicitly, with one thread and a seeded
-random state, so the same data and seed give the same factors on any machine, GPU or not.
+random state (`models.implicit_factors`), so the same data and seed give the same factors.
 """
 
 from __future__ import annotations
@@ -19,14 +19,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
-from threadpoolctl import threadpool_limits
 
-from models.base import Recommender
+from models.base import check_non_negative_float, check_positive_int, check_weights
+from models.implicit_factors import FIT_THREADS, ImplicitFactorModel
 from models.interactions import Interactions
-from models.item_cf import check_non_negative_float, check_positive_int, check_weights
-
-# One solver thread: the CG updates then run in a fixed order, so a seed fixes the result.
-FIT_THREADS = 1
 
 
 def confidence_matrix(weights: sp.spmatrix, alpha: float) -> sp.csr_matrix:
@@ -42,7 +38,7 @@ def confidence_matrix(weights: sp.spmatrix, alpha: float) -> sp.csr_matrix:
     return matrix
 
 
-class ALS(Recommender):
+class ALS(ImplicitFactorModel):
     """Weighted matrix factorisation for implicit feedback.
 
     factors: latent dimensions. regularization: L2 strength on both factor matrices.
@@ -65,35 +61,21 @@ class ALS(Recommender):
         alpha: float = 20.0,
         seed: int = 42,
     ):
-        super().__init__()
+        super().__init__(seed)
         self.factors = check_positive_int("factors", factors)
         self.regularization = check_non_negative_float("regularization", regularization)
         self.iterations = check_positive_int("iterations", iterations)
         self.alpha = check_non_negative_float("alpha", alpha)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        self.seed = int(seed)
 
-    def _fit(self, data: Interactions) -> None:
-        confidence = confidence_matrix(data.matrix, self.alpha)
-        # implicit warns (and runs slowly) when BLAS keeps its own thread pool during the solve.
-        with threadpool_limits(1, "blas"):
-            model = AlternatingLeastSquares(
-                factors=self.factors,
-                regularization=self.regularization,
-                alpha=1.0,  # the confidence above already holds 1 + alpha * w
-                iterations=self.iterations,
-                num_threads=FIT_THREADS,
-                random_state=self.seed,
-            )
-            model.fit(confidence, show_progress=False)
-        self.user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
-        self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)
+    def _training_matrix(self, data: Interactions) -> sp.csr_matrix:
+        return confidence_matrix(data.matrix, self.alpha)
 
-    def score(self, user_rows: np.ndarray) -> np.ndarray:
-        self._require()
-        return self.user_factors_[np.asarray(user_rows, dtype=np.int64)] @ self.item_factors_.T
-
-    def item_vectors(self) -> np.ndarray:
-        self._require()
-        return self.item_factors_
+    def _implicit_model(self) -> AlternatingLeastSquares:
+        return AlternatingLeastSquares(
+            factors=self.factors,
+            regularization=self.regularization,
+            alpha=1.0,  # the confidence matrix already holds 1 + alpha * w
+            iterations=self.iterations,
+            num_threads=FIT_THREADS,
+            random_state=self.seed,
+        )

@@ -12,6 +12,7 @@ Rows and ids are indices into `Interactions.user_ids` / `video_ids`. A subclass 
 from __future__ import annotations
 
 import abc
+import math
 import pickle
 from pathlib import Path
 from typing import Self
@@ -27,6 +28,44 @@ BATCH_USERS = 1024
 
 class NotFittedError(RuntimeError):
     pass
+
+
+# ---- parameter checks every generator's constructor uses ---------------------------------------------
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """A count parameter (neighbours, factors, epochs): an int >= 1, never a bool or a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_non_negative_float(name: str, value: object) -> float:
+    """A strength parameter (shrink, regularisation): a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+    return float(value)
+
+
+def check_weights(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """The interaction matrix as float32 CSR without explicit zeros; NaN/inf weights are refused.
+
+    A NaN weight would silently poison every similarity or factor it touches, so fail early.
+    """
+    matrix = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+    if matrix.nnz and not np.isfinite(matrix.data).all():
+        raise ValueError("the interaction matrix contains NaN or infinite weights")
+    matrix.eliminate_zeros()
+    return matrix
+
+
+def check_seed(value: object) -> int:
+    """A random seed: an int >= 0, never a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {value!r}")
+    return int(value)
 
 
 class Recommender(abc.ABC):

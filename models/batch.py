@@ -32,7 +32,9 @@ def active_users(lake: Lake, start: datetime, end: datetime) -> list[str]:
         return []
     dataset = ds.dataset([str(p) for p in files], format="parquet")
     when = ds.field("event_ts")
-    table = dataset.to_table(columns=["user_id"], filter=(when >= start_ts.to_pydatetime()) & (when < end_ts.to_pydatetime()))
+    table = dataset.to_table(
+        columns=["user_id"], filter=(when >= start_ts.to_pydatetime()) & (when < end_ts.to_pydatetime())
+    )
     return sorted(set(table.column("user_id").to_pylist()))
 
 

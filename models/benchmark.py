@@ -24,21 +24,25 @@ from feature_repo.ingest import ingest
 from feature_repo.lake import Lake, write_parquet_atomic
 from feature_repo.sources import open_source
 from models.base import Recommender
-from models.hybrid import HybridUnion
 from models.catalog import generator_factories
+from models.config import PROTOCOLS
 from models.evaluate import evaluate_model, users_with_truth
-from models.interactions import Interactions, epoch_seconds
+from models.hybrid import HybridUnion
+from models.interactions import LEARNING_TYPES, Interactions, epoch_seconds
 from models.metrics import per_user_ndcg
 from models.protocols import (
-    PROTOCOLS, rating_triples, relevant_sets, rolling_time_splits, stratified_folds, stratified_split, time_split,
+    rating_triples,
+    relevant_sets,
+    rolling_time_splits,
+    stratified_folds,
+    stratified_split,
+    time_split,
     user_time_split,
 )  # fmt: skip
 from models.significance import Interval, PerUser, paired_intervals
 
 TWO_STAGE = "two-stage"
 SPLIT_COLUMNS = ["user_id", "video_id", "rating", "timestamp"]
-# What counts as an interaction for learning and for relevance: explicit feedback and real viewing.
-INTERACTION_TYPES = ("rating", "watch", "like", "share", "comment")
 
 
 @dataclass
@@ -48,13 +52,15 @@ class BenchmarkData:
     videos: pd.DataFrame  # canonical videos (content models need them)
 
 
-def load_dataset(dataset: str, data_dir: Path | None, lake_root: Path, cache_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_dataset(
+    dataset: str, data_dir: Path | None, lake_root: Path, cache_dir: Path
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ingest (validated, idempotent) into a lake of its own; return interaction events and videos."""
     source = open_source(dataset, data_dir, cache_dir)
     lake = Lake(lake_root)
     ingest(source, lake)
     events = lake.read_events(columns=["user_id", "video_id", "event_type", "rating", "event_ts"])
-    events = events[events["event_type"].isin(INTERACTION_TYPES) & events["video_id"].notna()]
+    events = events[events["event_type"].isin(LEARNING_TYPES) & events["video_id"].notna()]
     return events, lake.read_table("videos")
 
 
@@ -135,9 +141,9 @@ def two_stage_model(data: BenchmarkData, train_events: pd.DataFrame, protocol: s
     No Feast features here: the benchmark compares models on the split alone (`vidrec train`
     adds them).
     """
+    from models.config import DEFAULT_GENERATORS, TrainConfig
     from models.ranker import CatalogSide
     from models.two_stage import Requests, TwoStage, TwoStageRecommender, train_on_windows
-    from models.train import DEFAULT_GENERATORS, TrainConfig
 
     if protocol == "time":
         windows = rolling_time_splits(train_events)
@@ -152,8 +158,12 @@ def two_stage_model(data: BenchmarkData, train_events: pd.DataFrame, protocol: s
 
     def union_on(events: pd.DataFrame):
         interactions = Interactions.from_events(events, catalog=data.videos["video_id"], weighting="binary")
-        union = HybridUnion({name: factories[name]() for name in DEFAULT_GENERATORS}, per_source_k=100).fit(interactions)
-        return union, CatalogSide.build(data.videos, interactions, align_rows(vectors, data.videos["video_id"], interactions.video_ids))
+        union = HybridUnion({name: factories[name]() for name in DEFAULT_GENERATORS}, per_source_k=100).fit(
+            interactions
+        )
+        return union, CatalogSide.build(
+            data.videos, interactions, align_rows(vectors, data.videos["video_id"], interactions.video_ids)
+        )
 
     ranker, _ = train_on_windows((*union_on(fit), label) for fit, label in windows)  # one union at a time
     final_union, final_catalog = union_on(train_events)
@@ -238,7 +248,7 @@ def two_stage_versus_best(rows: list[dict], per_user: dict[str, PerUser], k: int
 
 def content_vectors(videos: pd.DataFrame, encoder: str) -> np.ndarray | sp.csr_matrix:
     """Content vectors of the catalog: they define intra-list diversity (and feed content-minilm)."""
-    from models.content import minilm_vectors, tfidf_vectors, video_text
+    from feature_repo.text import minilm_vectors, tfidf_vectors, video_text
 
     texts = video_text(videos).tolist()
     return minilm_vectors(texts) if encoder == "minilm" else tfidf_vectors(texts)

@@ -13,18 +13,15 @@ triples come in one fixed order, so the same seed gives the same model.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 from implicit.cpu.bpr import BayesianPersonalizedRanking
-from threadpoolctl import threadpool_limits
 
-from models.base import Recommender
+from models.base import check_non_negative_float, check_positive_int, check_weights
+from models.implicit_factors import FIT_THREADS, ImplicitFactorModel
 from models.interactions import Interactions
-from models.item_cf import check_non_negative_float, check_positive_int, check_weights
-
-# One SGD thread: Hogwild updates from several threads would make the result depend on timing.
-FIT_THREADS = 1
 
 
-class BPR(Recommender):
+class BPR(ImplicitFactorModel):
     """Pairwise-ranking matrix factorisation for implicit feedback.
 
     factors: latent dimensions (implicit adds one more column holding the video bias).
@@ -46,41 +43,33 @@ class BPR(Recommender):
         iterations: int = 100,
         seed: int = 42,
     ):
-        super().__init__()
+        super().__init__(seed)
         self.factors = check_positive_int("factors", factors)
         self.learning_rate = check_non_negative_float("learning_rate", learning_rate)
         if self.learning_rate == 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
         self.regularization = check_non_negative_float("regularization", regularization)
         self.iterations = check_positive_int("iterations", iterations)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        self.seed = int(seed)
 
-    def _fit(self, data: Interactions) -> None:
+    def _training_matrix(self, data: Interactions) -> sp.csr_matrix:
         observed = check_weights(data.matrix)
         if observed.nnz == 0:
             raise ValueError("BPR needs at least one interaction to sample positive videos from")
         # BPR reads only which cells are positive; negative weights would be sampled as likes.
         observed = observed.multiply(observed > 0).tocsr()
         observed.data[:] = 1.0
-        with threadpool_limits(1, "blas"):
-            model = BayesianPersonalizedRanking(
-                factors=self.factors,
-                learning_rate=self.learning_rate,
-                regularization=self.regularization,
-                iterations=self.iterations,
-                num_threads=FIT_THREADS,
-                random_state=self.seed,
-            )
-            model.fit(observed, show_progress=False)
-        self.user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
-        self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)
+        return observed
 
-    def score(self, user_rows: np.ndarray) -> np.ndarray:
-        self._require()
-        return self.user_factors_[np.asarray(user_rows, dtype=np.int64)] @ self.item_factors_.T
+    def _implicit_model(self) -> BayesianPersonalizedRanking:
+        # One SGD thread: Hogwild updates from several threads would make the result depend on timing.
+        return BayesianPersonalizedRanking(
+            factors=self.factors,
+            learning_rate=self.learning_rate,
+            regularization=self.regularization,
+            iterations=self.iterations,
+            num_threads=FIT_THREADS,
+            random_state=self.seed,
+        )
 
     def item_vectors(self) -> np.ndarray:
-        self._require()
-        return self.item_factors_[:, :-1]
+        return super().item_vectors()[:, :-1]  # without the bias column

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from models.base import Recommender
+from models.base import Recommender, check_positive_int
 from models.interactions import Interactions
 
 log = logging.getLogger(__name__)
@@ -96,10 +96,8 @@ class EASE(Recommender):
         super().__init__()
         if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not math.isfinite(l2) or l2 <= 0:
             raise ValueError(f"l2 must be a positive finite number, got {l2!r}")
-        if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
-            raise ValueError(f"max_items must be a positive integer, got {max_items!r}")
         self.l2 = float(l2)
-        self.max_items = max_items
+        self.max_items = check_positive_int("max_items", max_items)
         self.approximate = bool(approximate)
 
     def _fit(self, data: Interactions) -> None:

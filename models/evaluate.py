@@ -42,9 +42,7 @@ def _check_inputs(model: Recommender, train: Interactions, relevant, k: int) -> 
     if model.data is None:
         raise ValueError(f"{type(model).__name__} is not fitted: fit it on the train interactions first")
     if model.data.matrix.shape != train.matrix.shape:
-        raise ValueError(
-            f"model was fitted on a {model.data.matrix.shape} matrix but train is {train.matrix.shape}"
-        )
+        raise ValueError(f"model was fitted on a {model.data.matrix.shape} matrix but train is {train.matrix.shape}")
     n_truth = relevant.shape[0] if sp.issparse(relevant) else len(relevant)
     if n_truth != train.n_users:
         raise ValueError(

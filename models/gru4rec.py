@@ -33,9 +33,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_sequence
 
-from models.base import NotFittedError, Recommender
+from models.base import NotFittedError, Recommender, check_positive_int
 from models.interactions import Interactions
-from models.item_cf import check_positive_int
 from models.sequential import ordered_histories
 from models.torch_state import TorchStateMixin, torch_determinism
 

@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.stats import rankdata
 
-from models.base import NotFittedError, Recommender
+from models.base import NotFittedError, Recommender, check_positive_int
 from models.interactions import Interactions
 
 NORMALIZATIONS = ("minmax", "rank")
@@ -60,9 +60,7 @@ class HybridUnion:
 
     def __init__(self, generators: Mapping[str, Recommender], per_source_k: int = 100):
         self.generators = _check_generators(generators)
-        if not isinstance(per_source_k, (int, np.integer)) or per_source_k < 1:
-            raise ValueError(f"per_source_k must be a positive integer, got {per_source_k!r}")
-        self.per_source_k = int(per_source_k)
+        self.per_source_k = check_positive_int("per_source_k", per_source_k)
 
     def fit(self, data: Interactions) -> HybridUnion:
         self.fit_seconds: dict[str, float] = {}  # per generator, for the run's log at scale
@@ -90,8 +88,7 @@ class HybridUnion:
         _check_same_data(self.generators)
         user_rows = np.unique(np.asarray(user_rows, dtype=np.int64))
         per_source = [
-            self._source_frame(name, model, user_rows, filter_seen, exclude)
-            for name, model in self.generators.items()
+            self._source_frame(name, model, user_rows, filter_seen, exclude) for name, model in self.generators.items()
         ]
         long = pd.concat(per_source, ignore_index=True)
         if long.empty:

@@ -18,6 +18,9 @@ ENGAGEMENT_WEIGHTS = {
     "watch": 1.0, "play": 0.5, "click": 0.3, "like": 2.0, "share": 2.0, "comment": 1.0,
     "rating": 1.0, "tag": 1.0, "dislike": -2.0,
 }  # fmt: skip
+# The events models learn from and are judged on: wanting one video. Tags describe a video,
+# dislikes and impressions are not wanting it, searches name no video.
+LEARNING_TYPES = ("rating", "watch", "like", "share", "comment", "play", "click")
 WEIGHTINGS = ("binary", "rating", "engagement")
 
 
@@ -65,8 +68,12 @@ class Interactions:
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}: expected one of {WEIGHTINGS}")
         ev = events[events["video_id"].notna() & events["event_type"].isin(ENGAGEMENT_WEIGHTS)]
-        video_ids = pd.Index(pd.unique(np.concatenate([np.asarray(catalog if catalog is not None else []), ev["video_id"].unique()])))
-        user_ids = pd.Index(pd.unique(np.concatenate([np.asarray(users if users is not None else []), ev["user_id"].unique()])))
+        video_ids = pd.Index(
+            pd.unique(np.concatenate([np.asarray(catalog if catalog is not None else []), ev["video_id"].unique()]))
+        )
+        user_ids = pd.Index(
+            pd.unique(np.concatenate([np.asarray(users if users is not None else []), ev["user_id"].unique()]))
+        )
 
         weight = _event_weights(ev, weighting)
         pairs = pd.DataFrame(
@@ -88,9 +95,7 @@ class Interactions:
             return sp.csr_matrix((np.asarray(values, dtype=np.float32), (agg["u"], agg["v"])), shape=shape)
 
         rated = agg[agg["r"].notna()]
-        ratings = sp.csr_matrix(
-            (rated["r"].to_numpy(np.float32), (rated["u"], rated["v"])), shape=shape
-        )
+        ratings = sp.csr_matrix((rated["r"].to_numpy(np.float32), (rated["u"], rated["v"])), shape=shape)
         return cls(
             matrix=csr(agg["w"]),
             user_ids=user_ids.to_numpy(),
@@ -124,4 +129,3 @@ def epoch_seconds(times: pd.Series) -> pd.Series:
     come back as microseconds (1000x too small: a week of history would look like ten minutes).
     """
     return (pd.to_datetime(times, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-

@@ -16,44 +16,14 @@ bounds memory the same way (one dense block of rows at a time, never the full n 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import scipy.sparse as sp
 
-from models.base import Recommender, top_k
+from models.base import Recommender, check_non_negative_float, check_positive_int, check_weights, top_k
 from models.interactions import Interactions
 
 # Dense similarity entries materialised per block (float32): 2**23 -> 32 MiB, whatever the size.
 BLOCK_ELEMENTS = 2**23
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """A count parameter (neighbours, factors, epochs): an int >= 1, never a bool or a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def check_non_negative_float(name: str, value: object) -> float:
-    """A strength parameter (shrink, regularisation): a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
-    return float(value)
-
-
-def check_weights(matrix: sp.spmatrix) -> sp.csr_matrix:
-    """The interaction matrix as float32 CSR without explicit zeros; NaN/inf weights are refused.
-
-    A NaN weight would silently poison every similarity or factor it touches, so fail early.
-    """
-    matrix = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
-    if matrix.nnz and not np.isfinite(matrix.data).all():
-        raise ValueError("the interaction matrix contains NaN or infinite weights")
-    matrix.eliminate_zeros()
-    return matrix
 
 
 def _top_k_block(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -278,9 +278,7 @@ def _selection_matrix(recs: np.ndarray, n_items: int) -> sp.csr_matrix:
         raise ValueError(f"recs holds video index {recs.max()} outside a catalog of {n_items}")
     valid = _valid_mask(recs)
     rows = np.nonzero(valid)[0]
-    return sp.csr_matrix(
-        (np.ones(len(rows), dtype=np.float64), (rows, recs[valid])), shape=(recs.shape[0], n_items)
-    )
+    return sp.csr_matrix((np.ones(len(rows), dtype=np.float64), (rows, recs[valid])), shape=(recs.shape[0], n_items))
 
 
 def _unit_rows(vectors: np.ndarray | sp.spmatrix) -> np.ndarray | sp.csr_matrix:

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.base import NotFittedError, Recommender
+from models.base import NotFittedError, Recommender, check_positive_int
 from models.interactions import Interactions
-from models.item_cf import check_positive_int
 from models.torch_state import TorchStateMixin, torch_determinism
 
 # (user, video) pairs pushed through the MLP at once when scoring: bounds the hidden block.

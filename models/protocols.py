@@ -23,7 +23,6 @@ import pandas as pd
 
 from models.interactions import ENGAGEMENT_WEIGHTS, Interactions
 
-PROTOCOLS = ("time", "user-time", "stratified")
 REQUIRED = ("user_id", "video_id", "event_ts")
 # Event types that say the user wanted the video (a dislike or an impression is not relevance).
 POSITIVE_EVENT_TYPES = frozenset(t for t, w in ENGAGEMENT_WEIGHTS.items() if w > 0)
@@ -78,7 +77,9 @@ def time_split(
     return train, test[known].copy()
 
 
-def time_cut(events: pd.DataFrame, test_fraction: float = 0.2, min_test_users: int = 200, floor: float = 0.5) -> pd.Timestamp:
+def time_cut(
+    events: pd.DataFrame, test_fraction: float = 0.2, min_test_users: int = 200, floor: float = 0.5
+) -> pd.Timestamp:
     """The latest cut whose held-out window judges at least `min_test_users` users.
 
     A user is judged when they have an event before the cut and a relevant one at or after it.

@@ -16,20 +16,21 @@ them, and is deterministic given the seed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import xgboost as xgb
 
-from models.content import weighted_mean_profiles
+from feature_repo.schema import DEVICES
 from models.base import BATCH_USERS
+from models.config import RankerConfig
+from models.content import weighted_mean_profiles
 from models.hybrid import HybridUnion
 from models.interactions import Interactions
 from models.popularity import decayed_counts
 
-DEVICES = ("mobile", "desktop", "tv", "tablet", "unknown")
 # Horizons of the recent-activity features. One trending list has one horizon; which one
 # predicts best moves with the data (on ml-latest-small a 365-day half-life beats 7 days in one
 # window and loses in the next), so the ranker gets several and learns the mix.
@@ -43,44 +44,6 @@ QUERY_COLUMN = "query_id"
 FeatureLookup = Callable[[pd.DataFrame], pd.DataFrame]
 
 
-@dataclass(frozen=True)
-class RankerConfig:
-    objective: str = "rank:ndcg"
-    # Shallow trees with a floor on leaf weight: chosen on ml-latest-small's inner split, where
-    # deeper trees early-stopped after a handful of rounds and ranked worse (see the note).
-    n_estimators: int = 400
-    learning_rate: float = 0.1
-    max_depth: int = 4
-    min_child_weight: float = 10.0
-    subsample: float = 0.9
-    colsample_bytree: float = 0.9
-    # The number of trees is chosen by `cv_folds`-fold cross-validation over queries: each fold
-    # early-stops on its held-out fifth, the mean curve's best round is refit on every query.
-    # (One random validation split of a few dozen users moved nDCG@10 by +-0.04 between seeds.)
-    # None: no validation, all n_estimators trees.
-    early_stopping_rounds: int | None = 40
-    cv_folds: int = 5
-    # The cross-validation that picks the number of trees runs on at most this many queries (a
-    # seeded draw); the final model still learns from every query. Five folds on every query
-    # of a 1M-event platform took longer than everything else in the run together.
-    cv_max_queries: int | None = 1000
-    label_scheme: str = "graded"  # graded | watch_time
-    seed: int = 42
-    # Memory bounds. Training rows grow with queries x candidates, so each label window gives at
-    # most this many queries (users, drawn reproducibly from the seed; None: every user), and
-    # rows are built `chunk_users` users at a time as float32 blocks that XGBoost reads through
-    # a DataIter, never one frame of everything.
-    max_queries_per_window: int | None = 1000
-    chunk_users: int = 256
-    # XGBoost threads. Histogram sums are reduced in a fixed order per thread count, so a given
-    # n_jobs gives the same trees on every run and machine.
-    n_jobs: int = 2
-    extra: dict = field(default_factory=dict)
-
-    def params(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "extra"} | self.extra
-
-
 @dataclass
 class CatalogSide:
     """What cross features need about the catalog, aligned with `Interactions.video_ids`."""
@@ -91,12 +54,16 @@ class CatalogSide:
     @classmethod
     def build(cls, videos: pd.DataFrame, data: Interactions, content) -> CatalogSide:
         position = pd.Index(videos["video_id"]).get_indexer(data.video_ids)
-        genre_lists = [list(videos["genres"].iloc[p]) if p >= 0 and videos["genres"].iloc[p] is not None else [] for p in position]
+        genre_lists = [
+            list(videos["genres"].iloc[p]) if p >= 0 and videos["genres"].iloc[p] is not None else [] for p in position
+        ]
         vocabulary = sorted({g for gs in genre_lists for g in gs})
         index = {g: i for i, g in enumerate(vocabulary)}
         rows = np.repeat(np.arange(len(genre_lists)), [len(gs) for gs in genre_lists])
         cols = [index[g] for gs in genre_lists for g in gs]
-        genres = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(genre_lists), len(vocabulary)))
+        genres = sp.csr_matrix(
+            (np.ones(len(cols), np.float32), (rows, cols)), shape=(len(genre_lists), len(vocabulary))
+        )
         return cls(content=content, genres=genres)
 
 
@@ -273,7 +240,9 @@ def pair_grades(label_events: pd.DataFrame, scheme: str = "graded") -> pd.Series
 
 
 def labels_for(frame: pd.DataFrame, grades: pd.Series) -> np.ndarray:
-    keys = pd.MultiIndex.from_arrays([frame["user_id"].astype(str).to_numpy(), frame["video_id"].astype(str).to_numpy()])
+    keys = pd.MultiIndex.from_arrays(
+        [frame["user_id"].astype(str).to_numpy(), frame["video_id"].astype(str).to_numpy()]
+    )
     return grades.reindex(keys).fillna(0.0).to_numpy()
 
 
@@ -339,7 +308,11 @@ class TrainingRows:
         self.queries.extend(unique.tolist())
         if self.sample is None or len(self.sample) < self.sample_rows:
             head = frame.iloc[order[: self.sample_rows]].assign(label=np.asarray(labels)[order[: self.sample_rows]])
-            self.sample = head if self.sample is None else pd.concat([self.sample, head], ignore_index=True).head(self.sample_rows)
+            self.sample = (
+                head
+                if self.sample is None
+                else pd.concat([self.sample, head], ignore_index=True).head(self.sample_rows)
+            )
 
     @property
     def n_rows(self) -> int:
@@ -460,6 +433,8 @@ def _rowwise_dot(left, right, left_rows: np.ndarray, right_rows: np.ndarray, bat
     for start in range(0, len(left_rows), batch):
         a = left[left_rows[start : start + batch]]
         b = right[right_rows[start : start + batch]]
-        product = a.multiply(b) if sp.issparse(a) else (np.asarray(a) * (b.toarray() if sp.issparse(b) else np.asarray(b)))
+        product = (
+            a.multiply(b) if sp.issparse(a) else (np.asarray(a) * (b.toarray() if sp.issparse(b) else np.asarray(b)))
+        )
         out[start : start + batch] = np.asarray(product.sum(axis=1)).ravel()
     return out

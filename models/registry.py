@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from models.config import GatePolicy
 from models.significance import Interval, PerUser, paired_intervals
 
 log = logging.getLogger(__name__)
@@ -39,32 +40,6 @@ TAG_FEATURE_SERVICE = "feature_service"
 
 class RegistryError(RuntimeError):
     """The registry is not in a state that allows the requested move."""
-
-
-@dataclass(frozen=True)
-class GatePolicy:
-    """When a challenger may replace the champion, decided on paired per-user evidence.
-
-    primary: the metric that must improve. The challenger is promoted when the lower end of the
-      bootstrap interval of its per-user gain over the champion is at least `min_gain` and the
-      gain itself is above it (so an identical model, gain 0 on every user, stays out).
-    guards: metric -> largest allowed drop: the interval's lower end must not fall below -drop.
-    baseline_gain: a first model is judged the same way against the best non-personalized
-      baseline (popularity or trending, whichever scores higher on the same users).
-    """
-
-    primary: str = "ndcg_at_10"
-    min_gain: float = 0.0
-    baseline_gain: float = 0.0
-    guards: dict[str, float] = field(
-        default_factory=lambda: {"candidate_recall_at_200": 0.02, "coverage_at_10": 0.05, "diversity_at_10": 0.05}
-    )
-    confidence: float = 0.95
-    n_boot: int = 2000
-    seed: int = 0
-
-    def metrics(self) -> list[str]:
-        return [self.primary, *self.guards]
 
 
 @dataclass
@@ -111,7 +86,7 @@ def decide(
     first_model = against != "champion"
     metrics = [policy.primary] if first_model else policy.metrics()
     intervals = paired_intervals(challenger, reference, metrics, policy.n_boot, policy.confidence, policy.seed)
-    record = lambda: GateDecision(
+    record = lambda: GateDecision(  # noqa: E731 (a late-bound constructor)
         ok, reasons, challenger_metrics or {}, reference_metrics or {},
         f"baseline ({against})" if first_model else "champion", policy, intervals,
     )  # fmt: skip
@@ -210,6 +185,7 @@ def record_decision(
     client.set_tag(run_id, "gate.against", decision.against)
     client.set_tag(run_id, "gate.reasons", " | ".join(decision.reasons)[:5000])
     client.set_tag(run_id, "gate.n_users", str(decision.n_users))
+    client.set_tag(run_id, "gate.summary", decision.summary()[:5000])
     for metric, interval in decision.intervals.items():
         for part in ("diff", "low", "high"):
             value = getattr(interval, part)
@@ -326,7 +302,9 @@ def register_system(
     for model, version in versions.items():
         for key, value in tags.items():
             client.set_model_version_tag(model, version, key, value)
-    client.set_model_version_tag(RANKER_MODEL, versions[RANKER_MODEL], TAG_CANDIDATES_VERSION, versions[CANDIDATES_MODEL])
+    client.set_model_version_tag(
+        RANKER_MODEL, versions[RANKER_MODEL], TAG_CANDIDATES_VERSION, versions[CANDIDATES_MODEL]
+    )
     if feature_service:
         client.set_model_version_tag(RANKER_MODEL, versions[RANKER_MODEL], TAG_FEATURE_SERVICE, feature_service)
     return versions
@@ -337,8 +315,12 @@ def load_system(versions: dict[str, str]):
     from models.two_stage import TwoStage
 
     with tempfile.TemporaryDirectory() as tmp:
-        union_dir = mlflow.artifacts.download_artifacts(f"models:/{CANDIDATES_MODEL}/{versions[CANDIDATES_MODEL]}", dst_path=os.path.join(tmp, "c"))
-        ranker_dir = mlflow.artifacts.download_artifacts(f"models:/{RANKER_MODEL}/{versions[RANKER_MODEL]}", dst_path=os.path.join(tmp, "r"))
+        union_dir = mlflow.artifacts.download_artifacts(
+            f"models:/{CANDIDATES_MODEL}/{versions[CANDIDATES_MODEL]}", dst_path=os.path.join(tmp, "c")
+        )
+        ranker_dir = mlflow.artifacts.download_artifacts(
+            f"models:/{RANKER_MODEL}/{versions[RANKER_MODEL]}", dst_path=os.path.join(tmp, "r")
+        )
         objects = {}
         for name, folder in (("union", union_dir), ("ranker", ranker_dir), ("catalog", ranker_dir)):
             with open(os.path.join(folder, "artifacts", f"{name}.pkl"), "rb") as fh:
@@ -359,3 +341,40 @@ def load_champion(alias: str = CHAMPION) -> Champion:
         )
     versions = {CANDIDATES_MODEL: str(candidates.version), RANKER_MODEL: str(ranker.version)}
     return Champion(load_system(versions), versions, ranker.tags.get(TAG_FEATURE_SERVICE), alias)
+
+
+def finished_run(client: MlflowClient, key_tag: str, key: str) -> dict | None:
+    """The newest run tagged `key_tag = key` that reached its gate decision and registered both
+    models: its id, versions, decision and two-stage nDCG@10 (what a reused training returns)."""
+    from models.tracking import metric_name
+
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{key_tag}` = '{key}'", order_by=["attributes.start_time DESC"]
+    )
+    for run in runs:
+        decision = run.data.tags.get("gate.decision")
+        if run.info.status != "FINISHED" or decision is None:
+            continue
+        versions = {
+            model: str(v.version)
+            for model in MODELS
+            for v in client.search_model_versions(f"name = '{model}' and run_id = '{run.info.run_id}'")
+        }
+        if set(versions) != set(MODELS):
+            continue
+        verdict = "PROMOTED" if decision == "promoted" else "BLOCKED"
+        summary = run.data.tags.get("gate.summary") or (
+            f"{verdict} against {run.data.tags.get('gate.against')}: {run.data.tags.get('gate.reasons', '')}"
+        )
+        return {
+            "run_id": run.info.run_id,
+            "versions": versions,
+            "promoted": decision == "promoted",
+            "summary": summary,
+            "ndcg_at_10": run.data.metrics.get(metric_name("two-stage", "ndcg_at_10")),
+            "champion": champion_versions(client),
+        }
+    return None

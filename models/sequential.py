@@ -11,13 +11,12 @@ Item index 0 is padding; catalog video row `v` is item `v + 1`.
 
 from __future__ import annotations
 
-
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
-from models.base import NotFittedError, Recommender
+from models.base import NotFittedError, Recommender, check_positive_int
 from models.interactions import Interactions
 from models.torch_state import TorchStateMixin, torch_determinism
 
@@ -151,8 +150,7 @@ class SASRec(TorchStateMixin, Recommender):
         super().__init__()
         for label, value in {"max_len": max_len, "hidden": hidden, "heads": heads, "layers": layers,
                              "epochs": epochs, "batch_size": batch_size}.items():  # fmt: skip
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+            check_positive_int(label, value)
         if hidden % heads:
             raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
         if not 0.0 <= dropout < 1.0:
@@ -246,6 +244,7 @@ class SASRec(TorchStateMixin, Recommender):
         if self.net is None:
             raise NotFittedError("SASRec has no trained network: call fit() first")
         return self.net
+
 
 def sample_negatives(
     targets: np.ndarray, owners: np.ndarray, seen: sp.csr_matrix, rng: np.random.Generator, tries: int = 5

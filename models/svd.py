@@ -24,9 +24,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from models.base import Recommender
+from models.base import Recommender, check_non_negative_float, check_positive_int, check_seed
 from models.interactions import Interactions
-from models.item_cf import check_non_negative_float, check_positive_int
 
 # Ratings per SGD step at most: big enough to amortise numpy overhead.
 MAX_BATCH_RATINGS = 4096
@@ -75,9 +74,7 @@ class SVD(Recommender):
         if self.lr == 0:
             raise ValueError("lr must be positive, got 0")
         self.reg = check_non_negative_float("reg", reg)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
 
     def _fit(self, data: Interactions) -> None:
         users, videos, values = rating_triples(data.ratings)

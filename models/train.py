@@ -27,7 +27,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -36,18 +36,27 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from feature_repo.lake import Lake
+from feature_repo.text import tfidf_vectors, video_text
 from models import registry, tracking
 from models.base import Recommender
 from models.catalog import generator_factories
-from models.content import align_vectors, tfidf_vectors, video_text
+from models.config import NON_PERSONALIZED, PROTOCOLS, TrainConfig
+from models.content import align_vectors
 from models.evaluate import evaluate_model, users_with_truth
 from models.hybrid import HybridUnion
-from models.interactions import Interactions
+from models.interactions import LEARNING_TYPES, Interactions
 from models.metrics import list_diversity, ndcg_at_k, per_user_ndcg
 from models.protocols import (
-    PROTOCOLS, ROLLING_ORIGINS, relevant_sets, rolling_time_splits, stratified_folds, stratified_split, time_cut, time_split, user_time_split,
+    ROLLING_ORIGINS,
+    relevant_sets,
+    rolling_time_splits,
+    stratified_folds,
+    stratified_split,
+    time_cut,
+    time_split,
+    user_time_split,
 )  # fmt: skip
-from models.ranker import CatalogSide, FeatureLookup, RankerConfig, RankerModel, TrainingRows
+from models.ranker import CatalogSide, FeatureLookup, RankerModel, TrainingRows
 from models.significance import PerUser
 from models.two_stage import Requests, TwoStage, TwoStageRecommender, prefetch_features, train_on_windows
 from vidrec.meter import StageMeter
@@ -55,46 +64,8 @@ from vidrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GENERATORS = ("popularity", "trending", "item-cf", "user-cf", "als", "ease", "content-tfidf")
-NON_PERSONALIZED = ("popularity", "trending")  # the baselines a first model must beat
-LEARNING_TYPES = ("rating", "watch", "like", "share", "comment", "play", "click")
 GUARD_K = 200
 CURVE_KS = (1, 3, 5, 10, 20, 50)  # cut-offs of the nDCG@k curve plotted per run
-
-
-@dataclass
-class TrainConfig:
-    protocol: str = "time"  # time | user-time | stratified (models.protocols.PROTOCOLS)
-    generators: tuple[str, ...] = DEFAULT_GENERATORS
-    per_source_k: int = 100
-    k: int = 10
-    test_fraction: float = 0.2
-    label_fraction: float = 0.2
-    # time protocol: the cut moves earlier until the held-out window judges this many users.
-    min_test_users: int = 200
-    holdout_per_user: int = 5  # user-time protocol: each user's last n relevant videos are held out
-    # stratified protocol: the ranker's labels are cross-fitted over this many folds of the train
-    # part (each fold labelled by generators fitted on the others); 1: one inner split.
-    label_folds: int = 4
-    label_windows: int = 4  # time protocol: how many rolling label windows the ranker learns from
-    # Held-out users every model is evaluated on, at most (a seeded draw; None: all of them).
-    # Bounds evaluation time and memory on large platforms; far above ml-latest-small's windows.
-    max_eval_users: int | None = 20_000
-    use_feast: bool = True
-    # {generator: params} over the catalog's settings, e.g. `models.tuning.tuned_params(dataset)`.
-    tuned: dict[str, dict] = field(default_factory=dict)
-    ranker: RankerConfig = field(default_factory=RankerConfig)
-    gate: registry.GatePolicy = field(default_factory=registry.GatePolicy)
-    shuffle_labels: bool = False  # a sanity check: a ranker on shuffled labels must be blocked
-    seed: int = 42
-
-    def params(self) -> dict:
-        flat = {k: v for k, v in asdict(self).items() if k not in ("ranker", "gate", "tuned")}
-        flat["generators"] = ",".join(self.generators)
-        flat |= {f"tuned.{g}.{k}": v for g, params in sorted(self.tuned.items()) for k, v in sorted(params.items())}
-        flat |= {f"ranker.{k}": v for k, v in self.ranker.params().items()}
-        flat |= {f"gate.{k}": v for k, v in asdict(self.gate).items()}
-        return flat
 
 
 @dataclass
@@ -273,13 +244,18 @@ def evaluate_all(
         rows[name] = evaluate_model(model, data, relevant, users, k=k, item_vectors=vectors, recs=ids)
         rows[name]["recommend_s_per_1k_users"] = seconds * 1000.0 / max(len(users), 1)
         curves[name] = {kk: ndcg_at_k(ids, truth, kk) for kk in CURVE_KS}
-        values = {f"ndcg_at_{k}": per_user_ndcg(ids, truth, k), f"diversity_at_{k}": list_diversity(ids[:, :k], vectors)}
+        values = {
+            f"ndcg_at_{k}": per_user_ndcg(ids, truth, k),
+            f"diversity_at_{k}": list_diversity(ids[:, :k], vectors),
+        }
         if name == "two-stage":
             values[f"candidate_recall_at_{GUARD_K}"] = recall
         per_user[name] = PerUser.of(ids_of_users, values, ids[:, :k], data.n_videos)
     table = pd.DataFrame(rows).T
     table[f"candidate_recall_at_{GUARD_K}"] = np.nan
-    table.loc["two-stage", f"candidate_recall_at_{GUARD_K}"] = float(np.nanmean(recall)) if np.isfinite(recall).any() else np.nan
+    table.loc["two-stage", f"candidate_recall_at_{GUARD_K}"] = (
+        float(np.nanmean(recall)) if np.isfinite(recall).any() else np.nan
+    )
     return Evaluation(table, curves, per_user)
 
 
@@ -291,7 +267,12 @@ def baseline_models(union: HybridUnion) -> dict[str, Recommender]:
 
 
 def refit_champion(
-    champion: registry.Champion, events: pd.DataFrame, videos: pd.DataFrame, content, settings: Settings, use_feast: bool
+    champion: registry.Champion,
+    events: pd.DataFrame,
+    videos: pd.DataFrame,
+    content,
+    settings: Settings,
+    use_feast: bool,
 ) -> tuple[TwoStage, FeatureLookup | None]:
     """The champion's generators (their own hyperparameters) refit on `events`, with its ranker.
 
@@ -324,9 +305,10 @@ def train_and_gate(
     config: TrainConfig = TrainConfig(),
     dataset: str = "lake",
     progress: Callable[[str], None] | None = None,
+    run_tags: dict[str, str] | None = None,
 ) -> TrainResult:
     """The whole run: windows, generators, ranker, evaluation, gate, then the served refit,
-    MLflow and the registry."""
+    MLflow and the registry. `run_tags` are set on the MLflow run when it starts."""
     step = progress or (lambda message: log.info(message))
     meter = StageMeter(report=lambda summary: step(f"  done: {summary}"))
     lake = Lake(settings.lake_dir)
@@ -341,7 +323,7 @@ def train_and_gate(
     tracking.configure(settings)
     client = MlflowClient()
 
-    with mlflow.start_run(run_name=f"train-{config.protocol}") as run:
+    with mlflow.start_run(run_name=f"train-{config.protocol}", tags=run_tags) as run:
         mlflow.log_params(config.params())
         mlflow.set_tags({"dataset": dataset, "protocol": config.protocol})
         mlflow.log_params(
@@ -366,7 +348,10 @@ def train_and_gate(
             with meter.stage("feature snapshots"):
                 step("feature snapshots at the window starts, feast apply")
                 next_version = _next_ranker_version(client)
-                starts = [label["event_ts"].min() for _, label in windows.earlier] + [windows.label_start, windows.test_start]
+                starts = [label["event_ts"].min() for _, label in windows.earlier] + [
+                    windows.label_start,
+                    windows.test_start,
+                ]
                 service = prepare_features(settings, lake, starts, next_version)
                 lookup = feast_lookup(settings, service)
 
@@ -385,7 +370,9 @@ def train_and_gate(
                     step("    fit seconds: " + ", ".join(f"{n} {s:.1f}" for n, s in union.fit_seconds.items()))
                 yield union, catalog, label
 
-        step(f"ranker on {len(windows.label_sets)} label window(s) ({sum(len(l) for _, l in windows.label_sets):,} events)")
+        step(
+            f"ranker on {len(windows.label_sets)} label window(s) ({sum(len(label) for _, label in windows.label_sets):,} events)"
+        )
         started = time.perf_counter()
         with meter.stage("ranker rows and training"):
             ranker, rows = train_on_windows(label_windows(), lookup, config.ranker)
@@ -395,7 +382,9 @@ def train_and_gate(
         mlflow.log_metric("ranker.training_rows", rows.n_rows)
         mlflow.log_metric("ranker.training_queries", rows.n_queries)
         mlflow.log_metric("ranker.training_rows_mb", rows.nbytes / 2**20)
-        step(f"ranker: {rows.n_queries:,} queries, {rows.n_rows:,} rows ({rows.nbytes / 2**20:.0f} MB float32), {ranker.best_iteration + 1} trees")
+        step(
+            f"ranker: {rows.n_queries:,} queries, {rows.n_rows:,} rows ({rows.nbytes / 2**20:.0f} MB float32), {ranker.best_iteration + 1} trees"
+        )
 
         with meter.stage("generators refit before the held-out window"):
             step(f"generators refit on everything before the held-out window ({len(windows.train):,} events)")
@@ -407,7 +396,9 @@ def train_and_gate(
             requests = Requests.first_events(system.data, test, as_of=windows.test_start)
             evaluation = evaluate_all(eval_union, system, test, requests, lookup, config.k, baseline_models(eval_union))
             judged = len(evaluation.per_user["two-stage"].users)
-            step(f"evaluation on the held-out window: {judged:,} users judged ({config.protocol} protocol, {len(test):,} events)")
+            step(
+                f"evaluation on the held-out window: {judged:,} users judged ({config.protocol} protocol, {len(test):,} events)"
+            )
         table = evaluation.table
         for model, row in table.iterrows():
             for metric, value in row.items():
@@ -423,7 +414,9 @@ def train_and_gate(
         champion = registry.load_champion() if champion_versions is not None else None
         if champion is None:
             best = max(NON_PERSONALIZED, key=lambda name: table.loc[name, "ndcg_at_10"])
-            decision = registry.decide(challenger, evaluation.per_user[best], best, config.gate, challenger_row, gate_metrics(table.loc[best]))
+            decision = registry.decide(
+                challenger, evaluation.per_user[best], best, config.gate, challenger_row, gate_metrics(table.loc[best])
+            )
         elif champion.feature_service and not use_feast:
             # Its ranker reads Feast features that this protocol does not snapshot: no fair comparison.
             decision = registry.GateDecision(
@@ -434,15 +427,21 @@ def train_and_gate(
         else:
             with meter.stage("champion refit and evaluation"):
                 step(f"champion {champion_versions}: its generators refit on the same events, scored on the same users")
-                champion_system, champion_lookup = refit_champion(champion, windows.train, videos, content, settings, use_feast)
+                champion_system, champion_lookup = refit_champion(
+                    champion, windows.train, videos, content, settings, use_feast
+                )
                 champion_requests = Requests.first_events(champion_system.data, test, as_of=windows.test_start)
-                champion_eval = evaluate_all(champion_system.union, champion_system, test, champion_requests, champion_lookup, config.k)
+                champion_eval = evaluate_all(
+                    champion_system.union, champion_system, test, champion_requests, champion_lookup, config.k
+                )
                 del champion_system
             reference_row = gate_metrics(champion_eval.table.loc["two-stage"])
             for metric, value in reference_row.items():
                 if value is not None and pd.notna(value):
                     mlflow.log_metric(tracking.metric_name("champion", metric), float(value))
-            decision = registry.decide(challenger, champion_eval.per_user["two-stage"], "champion", config.gate, challenger_row, reference_row)
+            decision = registry.decide(
+                challenger, champion_eval.per_user["two-stage"], "champion", config.gate, challenger_row, reference_row
+            )
         del champion
         step(f"gate: {decision.summary()}")
 
@@ -464,7 +463,9 @@ def train_and_gate(
         registry.mark_challenger(client, versions)
         if decision.promoted:
             registry.promote(client, versions)
-        registry.record_decision(client, run.info.run_id, decision, versions, model_card(config, events, windows, judged))
+        registry.record_decision(
+            client, run.info.run_id, decision, versions, model_card(config, events, windows, judged)
+        )
         mlflow.log_metrics(meter.metrics())
         return TrainResult(run.info.run_id, versions, decision, table, meter.records)
 

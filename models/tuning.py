@@ -34,7 +34,6 @@ import json
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from feature_repo.lake import write_text_atomic
 from models import metrics, protocols
 from models.evaluate import users_with_truth
 from models.interactions import Interactions
@@ -225,7 +225,9 @@ def require_tuned(dataset: str) -> dict[str, dict[str, Any]]:
     """`tuned_params(dataset)`, or a ValueError naming the missing file and how to make it."""
     params = tuned_params(dataset)
     if params is None:
-        raise ValueError(f"no tuned hyperparameters for {dataset!r}: {tuned_path(dataset)} does not exist (run `vidrec tune`)")
+        raise ValueError(
+            f"no tuned hyperparameters for {dataset!r}: {tuned_path(dataset)} does not exist (run `vidrec tune`)"
+        )
     return params
 
 
@@ -242,12 +244,7 @@ def save_tuned(path: Path, generator: str, entry: dict[str, Any]) -> None:
         fcntl.flock(folder, fcntl.LOCK_EX)
         content = read_tuned(path)
         content[generator] = entry
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            tmp.write_text(json.dumps(dict(sorted(content.items())), indent=2) + "\n")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_text_atomic(json.dumps(dict(sorted(content.items())), indent=2) + "\n", path)
     finally:
         os.close(folder)  # releases the lock
 

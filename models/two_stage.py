@@ -74,7 +74,10 @@ class Requests:
         other = cls.at(rest, default_ts)
         return cls(
             np.concatenate([first.user_rows, rest]),
-            pd.concat([pd.to_datetime(first.request_ts, utc=True), pd.to_datetime(other.request_ts, utc=True)], ignore_index=True),
+            pd.concat(
+                [pd.to_datetime(first.request_ts, utc=True), pd.to_datetime(other.request_ts, utc=True)],
+                ignore_index=True,
+            ),
             pd.concat([first.device, other.device], ignore_index=True),
         )
 
@@ -106,13 +109,17 @@ def ranking_frame(
     per_row = position.reindex(frame["user_row"].to_numpy()).to_numpy()
     request_ts = pd.Series(pd.to_datetime(requests.request_ts, utc=True).to_numpy()[per_row], index=frame.index)
     device = pd.Series(requests.device.to_numpy()[per_row], index=frame.index)
-    frame = pd.concat([frame, cross_features(frame, union.data, catalog, stats), context_features(request_ts, device)], axis=1)
+    frame = pd.concat(
+        [frame, cross_features(frame, union.data, catalog, stats), context_features(request_ts, device)], axis=1
+    )
     last = stats.last_active[frame["user_row"].to_numpy()]
     frame["ctx_log_days_away"] = days_away(last, epoch_seconds(request_ts).to_numpy())
     if lookup is not None:
         as_of = requests.feature_ts if requests.feature_ts is not None else requests.request_ts
         feature_ts = pd.Series(pd.to_datetime(as_of, utc=True).to_numpy()[per_row], index=frame.index)
-        entities = frame[["user_id", "video_id"]].assign(event_timestamp=feature_ts, request_ts=request_ts, device=device)
+        entities = frame[["user_id", "video_id"]].assign(
+            event_timestamp=feature_ts, request_ts=request_ts, device=device
+        )
         looked_up = lookup(entities)
         added = [c for c in looked_up.columns if c not in frame.columns]
         frame = pd.concat([frame, looked_up[added].set_axis(frame.index)], axis=1)
@@ -127,7 +134,11 @@ def prefetch_features(lookup: FeatureLookup | None, data: Interactions, requests
     if prefetch is None or len(requests.user_rows) == 0:
         return
     request_ts = pd.to_datetime(requests.request_ts, utc=True).reset_index(drop=True)
-    as_of = request_ts if requests.feature_ts is None else pd.to_datetime(requests.feature_ts, utc=True).reset_index(drop=True)
+    as_of = (
+        request_ts
+        if requests.feature_ts is None
+        else pd.to_datetime(requests.feature_ts, utc=True).reset_index(drop=True)
+    )
     users = pd.DataFrame(
         {
             "user_id": data.user_ids[requests.user_rows],
@@ -242,7 +253,9 @@ def labeled_chunks(
         frame[QUERY_COLUMN] = f"{start.isoformat()}|" + frame["user_id"].astype(str)
         yield frame
     if not any_rows:
-        raise EmptyWindowError(f"no candidates for the users of the label window from {start}: nothing to train the ranker on")
+        raise EmptyWindowError(
+            f"no candidates for the users of the label window from {start}: nothing to train the ranker on"
+        )
 
 
 def labeled_frame(
@@ -298,7 +311,9 @@ class TwoStageRecommender(Recommender):
 
     def score(self, user_rows: np.ndarray) -> np.ndarray:
         """Ranker scores on each user's candidates, -inf elsewhere (so only candidates are listed)."""
-        frame = ranking_frame(self.system.union, self.system.catalog, self.requests.subset(user_rows), self.lookup, self.system.stats)
+        frame = ranking_frame(
+            self.system.union, self.system.catalog, self.requests.subset(user_rows), self.lookup, self.system.stats
+        )
         scores = np.full((len(user_rows), self.data.n_videos), -np.inf, dtype=np.float32)
         if frame.empty:
             return scores
@@ -306,4 +321,3 @@ class TwoStageRecommender(Recommender):
         rows = local.reindex(frame["user_row"].to_numpy()).to_numpy()
         scores[rows, frame["video_row"].to_numpy()] = self.system.ranker.predict(frame)
         return scores
-

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from models.base import Recommender
+from models.base import Recommender, check_positive_int, check_weights
 from models.interactions import Interactions
-from models.item_cf import check_positive_int, check_weights, cosine_knn
+from models.item_cf import cosine_knn
 
 
 class UserKNN(Recommender):

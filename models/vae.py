@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from models.base import NotFittedError, Recommender
+from models.base import NotFittedError, Recommender, check_positive_int
 from models.interactions import Interactions
 from models.torch_state import TorchStateMixin, torch_determinism
 
@@ -46,7 +46,9 @@ class MultVAENet(nn.Module):
         return self.decoder(z), mu, logvar
 
 
-def vae_loss(logits: torch.Tensor, rows: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float) -> torch.Tensor:
+def vae_loss(
+    logits: torch.Tensor, rows: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float
+) -> torch.Tensor:
     """Multinomial NLL of the row under softmax(logits) plus beta * KL(q(z|x) || N(0, I))."""
     nll = -(nn.functional.log_softmax(logits, dim=1) * rows).sum(dim=1).mean()
     kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
@@ -79,8 +81,7 @@ class MultVAE(TorchStateMixin, Recommender):
         super().__init__()
         for label, value in {"hidden": hidden, "latent": latent, "epochs": epochs,
                              "batch_size": batch_size, "anneal_steps": anneal_steps}.items():  # fmt: skip
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+            check_positive_int(label, value)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if not lr > 0:
@@ -88,7 +89,13 @@ class MultVAE(TorchStateMixin, Recommender):
         if not beta_max >= 0:
             raise ValueError(f"beta_max must be >= 0, got {beta_max!r}")
         self.hidden, self.latent, self.dropout, self.epochs = hidden, latent, dropout, epochs
-        self.batch_size, self.lr, self.beta_max, self.anneal_steps, self.seed = batch_size, lr, beta_max, anneal_steps, seed
+        self.batch_size, self.lr, self.beta_max, self.anneal_steps, self.seed = (
+            batch_size,
+            lr,
+            beta_max,
+            anneal_steps,
+            seed,
+        )
         self.net: MultVAENet | None = None
         self.losses: list[float] = []
 
@@ -144,4 +151,3 @@ class MultVAE(TorchStateMixin, Recommender):
         if self.net is None:
             raise NotFittedError("MultVAE has no trained network: call fit() first")
         return self.net
-

@@ -26,7 +26,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ class Stages:
         except Exception as exc:
             self.times.append((name, time.perf_counter() - t0, f"FAILED: {exc}"))
             self.report()
-            raise SystemExit(f"demo stopped at '{name}': {exc}")
+            raise SystemExit(f"demo stopped at '{name}': {exc}") from exc
         seconds = time.perf_counter() - t0
         detail = result if isinstance(result, str) else ""
         self.times.append((name, seconds, detail))
@@ -98,7 +98,7 @@ def logical_date(data_dir: Path | None) -> str:
         import pandas as pd
 
         last = pd.read_csv(ratings, usecols=["timestamp"])["timestamp"].max()
-        day = datetime.fromtimestamp(int(last), tz=timezone.utc).date() + timedelta(days=1)
+        day = datetime.fromtimestamp(int(last), tz=UTC).date() + timedelta(days=1)
         return day.isoformat()
     return FALLBACK_DATE
 
@@ -119,6 +119,7 @@ def dag_test(dag_id: str, date: str, conf: dict, env: dict[str, str]) -> str:
         rows = json.loads(states.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         return f"run {run_id[-1]}"
+
     def seconds(row) -> str:
         if not row.get("start_date") or not row.get("end_date"):
             return ""
@@ -142,7 +143,11 @@ def print_training_result() -> None:
         version = client.get_model_version(registry.RANKER_MODEL, champion[registry.RANKER_MODEL])
         run = client.get_run(version.run_id)
         ndcg = run.data.metrics.get("two-stage.ndcg_at_10")
-        print(f"    ranker v{version.version} from MLflow run {version.run_id}: two-stage nDCG@10 = {ndcg:.4f}" if ndcg is not None else "")
+        print(
+            f"    ranker v{version.version} from MLflow run {version.run_id}: two-stage nDCG@10 = {ndcg:.4f}"
+            if ndcg is not None
+            else ""
+        )
         print(f"    gate: {run.data.tags.get('gate.decision')} ({run.data.tags.get('gate.reasons')})")
 
 
@@ -151,7 +156,9 @@ def precomputed_users(limit: int = 2) -> list[str]:
     if not path.exists():
         return []
     with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT key FROM precomputed WHERE expires_at > ? ORDER BY key LIMIT ?", (time.time(), limit)).fetchall()
+        rows = conn.execute(
+            "SELECT key FROM precomputed WHERE expires_at > ? ORDER BY key LIMIT ?", (time.time(), limit)
+        ).fetchall()
     return [r[0].removeprefix("vidrec:recs:") for r in rows]
 
 
@@ -166,7 +173,11 @@ def served_from_counts(url: str) -> dict[str, int]:
 
     users = sorted(set(Lake(Settings.from_env().lake_dir).read_events(columns=["user_id"])["user_id"].astype(str)))
     with httpx.Client(timeout=30) as client:
-        return dict(Counter(client.post(f"{url}/recommend", json={"user_id": u, "k": 10}).json().get("served_from") for u in users))
+        return dict(
+            Counter(
+                client.post(f"{url}/recommend", json={"user_id": u, "k": 10}).json().get("served_from") for u in users
+            )
+        )
 
 
 def serve_and_recommend() -> str:
@@ -196,7 +207,9 @@ def serve_and_recommend() -> str:
                 print(f"        {item['video_id']:>7}  score {item['score']:.3f}  {item.get('reason', '')}")
         counts = served_from_counts(server.url)
         print(f"    every user in the lake, served from: {counts}")
-        print(f"    try it: curl -s -X POST {server.url}/recommend -H 'Content-Type: application/json' -d '{{\"user_id\": \"1\", \"k\": 5}}'")
+        print(
+            f'    try it: curl -s -X POST {server.url}/recommend -H \'Content-Type: application/json\' -d \'{{"user_id": "1", "k": 5}}\''
+        )
         if os.environ.get("VIDREC_DEMO_KEEP_SERVING") == "1":
             print("    serving until Ctrl-C ...")
             try:
@@ -219,13 +232,23 @@ def main() -> None:
     print(f"vidrec demo: VIDREC_HOME={HOME}, AIRFLOW_HOME={AIRFLOW_HOME}, logical date {date}, "
           f"data {data_dir or 'downloaded from GroupLens'}; logs in {LOGS}")  # fmt: skip
 
-    stages.run("airflow db migrate", lambda: sh([str(BIN / "airflow"), "db", "migrate"], "airflow-db-migrate.log", env) and "SQLite")
+    stages.run(
+        "airflow db migrate",
+        lambda: sh([str(BIN / "airflow"), "db", "migrate"], "airflow-db-migrate.log", env) and "SQLite",
+    )
     features_conf = {"dataset": "movielens-small", "data_dir": str(data_dir) if data_dir else "",
                      "embeddings": os.environ.get("VIDREC_EMBEDDINGS", "minilm")}  # fmt: skip
     stages.run("dag vidrec_features", dag_test, "vidrec_features", date, features_conf, env)
     # ml-latest-small's users rate in bursts: no time cut has more than 28 users on both sides, too
     # few for the gate to tell models apart. user-time holds out every user's last 5 videos instead.
-    stages.run("dag vidrec_training", dag_test, "vidrec_training", date, {"protocol": "user-time", "tuned_for": "movielens-small"}, env)
+    stages.run(
+        "dag vidrec_training",
+        dag_test,
+        "vidrec_training",
+        date,
+        {"protocol": "user-time", "tuned_for": "movielens-small"},
+        env,
+    )
     print_training_result()
     stages.run("dag vidrec_batch_recs", dag_test, "vidrec_batch_recs", date, {"active_days": 365}, env)
     if os.environ.get("VIDREC_DEMO_SERVE", "1") == "0":
@@ -239,10 +262,10 @@ def main() -> None:
         f"""
 ==> next
     Airflow UI and MLflow UI:  make ui
-        Airflow  http://127.0.0.1:{os.environ.get('AIRFLOW_PORT', '8080')}   (the three DAGs and these runs; no login on localhost)
-        MLflow   http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}   (experiment 'vidrec', models vidrec-candidates / vidrec-ranker)
+        Airflow  http://127.0.0.1:{os.environ.get("AIRFLOW_PORT", "8080")}   (the three DAGs and these runs; no login on localhost)
+        MLflow   http://127.0.0.1:{os.environ.get("MLFLOW_PORT", "5000")}   (experiment 'vidrec', models vidrec-candidates / vidrec-ranker)
     serve the champion:        VIDREC_HOME={HOME} {BIN}/bentoml serve serving.service:Vidrec
-    re-run one DAG:            AIRFLOW_HOME={AIRFLOW_HOME} AIRFLOW__CORE__DAGS_FOLDER={ROOT / 'dags'} VIDREC_HOME={HOME} \\
+    re-run one DAG:            AIRFLOW_HOME={AIRFLOW_HOME} AIRFLOW__CORE__DAGS_FOLDER={ROOT / "dags"} VIDREC_HOME={HOME} \\
                                {BIN}/airflow dags test vidrec_training {date}"""
     )
 

@@ -30,11 +30,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import mlflow
 import numpy as np
 
+from feature_repo.schema import utc_time
 from models import registry
 from serving import ab
 from serving.breaker import CircuitBreaker
@@ -42,7 +43,7 @@ from serving.cache import LRU
 from serving.config import ServingConfig
 from serving.engine import Engine, RankSources, Suggestions
 from serving.feedback import FeedbackLog
-from serving.online import OnlineFeatures, StoreUnavailable, VideoTable, parse_video_list, utc
+from serving.online import OnlineFeatures, StoreUnavailable, VideoTable, parse_video_list
 from serving.precomputed import PrecomputedStore, open_store
 from serving.rerank import minmax, reason, rerank
 from serving.schemas import (
@@ -172,7 +173,11 @@ class RecommenderApp:
             first = engines[ab.CHAMPION]
             try:
                 as_of = self.online.video_features_as_of()
-                if old is not None and old.videos_as_of == as_of and old.engines[ab.CHAMPION].versions == first.versions:
+                if (
+                    old is not None
+                    and old.videos_as_of == as_of
+                    and old.engines[ab.CHAMPION].versions == first.versions
+                ):
                     videos = old.videos
                 else:
                     videos = self.online.video_table(first.video_ids)
@@ -182,11 +187,13 @@ class RecommenderApp:
         else:
             as_of = videos.as_of
         for engine in engines.values():
-            if engine.n_videos == len(videos.values) and np.array_equal(engine.video_ids, engines[ab.CHAMPION].video_ids):
+            if engine.n_videos == len(videos.values) and np.array_equal(
+                engine.video_ids, engines[ab.CHAMPION].video_ids
+            ):
                 engine.set_videos(videos)
             else:
                 engine.set_videos(self.online.video_table(engine.video_ids))
-        return State(engines, videos, datetime.now(timezone.utc), as_of)
+        return State(engines, videos, datetime.now(UTC), as_of)
 
     def _alias_versions(self, alias: str) -> dict[str, str] | None:
         client = mlflow.MlflowClient()
@@ -216,7 +223,9 @@ class RecommenderApp:
             log.warning("cannot check the video features' materialization: %s", exc)
         return moved
 
-    def reload(self, token: str | None = None, *, check_token: bool = True, signal_workers: bool = True, wait: float = 3.0) -> ReloadResponse:
+    def reload(
+        self, token: str | None = None, *, check_token: bool = True, signal_workers: bool = True, wait: float = 3.0
+    ) -> ReloadResponse:
         """Reload what changed (everything when nothing did), and tell the other workers."""
         if check_token:
             expected = self.config.reload_token
@@ -238,7 +247,11 @@ class RecommenderApp:
         if not done.wait(wait):
             return ReloadResponse(reloaded=False, model_versions=before, detail="reload started; still loading")
         if result.get("state") is None:
-            return ReloadResponse(reloaded=False, model_versions=before, detail=f"reload failed, still serving the loaded models: {self.load_error}")
+            return ReloadResponse(
+                reloaded=False,
+                model_versions=before,
+                detail=f"reload failed, still serving the loaded models: {self.load_error}",
+            )
         after = self.state.versions() if self.state else {}
         detail = "models changed" if after != before else "reloaded; the same versions"
         return ReloadResponse(reloaded=True, model_versions=after, detail=detail)
@@ -340,7 +353,7 @@ class RecommenderApp:
         state = self.state
         if state is None:
             raise NotReady(self.load_error or "models are loading")
-        ts = utc(timestamp)
+        ts = utc_time(timestamp)
         share = self.config.challenger_share if ab.CHALLENGER in state.engines else 0.0
         variant = ab.assign(user_id, self.config.experiment, share)
         engine = state.engines[variant]
@@ -364,7 +377,9 @@ class RecommenderApp:
             sources = [fresh.sources[i] for i in idx]
             keep = self._not_blocked(rows, exclude_rows, engine, user_row)
             if keep.sum() >= k:
-                listing = Suggestions(rows[keep], minmax(scores[keep]), [s for s, ok in zip(sources, keep, strict=True) if ok])
+                listing = Suggestions(
+                    rows[keep], minmax(scores[keep]), [s for s, ok in zip(sources, keep, strict=True) if ok]
+                )
                 ranker_scores = scores[keep]
                 served_from = "precomputed"
 
@@ -387,7 +402,9 @@ class RecommenderApp:
                 cached = self.responses.fresh(user_id)
                 if cached is not None and cached.versions == engine.versions:
                     keep = self._not_blocked(cached.rows, exclude_rows, engine, user_row)
-                    listing = Suggestions(cached.rows[keep], cached.relevance[keep], RankSources(engine, cached.ranks[keep]))
+                    listing = Suggestions(
+                        cached.rows[keep], cached.relevance[keep], RankSources(engine, cached.ranks[keep])
+                    )
                     ranker_scores = cached.ranker_scores[keep]
                     served_from = "cache"
                 if listing is None or len(listing.rows) < k:
@@ -399,14 +416,32 @@ class RecommenderApp:
                 listing = Suggestions(ranked.rows, minmax(ranked.scores), RankSources(engine, ranked.ranks))
                 ranker_scores = ranked.scores
                 if self.config.response_cache_size > 0:
-                    top = np.argpartition(-ranked.scores, min(CACHED_ITEMS, len(ranked.scores) - 1))[:CACHED_ITEMS] if len(ranked.scores) else ranked.rows
+                    top = (
+                        np.argpartition(-ranked.scores, min(CACHED_ITEMS, len(ranked.scores) - 1))[:CACHED_ITEMS]
+                        if len(ranked.scores)
+                        else ranked.rows
+                    )
                     self.responses.put(
-                        user_id, _Cached(ranked.rows[top], listing.relevance[top], ranked.scores[top], ranked.ranks[top], engine.versions)
+                        user_id,
+                        _Cached(
+                            ranked.rows[top],
+                            listing.relevance[top],
+                            ranked.scores[top],
+                            ranked.ranks[top],
+                            engine.versions,
+                        ),
                     )
 
         items = self._personalize(engine, listing, ranker_scores, k, device, ts)
         if self.config.log_assignments:
-            assignments.info("user=%s experiment=%s variant=%s served_from=%s degraded=%s", user_id, self.config.experiment, variant, served_from, degraded)
+            assignments.info(
+                "user=%s experiment=%s variant=%s served_from=%s degraded=%s",
+                user_id,
+                self.config.experiment,
+                variant,
+                served_from,
+                degraded,
+            )
         return RecommendResponse(
             user_id=user_id,
             items=items,
@@ -432,7 +467,7 @@ class RecommenderApp:
         state = self.state
         if state is None:
             raise NotReady(self.load_error or "models are loading")
-        ts = utc(timestamp)
+        ts = utc_time(timestamp)
         engine = state.engines[ab.CHAMPION]
         listing = engine.popular_for(engine.user_row(user_id), engine.rows_of(exclude or []))
         return RecommendResponse(
@@ -460,7 +495,9 @@ class RecommenderApp:
         return found
 
     @staticmethod
-    def _not_blocked(rows: np.ndarray, exclude_rows: np.ndarray | None, engine: Engine, user_row: int | None) -> np.ndarray:
+    def _not_blocked(
+        rows: np.ndarray, exclude_rows: np.ndarray | None, engine: Engine, user_row: int | None
+    ) -> np.ndarray:
         keep = np.ones(len(rows), dtype=bool)
         if exclude_rows is not None and len(exclude_rows):
             keep &= ~np.isin(rows, exclude_rows)
@@ -468,9 +505,13 @@ class RecommenderApp:
             keep &= ~np.isin(rows, engine.seen_rows(user_row))
         return keep
 
-    def _personalize(self, engine: Engine, listing: Suggestions, ranker_scores, k: int, device: str, ts: datetime) -> list[RecommendedVideo]:
+    def _personalize(
+        self, engine: Engine, listing: Suggestions, ranker_scores, k: int, device: str, ts: datetime
+    ) -> list[RecommendedVideo]:
         config = self.config.rerank
-        chosen = rerank(listing.rows, listing.relevance, engine.signals, engine.diversity_vectors, k, config, device, ts.hour)
+        chosen = rerank(
+            listing.rows, listing.relevance, engine.signals, engine.diversity_vectors, k, config, device, ts.hour
+        )
         items = []
         for i, (row, score, pos) in enumerate(zip(chosen.rows, chosen.scores, chosen.positions, strict=True)):
             sources = listing.sources[pos]
@@ -481,7 +522,14 @@ class RecommenderApp:
                     score=round(float(score), 6),
                     ranker_score=None if ranker_scores is None else round(float(ranker_scores[pos]), 6),
                     sources=sources,
-                    reason=reason(sources[0] if sources else None, chosen.trending[i], chosen.fresh[i], chosen.context[i], config, device),
+                    reason=reason(
+                        sources[0] if sources else None,
+                        chosen.trending[i],
+                        chosen.fresh[i],
+                        chosen.context[i],
+                        config,
+                        device,
+                    ),
                 )
             )
         return items
@@ -499,9 +547,16 @@ class RecommenderApp:
         found = engine.similar(row, k)
         items = []
         for i, (r, s, sources) in enumerate(zip(found.rows, found.relevance, found.sources, strict=True)):
-            why = "similar content and watched by the same people" if len(sources) == 2 else (
-                "similar content" if sources == ["content"] else "watched by the same people")
-            items.append(SimilarVideo(video_id=engine.video_ids[r], rank=i + 1, score=round(float(s), 6), sources=sources, reason=why))
+            why = (
+                "similar content and watched by the same people"
+                if len(sources) == 2
+                else ("similar content" if sources == ["content"] else "watched by the same people")
+            )
+            items.append(
+                SimilarVideo(
+                    video_id=engine.video_ids[r], rank=i + 1, score=round(float(s), 6), sources=sources, reason=why
+                )
+            )
         return SimilarResponse(video_id=video_id, items=items, model_versions=engine.versions)
 
     def feedback(self, events: list[dict]) -> FeedbackResponse:
@@ -509,7 +564,9 @@ class RecommenderApp:
         # What a user just watched stops being recommended by this worker at once (the online
         # store's recent-activity view covers every worker after the next push/materialization).
         if len(result.accepted):
-            watched = result.accepted[result.accepted["video_id"].notna() & (result.accepted["event_type"] != "impression")]
+            watched = result.accepted[
+                result.accepted["video_id"].notna() & (result.accepted["event_type"] != "impression")
+            ]
             for user_id, group in watched.groupby("user_id"):
                 seen = list(self.recent_seen.fresh(user_id) or [])
                 seen.extend(group["video_id"].astype(str))
@@ -521,4 +578,3 @@ class RecommenderApp:
             log_file=str(result.log_file) if result.log_file else None,
             quarantine_file=str(result.quarantine_file) if result.quarantine_file else None,
         )
-

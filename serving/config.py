@@ -75,6 +75,12 @@ class RerankConfig:
     )
 
 
+def feedback_batch_limit() -> int:
+    """The largest feedback batch accepted (VIDREC_FEEDBACK_MAX_EVENTS). Read once, when the request
+    schemas are built: BentoML fixes an endpoint's input spec when the service is imported."""
+    return _int("VIDREC_FEEDBACK_MAX_EVENTS", 1000, 1)
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     settings: Settings
@@ -85,7 +91,6 @@ class ServingConfig:
     precomputed_url: str | None = None
     precomputed_ttl_s: float = 86_400.0
     feedback_dir: Path = Path(".vidrec/feedback")
-    feedback_max_events: int = 1000
     store_retry_s: float = 5.0
     response_cache_size: int = 20_000
     candidate_cache_size: int = 5000
@@ -96,7 +101,9 @@ class ServingConfig:
     @classmethod
     def from_env(cls, settings: Settings | None = None) -> ServingConfig:
         settings = settings or Settings.from_env()
-        precomputed = os.environ.get("VIDREC_PRECOMPUTED_URL", f"sqlite:///{settings.home / 'serving' / 'precomputed.db'}")
+        precomputed = os.environ.get(
+            "VIDREC_PRECOMPUTED_URL", f"sqlite:///{settings.home / 'serving' / 'precomputed.db'}"
+        )
         return cls(
             settings=settings,
             reload_token=os.environ.get("VIDREC_RELOAD_TOKEN") or None,
@@ -106,7 +113,6 @@ class ServingConfig:
             precomputed_url=None if precomputed.lower() in ("", "off", "none") else precomputed,
             precomputed_ttl_s=_float("VIDREC_PRECOMPUTED_TTL_S", 86_400.0, 0.0),
             feedback_dir=Path(os.environ.get("VIDREC_FEEDBACK_DIR", settings.home / "feedback")).resolve(),
-            feedback_max_events=_int("VIDREC_FEEDBACK_MAX_EVENTS", 1000, 1),
             store_retry_s=_float("VIDREC_STORE_RETRY_S", 5.0, 0.0),
             response_cache_size=_int("VIDREC_RESPONSE_CACHE", 20_000, 0),
             candidate_cache_size=_int("VIDREC_CANDIDATE_CACHE", 5000, 0),

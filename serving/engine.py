@@ -34,8 +34,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from feature_repo.schema import DEVICES
 from models.base import _normalize_rows, top_k
-from models.ranker import DEVICES, TREND_FEATURES, days_away
+from models.ranker import TREND_FEATURES, days_away
+from serving.cache import LRU
 from serving.online import (
     REQUEST_VIEW,
     USER_VIEWS,
@@ -47,13 +49,19 @@ from serving.online import (
     to_float,
     view_of,
 )
-from serving.cache import LRU
 from serving.rerank import ItemSignals, percentile
 
 log = logging.getLogger("vidrec.serving")
 
 CROSS = ("content_sim", "genre_match", "log_popularity", "popularity_vs_usual", "user_history_len", *TREND_FEATURES)
-CONTEXT = ("ctx_hour", "ctx_hour_sin", "ctx_hour_cos", "ctx_dow", *(f"ctx_device_{d}" for d in DEVICES), "ctx_log_days_away")
+CONTEXT = (
+    "ctx_hour",
+    "ctx_hour_sin",
+    "ctx_hour_cos",
+    "ctx_dow",
+    *(f"ctx_device_{d}" for d in DEVICES),
+    "ctx_log_days_away",
+)
 COLD_POOL = 300
 SIMILAR_WEIGHTS = {"content": 0.5, "collaborative": 0.5}
 
@@ -74,7 +82,13 @@ class Pool:
 
     def without(self, exclude: np.ndarray) -> Pool:
         keep = ~np.isin(self.rows, exclude)
-        return Pool(self.rows[keep], self.scores[keep], self.z[keep], self.ranks[keep], {k: v[keep] for k, v in self.cross.items()})
+        return Pool(
+            self.rows[keep],
+            self.scores[keep],
+            self.z[keep],
+            self.ranks[keep],
+            {k: v[keep] for k, v in self.cross.items()},
+        )
 
 
 @dataclass
@@ -213,7 +227,9 @@ class Engine:
         self.scorers = {}
         self.static_dense: dict[str, np.ndarray] = {}
         self.static_moments: dict[str, tuple[float, float]] = {}
-        samples = np.unique(np.linspace(0, max(self.history.shape[0] - 1, 0), num=min(5, self.history.shape[0])).astype(np.int64))
+        samples = np.unique(
+            np.linspace(0, max(self.history.shape[0] - 1, 0), num=min(5, self.history.shape[0])).astype(np.int64)
+        )
         for name, generator in self.union.generators.items():
             exact = lambda row, g=generator: np.asarray(g.score(np.array([row], dtype=np.int64)))[0]  # noqa: E731
             fast = None
@@ -221,7 +237,11 @@ class Engine:
                 fast = _fast_scorer(generator, self.system.data)
             except Exception:  # internals not as expected: use the generator's own score
                 log.debug("no fast scorer for %s", name, exc_info=True)
-            if fast is not None and len(samples) and all(np.array_equal(fast(int(u)), exact(int(u)), equal_nan=True) for u in samples):
+            if (
+                fast is not None
+                and len(samples)
+                and all(np.array_equal(fast(int(u)), exact(int(u)), equal_nan=True) for u in samples)
+            ):
                 self.scorers[name] = fast
             else:
                 if fast is not None:
@@ -243,14 +263,22 @@ class Engine:
             raise EngineError(f"video table has {videos.values.shape[0]} rows, the model {self.n_videos} videos")
         self.videos = videos
         self.video_feature_cols = np.array(list(self.video_cols.values()), dtype=np.int64)
-        self.video_block = np.column_stack([videos.column(n) for n in self.video_cols]).astype(np.float32) if self.video_cols else np.zeros((self.n_videos, 0), np.float32)
+        self.video_block = (
+            np.column_stack([videos.column(n) for n in self.video_cols]).astype(np.float32)
+            if self.video_cols
+            else np.zeros((self.n_videos, 0), np.float32)
+        )
         missing = [n for n in self.video_cols if n not in videos.columns]
         if missing and videos.columns:
             log.warning("video features missing from the online store (served as missing values): %s", missing)
         trending = videos.column("video_stats__trending_score")
         if not np.isfinite(trending).any():
             generator = self.union.generators.get("trending")
-            trending = np.asarray(generator.counts, dtype=np.float64) if generator is not None and hasattr(generator, "counts") else self.popularity
+            trending = (
+                np.asarray(generator.counts, dtype=np.float64)
+                if generator is not None and hasattr(generator, "counts")
+                else self.popularity
+            )
         self.signals = ItemSignals(
             trending=percentile(trending),
             age_days=videos.column("video_stats__age_days"),
@@ -412,7 +440,9 @@ class Engine:
     def score(self, x: np.ndarray) -> np.ndarray:
         if len(x) == 0:
             return np.zeros(0, dtype=np.float32)
-        return self.booster.inplace_predict(x, iteration_range=self.iteration_range, missing=np.nan, validate_features=False)
+        return self.booster.inplace_predict(
+            x, iteration_range=self.iteration_range, missing=np.nan, validate_features=False
+        )
 
     def rank(
         self,
@@ -435,7 +465,11 @@ class Engine:
 
     def similar(self, video_row: int, k: int) -> Suggestions:
         """Blend of content cosine and co-watch (collaborative) cosine; the video itself excluded."""
-        content = np.asarray((self.content_normed @ self.content_normed[video_row].T).toarray() if sp.issparse(self.content_normed) else self.content_normed @ self.content_normed[video_row]).ravel()
+        content = np.asarray(
+            (self.content_normed @ self.content_normed[video_row].T).toarray()
+            if sp.issparse(self.content_normed)
+            else self.content_normed @ self.content_normed[video_row]
+        ).ravel()
         collab = np.asarray((self.collab_normed @ self.collab_normed[video_row].T).toarray()).ravel()
         blend = SIMILAR_WEIGHTS["content"] * content + SIMILAR_WEIGHTS["collaborative"] * collab
         blend[video_row] = -np.inf
@@ -445,8 +479,7 @@ class Engine:
         keep = ids >= 0
         ids, values = ids[keep], values[keep]
         sources = [
-            [name for name, part in (("content", content[i]), ("collaborative", collab[i])) if part > 0]
-            for i in ids
+            [name for name, part in (("content", content[i]), ("collaborative", collab[i])) if part > 0] for i in ids
         ]
         return Suggestions(ids, values.astype(np.float64), sources)
 
@@ -454,9 +487,16 @@ class Engine:
         """Trending and popular videos, pulled towards the user's recent videos and favourite genres
         when the online store knows the user (a new user the model has not been trained on)."""
         relevance = {int(r): float(self.cold_base[r]) for r in self.cold_pool}
-        sources = {int(r): ["trending" if self.signals.trending[r] >= self.popularity_pct[r] else "popularity"] for r in self.cold_pool}
+        sources = {
+            int(r): ["trending" if self.signals.trending[r] >= self.popularity_pct[r] else "popularity"]
+            for r in self.cold_pool
+        }
         if user:
-            recent = [self.video_pos[v] for v in parse_video_list(user.get("user_recent__last_video_ids")) if v in self.video_pos][:3]
+            recent = [
+                self.video_pos[v]
+                for v in parse_video_list(user.get("user_recent__last_video_ids"))
+                if v in self.video_pos
+            ][:3]
             for row in recent:
                 similar = self.similar(row, 30)
                 for r, s in zip(similar.rows, similar.relevance, strict=True):

@@ -17,7 +17,6 @@ a client that retries a batch produces the same ids and the ingest deduplicates 
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -29,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feature_repo import schema
+from feature_repo.lake import write_parquet_atomic
 from feature_repo.sources.base import with_canonical_columns
 from feature_repo.sources.canonical import content_event_ids
 from feature_repo.validation import validate_events
@@ -48,44 +48,6 @@ class FeedbackResult:
     rejected: list[Rejection]
     log_file: Path | None
     quarantine_file: Path | None
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _ensure_dir(path: Path) -> None:
-    """Create `path` (and parents), fsyncing each parent whose entries changed."""
-    missing = []
-    current = path
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for folder in reversed(missing):
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            pass
-        fsync_dir(folder.parent)
-
-
-def write_durable(table: pa.Table, path: Path) -> None:
-    """Write `table` to `path` atomically and durably (temp file, fsync, rename, fsync folder)."""
-    _ensure_dir(path.parent)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class FeedbackLog:
@@ -110,14 +72,20 @@ class FeedbackLog:
         with self._lock:
             if len(checked.accepted):
                 log_file = self.events_dir / day / f"{batch_id}.parquet"
-                write_durable(schema.to_arrow(checked.accepted, "events"), log_file)
+                write_parquet_atomic(schema.to_arrow(checked.accepted, "events"), log_file, durable=True)
             if len(checked.rejected):
                 quarantine_file = self.quarantine_dir / day / f"{batch_id}.parquet"
                 rejected = checked.rejected.assign(batch_id=batch_id, batch_index=checked.rejected_rows.astype("int64"))
-                table = pa.Table.from_pandas(rejected.astype(object).where(rejected.notna(), None), preserve_index=False)
-                write_durable(table, quarantine_file)
+                table = pa.Table.from_pandas(
+                    rejected.astype(object).where(rejected.notna(), None), preserve_index=False
+                )
+                write_parquet_atomic(table, quarantine_file, durable=True)
         rejections = [
-            Rejection(int(i), None if pd.isna(raw.at[int(i), "event_id"]) else str(raw.at[int(i), "event_id"]), str(r).split(";"))
+            Rejection(
+                int(i),
+                None if pd.isna(raw.at[int(i), "event_id"]) else str(raw.at[int(i), "event_id"]),
+                str(r).split(";"),
+            )
             for i, r in zip(checked.rejected_rows, checked.rejected["reason"], strict=True)
         ]
         return FeedbackResult(batch_id, checked.accepted, rejections, log_file, quarantine_file)

@@ -20,6 +20,7 @@ import json
 # Media types BentoML hands to a non-JSON parser; anything else is parsed as JSON.
 NOT_JSON = frozenset({"multipart/form-data", "application/x-www-form-urlencoded", "application/vnd.bentoml+pickle"})
 
+
 class RequestGuard:
     def __init__(self, app, max_bytes: int = 1_000_000, api_paths: tuple[str, ...] = (), recycle_after: int = 0):
         self.app = app
@@ -44,7 +45,9 @@ class RequestGuard:
             except ValueError:
                 return await _reply(send, 400, f"invalid Content-Length {length!r}")
             if size > self.max_bytes:
-                return await _reply(send, 413, f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes")
+                return await _reply(
+                    send, 413, f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes"
+                )
 
         # Read the whole body here (it is small or refused), then replay it to the app.
         chunks, received = [], 0
@@ -70,7 +73,6 @@ class RequestGuard:
 
         await self.app(scope, replay, send)
 
-
     def _recycling(self, client: tuple, send):
         count = self.served.get(client, 0) + 1
         if count < self.recycle_after:
@@ -91,5 +93,11 @@ class RequestGuard:
 
 async def _reply(send, status: int, message: str) -> None:
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -17,21 +17,20 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
+from feature_repo.schema import KNOWN_DEVICES
+from feature_repo.store import USER_VIEWS, VIDEO_VIEWS
 from serving.breaker import CircuitBreaker, fast_retry
 from vidrec.settings import Settings
 
 log = logging.getLogger("vidrec.serving")
 
-USER_VIEWS = ("user_profile", "user_recent")
-VIDEO_VIEWS = ("video_stats",)
 REQUEST_VIEW = "request_features"
 DAYPARTS = ("night", "morning", "afternoon", "evening")
-AFFINITY_DEVICES = ("mobile", "desktop", "tv", "tablet")
 
 
 class StoreUnavailable(RuntimeError):
@@ -112,7 +111,9 @@ class OnlineFeatures:
     def ping(self, user_id: str = "__vidrec_readiness__") -> None:
         """One real read, whatever the breaker says; raises StoreUnavailable when it fails."""
         try:
-            self._store().get_online_features(features=self.user_refs(), entity_rows=[{"user_id": user_id}], full_feature_names=True)
+            self._store().get_online_features(
+                features=self.user_refs(), entity_rows=[{"user_id": user_id}], full_feature_names=True
+            )
         except Exception as exc:
             raise self._failed(exc) from exc
         self.breaker.success()
@@ -162,7 +163,11 @@ def _release(store) -> None:
     engine with open PostgreSQL connections behind until garbage collection got to it.
     """
     registry = getattr(store, "_registry", None)  # not `store.registry`, which would create one
-    engines = {id(e): e for e in (getattr(registry, "write_engine", None), getattr(registry, "read_engine", None)) if e is not None}
+    engines = {
+        id(e): e
+        for e in (getattr(registry, "write_engine", None), getattr(registry, "read_engine", None))
+        if e is not None
+    }
     for engine in engines.values():
         try:
             engine.dispose()
@@ -186,9 +191,15 @@ class VideoTable:
         frame = frame.set_index(frame["video_id"].astype(str))
         frame = frame[~frame.index.duplicated()].reindex(pd.Index(np.asarray(video_ids).astype(str)))
         numeric = [
-            c for c in frame.columns if c != "video_id" and (pd.api.types.is_numeric_dtype(frame[c]) or _numeric_object(frame, c))
+            c
+            for c in frame.columns
+            if c != "video_id" and (pd.api.types.is_numeric_dtype(frame[c]) or _numeric_object(frame, c))
         ]
-        values = np.column_stack([pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64) for c in numeric]) if numeric else np.zeros((len(frame), 0))
+        values = (
+            np.column_stack([pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64) for c in numeric])
+            if numeric
+            else np.zeros((len(frame), 0))
+        )
         genres = None
         if "video_stats__genres" in frame:
             genres = [g if isinstance(g, str) else "" for g in frame["video_stats__genres"].tolist()]
@@ -211,13 +222,9 @@ def _numeric_object(frame: pd.DataFrame, column: str) -> bool:
     present = frame[column].dropna()
     if len(present) == 0:  # a feature nobody has a value for yet (e.g. completion on MovieLens)
         return True
-    return all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in present.head(50))
-
-
-def utc(ts: datetime | None) -> datetime:
-    if ts is None:
-        return datetime.now(timezone.utc)
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+    return all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in present.head(50)
+    )
 
 
 def daypart(hour: int) -> str:
@@ -233,7 +240,7 @@ def request_features(user: dict[str, object] | None, ts: datetime, device: str) 
     hour, dow = ts.hour, ts.weekday()
     daypart_share = to_float(user.get(f"user_profile__share_{daypart(hour)}"))
     has_profile = not math.isnan(to_float(user.get("user_profile__share_mobile")))
-    device_share = to_float(user.get(f"user_profile__share_{device}")) if device in AFFINITY_DEVICES else 0.0
+    device_share = to_float(user.get(f"user_profile__share_{device}")) if device in KNOWN_DEVICES else 0.0
     return {
         "request_features__hour_of_day": float(hour),
         "request_features__day_of_week": float(dow),

@@ -72,7 +72,9 @@ class PrecomputedList:
         scores = [float(s) for s in raw.get("scores") or [0.0] * n]
         sources = raw.get("sources") or [[] for _ in range(n)]
         if len(scores) != n or len(sources) != n:
-            raise ValueError(f"precomputed list of {user_id!r} has {n} ids, {len(scores)} scores, {len(sources)} sources")
+            raise ValueError(
+                f"precomputed list of {user_id!r} has {n} ids, {len(scores)} scores, {len(sources)} sources"
+            )
         return cls(user_id, [str(v) for v in raw["video_ids"]], scores, [list(s) for s in sources],
                    {str(k): str(v) for k, v in raw["versions"].items()}, float(raw["generated_at"]))  # fmt: skip
 
@@ -90,7 +92,9 @@ class PrecomputedStore(Protocol):
 
     def close(self) -> None: ...
 
-    def get(self, user_id: str, max_age_s: float, versions: dict[str, str] | None = None, now: float | None = None) -> PrecomputedList | None:
+    def get(
+        self, user_id: str, max_age_s: float, versions: dict[str, str] | None = None, now: float | None = None
+    ) -> PrecomputedList | None:
         """The fresh list of `user_id` made by `versions` (when given), else None."""
         raw = self.get_raw(user_id)
         if raw is None:
@@ -112,7 +116,9 @@ class SQLitePrecomputed(PrecomputedStore):
         self._local = threading.local()
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("CREATE TABLE IF NOT EXISTS precomputed (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at REAL NOT NULL)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS precomputed (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at REAL NOT NULL)"
+            )
 
     def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -131,9 +137,11 @@ class SQLitePrecomputed(PrecomputedStore):
         return len(rows)
 
     def get_raw(self, user_id: str) -> str | None:
-        row = self._connect().execute(
-            "SELECT value FROM precomputed WHERE key = ? AND expires_at >= ?", (key(user_id), time.time())
-        ).fetchone()
+        row = (
+            self._connect()
+            .execute("SELECT value FROM precomputed WHERE key = ? AND expires_at >= ?", (key(user_id), time.time()))
+            .fetchone()
+        )
         return None if row is None else row[0]
 
     def ping(self) -> None:
@@ -197,7 +205,9 @@ def open_store(url: str) -> PrecomputedStore:
     raise ValueError(f"unsupported precomputed store URL {url!r}: expected sqlite:///path or redis://host:port/db")
 
 
-def lists_from_frame(recs: pd.DataFrame, versions: dict[str, str], generated_at: float | None = None) -> list[PrecomputedList]:
+def lists_from_frame(
+    recs: pd.DataFrame, versions: dict[str, str], generated_at: float | None = None
+) -> list[PrecomputedList]:
     """`TwoStage.rank` output (user_id, video_id, rank, score, sources) -> one list per user."""
     generated_at = time.time() if generated_at is None else generated_at
     out = []

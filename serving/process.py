@@ -43,7 +43,9 @@ class ServerProcess:
         bentoml = Path(sys.executable).with_name("bentoml")
         command = [str(bentoml), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(self.port)]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         self.wait(ready_timeout, "/readyz" if require_ready else "/livez")
         return self

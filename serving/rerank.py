@@ -188,7 +188,9 @@ def source_reason(source: str) -> str:
     return "recommended for you"
 
 
-def reason(best_source: str | None, trending: float, fresh: float, context: float, config: RerankConfig, device: str) -> str:
+def reason(
+    best_source: str | None, trending: float, fresh: float, context: float, config: RerankConfig, device: str
+) -> str:
     """A short why: the strongest source's phrase, plus the boosts that mattered."""
     parts = [source_reason(best_source) if best_source else "recommended for you"]
     if config.trending_boost > 0 and trending >= 0.95 and best_source != "trending":

@@ -153,7 +153,13 @@ def build_sample_champion(
     if shuffle_labels:
         rng = np.random.default_rng(7)
         label = label.assign(video_id=rng.permutation(label["video_id"].to_numpy()))
-    staged, rows = TwoStage.train(union, catalog, label, lookup, RankerConfig(n_estimators=n_estimators, early_stopping_rounds=early_stopping_rounds))  # type: ignore[arg-type]  # None: all trees
+    staged, rows = TwoStage.train(
+        union,
+        catalog,
+        label,
+        lookup,
+        RankerConfig(n_estimators=n_estimators, early_stopping_rounds=early_stopping_rounds),
+    )  # type: ignore[arg-type]  # None: all trees
     tick("train")
     final_union, final_catalog = _fit_union(events, videos, generators, per_source_k, content)
     system = TwoStage(final_union, final_catalog, staged.ranker)
@@ -161,8 +167,12 @@ def build_sample_champion(
 
     configure_mlflow(settings)
     with mlflow.start_run(run_name="sample-champion"):
-        mlflow.log_params({"generators": ",".join(generators), "per_source_k": per_source_k, "max_users": max_users or 0})
-        versions = registry.register_system(system, rows.sample, service, tags={"dataset": "ml-latest-small", "sample": "true"})
+        mlflow.log_params(
+            {"generators": ",".join(generators), "per_source_k": per_source_k, "max_users": max_users or 0}
+        )
+        versions = registry.register_system(
+            system, rows.sample, service, tags={"dataset": "ml-latest-small", "sample": "true"}
+        )
     if promote:
         registry.promote(MlflowClient(), versions)
     else:
@@ -205,7 +215,7 @@ def _offline_lookup(settings: Settings, service: str):
 
 
 def _content_vectors(videos: pd.DataFrame):
-    from models.content import tfidf_vectors, video_text
+    from feature_repo.text import tfidf_vectors, video_text
 
     return tfidf_vectors(video_text(videos).tolist())
 
@@ -235,9 +245,15 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO)
     settings = Settings.from_env()
     champion = build_sample_champion(
-        settings, args.data_dir, max_users=args.max_users, generators=tuple(args.generators.split(",")), n_estimators=args.trees
+        settings,
+        args.data_dir,
+        max_users=args.max_users,
+        generators=tuple(args.generators.split(",")),
+        n_estimators=args.trees,
     )
-    print(f"champion {champion.versions} in {settings.home} (feature service {champion.feature_service}); {champion.timings}")
+    print(
+        f"champion {champion.versions} in {settings.home} (feature service {champion.feature_service}); {champion.timings}"
+    )
 
 
 if __name__ == "__main__":

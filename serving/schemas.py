@@ -7,17 +7,19 @@ models too: BentoML serialises them without rebuilding a JSON schema per respons
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
+from feature_repo.schema import DEVICES
+from serving.config import feedback_batch_limit
+
 MAX_K = 100
 MAX_EXCLUDE = 1000
-MAX_FEEDBACK_EVENTS = int(os.environ.get("VIDREC_FEEDBACK_MAX_EVENTS", "1000"))
+MAX_FEEDBACK_EVENTS = feedback_batch_limit()
 Id = Annotated[StrictStr, Field(min_length=1, max_length=128)]
-Device = Literal["mobile", "desktop", "tv", "tablet", "unknown"]
+Device = Literal[DEVICES]  # type: ignore[valid-type]  # the values of feature_repo.schema.DEVICES
 Number = StrictFloat | StrictInt
 
 
@@ -27,7 +29,9 @@ class _Input(BaseModel):
 
 class RequestContext(_Input):
     device: Device = "unknown"
-    timestamp: datetime | None = Field(None, description="When the request happens (ISO 8601; UTC when no zone). Default: now.")
+    timestamp: datetime | None = Field(
+        None, description="When the request happens (ISO 8601; UTC when no zone). Default: now."
+    )
 
 
 class RecommendRequest(_Input):

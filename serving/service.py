@@ -97,7 +97,9 @@ class _Metrics:
         )
         self.feedback = Counter("vidrec_feedback_events", "Feedback events received", ["outcome"])
         self.reloads = Counter("vidrec_reloads", "Reloads requested over HTTP", ["outcome"])
-        self.errors = Counter("vidrec_errors", "Requests answered by a fallback after an unexpected error", ["endpoint"])
+        self.errors = Counter(
+            "vidrec_errors", "Requests answered by a fallback after an unexpected error", ["endpoint"]
+        )
 
 
 @bentoml.service(
@@ -146,7 +148,9 @@ class Vidrec:
             except Exception:
                 log.exception("the fallback failed too")
                 return _error(503, "recommendations are unavailable right now")
-        self.metrics.recommendations.labels(response.variant, response.served_from, str(response.degraded).lower()).inc()
+        self.metrics.recommendations.labels(
+            response.variant, response.served_from, str(response.degraded).lower()
+        ).inc()
         return response
 
     @bentoml.api(route="/similar", input_spec=SimilarRequest, output_spec=SimilarResponse)

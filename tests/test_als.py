@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from recommender_contract import RecommenderContract
+from test_item_cf import assert_sequels_near, held_out_recall, holdout, two_communities
 
 from models.als import ALS, confidence_matrix
 from models.interactions import Interactions
 from models.popularity import Popularity
-from recommender_contract import RecommenderContract
-from test_item_cf import assert_sequels_near, held_out_recall, holdout, two_communities
 
 
 class TestALS(RecommenderContract):
@@ -72,8 +72,14 @@ def test_seed_fixes_the_factors():
 @pytest.mark.parametrize(
     "params",
     [
-        {"factors": 0}, {"factors": 8.0}, {"iterations": 0}, {"regularization": -0.1},
-        {"alpha": float("inf")}, {"alpha": -1}, {"seed": -1}, {"seed": 1.5},
+        {"factors": 0},
+        {"factors": 8.0},
+        {"iterations": 0},
+        {"regularization": -0.1},
+        {"alpha": float("inf")},
+        {"alpha": -1},
+        {"seed": -1},
+        {"seed": 1.5},
     ],  # fmt: skip
 )
 def test_bad_parameters_are_refused(params):

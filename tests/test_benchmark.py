@@ -45,7 +45,9 @@ def test_outputs_table_results_recs_and_split(stratified_run):
     assert len(train) + len(test) == 100_836
     # Epoch seconds within MovieLens' span (1996-2018), whatever the lake's timestamp resolution.
     assert train["timestamp"].min() > 820_000_000 and train["timestamp"].max() < 1_540_000_000
-    assert not set(zip(train.user_id, train.video_id)) & set(zip(test.user_id, test.video_id))
+    assert not set(zip(train.user_id, train.video_id, strict=False)) & set(
+        zip(test.user_id, test.video_id, strict=False)
+    )
 
 
 def test_precision_recomputes_from_written_files(stratified_run):

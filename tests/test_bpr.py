@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from recommender_contract import RecommenderContract
+from test_item_cf import assert_sequels_near, held_out_recall, holdout, two_communities
 
 from models.bpr import BPR
 from models.interactions import Interactions
 from models.popularity import Popularity
-from recommender_contract import RecommenderContract
-from test_item_cf import assert_sequels_near, held_out_recall, holdout, two_communities
 
 
 class TestBPR(RecommenderContract):
@@ -81,8 +81,12 @@ def test_empty_matrix_is_refused():
 @pytest.mark.parametrize(
     "params",
     [
-        {"factors": 0}, {"learning_rate": 0}, {"learning_rate": -0.1},
-        {"regularization": float("nan")}, {"iterations": 0}, {"seed": "42"},
+        {"factors": 0},
+        {"learning_rate": 0},
+        {"learning_rate": -0.1},
+        {"regularization": float("nan")},
+        {"iterations": 0},
+        {"seed": "42"},
     ],  # fmt: skip
 )
 def test_bad_parameters_are_refused(params):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
+from conftest import FIXTURES
 from typer.testing import CliRunner
 
-from conftest import FIXTURES
 from vidrec.cli import app
 
 runner = CliRunner()
@@ -58,7 +57,9 @@ def test_offline_download_error_exits_nonzero(tmp_path, monkeypatch):
 
 def test_generate_then_ingest_synthetic(tmp_path):
     out = tmp_path / "synthetic"
-    result = runner.invoke(app, ["generate", "--out", str(out), "--users", "200", "--videos", "100", "--events", "20000"])
+    result = runner.invoke(
+        app, ["generate", "--out", str(out), "--users", "200", "--videos", "100", "--events", "20000"]
+    )
     assert result.exit_code == 0, result.output
     assert "20,000 events" in result.output
     lake = tmp_path / "lake"
@@ -69,3 +70,43 @@ def test_generate_then_ingest_synthetic(tmp_path):
     stats = Lake(lake).stats()
     assert stats["events"] == 20_000 and stats["videos"] == 100
     assert {"impression", "click", "watch", "search"} <= set(stats["events_by_type"])
+
+
+def test_train_goes_through_the_pipeline_stage_and_reuses_an_unchanged_run(tmp_path):
+    """`vidrec train` is the DAG's train_and_gate stage: a second run on the same lake and options
+    registers nothing new; `vidrec batch` then precomputes the champion's lists."""
+    out = tmp_path / "synthetic"
+    assert (
+        runner.invoke(
+            app, ["generate", "--out", str(out), "--users", "150", "--videos", "80", "--events", "15000"]
+        ).exit_code
+        == 0
+    )
+    assert runner.invoke(app, ["ingest", "--dataset", "synthetic", "--data-dir", str(out)]).exit_code == 0
+    options = ["train", "--protocol", "user-time", "--no-feast", "--generators", "popularity,trending,item-cf"]
+    first = runner.invoke(app, options)
+    assert first.exit_code == 0, first.output
+    assert "held-out evaluation" in first.output and "two-stage" in first.output
+    assert "registered {'vidrec-candidates': '1', 'vidrec-ranker': '1'}" in first.output
+
+    again = runner.invoke(app, options)
+    assert again.exit_code == 0, again.output
+    assert "unchanged: reusing MLflow run" in again.output
+    assert "registered {'vidrec-candidates': '1', 'vidrec-ranker': '1'}" in again.output
+
+    # Three weak generators on this platform lose to trending: no champion, and batch says so.
+    assert "BLOCKED against baseline (trending)" in first.output
+    batch = runner.invoke(app, ["batch"])
+    assert batch.exit_code == 2 and "no champion in the MLflow registry yet" in batch.output
+
+
+def test_train_refuses_an_unknown_generator(tmp_path):
+    result = runner.invoke(app, ["train", "--generators", "popularity,telepathy"])
+    assert result.exit_code == 2
+    assert "unknown generator(s) ['telepathy']" in result.output
+
+
+def test_module_entry_point_knows_every_command():
+    proc = subprocess.run([*VIDREC, "features", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "--embeddings" in proc.stdout

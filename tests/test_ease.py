@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from recommender_contract import RecommenderContract, small_movielens
 
 from models.ease import EASE, ease_weights, spd_inverse
 from models.interactions import Interactions
 from models.metrics import recall_at_k
 from models.popularity import Popularity
-from recommender_contract import RecommenderContract, small_movielens
 
 
 class TestEASE(RecommenderContract):
@@ -105,7 +105,9 @@ def test_beats_popularity_on_held_out_slice(ml_small):
     assert ease_recall > 1.5 * pop_recall, f"ease recall@10 {ease_recall:.3f} vs popularity {pop_recall:.3f}"
 
 
-@pytest.mark.parametrize("params", [{"l2": 0}, {"l2": -5.0}, {"l2": float("nan")}, {"l2": "big"}, {"max_items": 0}, {"max_items": 2.5}])
+@pytest.mark.parametrize(
+    "params", [{"l2": 0}, {"l2": -5.0}, {"l2": float("nan")}, {"l2": "big"}, {"max_items": 0}, {"max_items": 2.5}]
+)
 def test_bad_parameters_are_refused(params):
     with pytest.raises(ValueError):
         EASE(**params)

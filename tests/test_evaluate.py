@@ -12,7 +12,19 @@ from models.popularity import Popularity
 from models.protocols import rating_triples, relevant_sets, time_split
 
 K = 10
-BOUNDED = ["precision", "recall", "f1", "ndcg", "map", "map_full", "mrr", "hit_rate", "coverage", "diversity", "personalization"]
+BOUNDED = [
+    "precision",
+    "recall",
+    "f1",
+    "ndcg",
+    "map",
+    "map_full",
+    "mrr",
+    "hit_rate",
+    "coverage",
+    "diversity",
+    "personalization",
+]
 
 
 @pytest.fixture(scope="module")
@@ -133,14 +145,18 @@ def test_explicit_inputs_and_errors(split):
     data, _, relevant = split
     model = Popularity().fit(data)
     genre_like = np.eye(data.n_videos, 4, dtype=np.float32)  # most videos all-zero: distance 1
-    report = evaluate_model(model, data, relevant, np.arange(30), k=5, item_vectors=genre_like, train_popularity=np.ones(data.n_videos))
+    report = evaluate_model(
+        model, data, relevant, np.arange(30), k=5, item_vectors=genre_like, train_popularity=np.ones(data.n_videos)
+    )
     assert "ndcg_at_5" in report
     # uniform popularity: every recommended video has share 1 / n_videos
     assert report["novelty_at_5"] == pytest.approx(np.log2(data.n_videos))
     rows = np.repeat(np.arange(len(relevant)), [len(t) for t in relevant])
     cols = np.array([v for t in relevant for v in t], dtype=np.int64)
     as_csr = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=data.matrix.shape)
-    csr_report = evaluate_model(model, data, as_csr, np.arange(30), k=5, item_vectors=genre_like, train_popularity=np.ones(data.n_videos))
+    csr_report = evaluate_model(
+        model, data, as_csr, np.arange(30), k=5, item_vectors=genre_like, train_popularity=np.ones(data.n_videos)
+    )
     assert csr_report["ndcg_at_5"] == pytest.approx(report["ndcg_at_5"])
     assert csr_report["n_users"] == report["n_users"]
     with pytest.raises(ValueError, match="indexed by user row"):

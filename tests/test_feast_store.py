@@ -6,14 +6,14 @@ the real MovieLens lake and from the hand-made lake of test_features.
 
 from __future__ import annotations
 
-
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from test_features import T2, T, tiny_lake, write_tiny_source
 from typer.testing import CliRunner
 
 from feature_repo import store
@@ -21,7 +21,6 @@ from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
 from feature_repo.sources import open_source
 from feature_repo.transforms import compute_features, query_features
-from test_features import T, T2, tiny_lake, write_tiny_source
 from vidrec.cli import app
 from vidrec.settings import Settings
 
@@ -48,7 +47,13 @@ def assert_same_values(got: pd.Series, want: pd.Series, what: str) -> None:
     """Equal values, NaN == NaN, ints == floats (online values of a column with gaps are floats)."""
     got, want = got.reset_index(drop=True), want.reset_index(drop=True)
     if pd.api.types.is_numeric_dtype(want):
-        np.testing.assert_allclose(pd.to_numeric(got, errors="coerce").to_numpy(float), want.to_numpy(float), rtol=1e-9, equal_nan=True, err_msg=what)
+        np.testing.assert_allclose(
+            pd.to_numeric(got, errors="coerce").to_numpy(float),
+            want.to_numpy(float),
+            rtol=1e-9,
+            equal_nan=True,
+            err_msg=what,
+        )
     else:
         assert got.fillna("").tolist() == want.fillna("").tolist(), what
 
@@ -68,10 +73,7 @@ def movielens_served(ml_small, tmp_path_factory):
     # Users and videos the late events touch; what the transforms say as of LABEL before they exist.
     sample_users = ["1", "68", "414", "599"]
     sample_videos = ["1", "356", "2571"]
-    before = {
-        table: query_features(lake, table, [LABEL])
-        for table in ("user_features", "video_features")
-    }
+    before = {table: query_features(lake, table, [LABEL]) for table in ("user_features", "video_features")}
     late = [
         # at the label time itself, one second after, and days after: none may reach LABEL's row
         (f"late{i}", user, video, ts, kind, "", rating, "mobile")
@@ -137,7 +139,11 @@ def test_a_kept_cache_answers_later_chunks_with_the_same_values(movielens_served
     settings = movielens_served["settings"]
     pairs = [("1", "1"), ("68", "356"), ("414", "2571"), ("599", "1"), ("1", "2571"), ("68", "1")]
     entity_df = pd.DataFrame(
-        [{"user_id": u, "video_id": v, "event_timestamp": t} for u, v in pairs for t in (LABEL, LABEL + pd.Timedelta(hours=36))]
+        [
+            {"user_id": u, "video_id": v, "event_timestamp": t}
+            for u, v in pairs
+            for t in (LABEL, LABEL + pd.Timedelta(hours=36))
+        ]
     )
     whole = store.training_frame(entity_df, "ranker_v1", settings=settings)
     cache: dict = {}
@@ -168,7 +174,10 @@ def test_feature_rows_expire_after_their_ttl(movielens_served):
 def test_online_values_equal_the_latest_offline_values(movielens_served):
     s = movielens_served
     assert {m.view: m.mode for m in s["materialized"]}["user_profile"] == "initial"
-    tables = {name: pq.read_table(s["where"].features_dir / f"{name}.parquet").to_pandas() for name in ("user_features", "video_features")}
+    tables = {
+        name: pq.read_table(s["where"].features_dir / f"{name}.parquet").to_pandas()
+        for name in ("user_features", "video_features")
+    }
     latest_users = tables["user_features"][tables["user_features"]["event_timestamp"] == A3].set_index("user_id")
     latest_videos = tables["video_features"][tables["video_features"]["event_timestamp"] == A3].set_index("video_id")
     rng = np.random.default_rng(7)
@@ -179,14 +188,22 @@ def test_online_values_equal_the_latest_offline_values(movielens_served):
     online_videos = store.online_video_features(videos, settings=s["settings"])
     assert online_users["user_id"].tolist() == users and online_videos["video_id"].tolist() == videos
     offline = store.training_frame(
-        pd.DataFrame({"user_id": users, "event_timestamp": [A3] * len(users)}), ["user_profile", "user_recent"], settings=s["settings"]
+        pd.DataFrame({"user_id": users, "event_timestamp": [A3] * len(users)}),
+        ["user_profile", "user_recent"],
+        settings=s["settings"],
     )
     for view in ("user_profile", "user_recent"):
         for column in view_columns(view):
-            assert_same_values(online_users[f"{view}__{column}"], latest_users.loc[users, column], f"online {view}.{column}")
-            assert_same_values(offline[f"{view}__{column}"], latest_users.loc[users, column], f"offline {view}.{column}")
+            assert_same_values(
+                online_users[f"{view}__{column}"], latest_users.loc[users, column], f"online {view}.{column}"
+            )
+            assert_same_values(
+                offline[f"{view}__{column}"], latest_users.loc[users, column], f"offline {view}.{column}"
+            )
     for column in view_columns("video_stats"):
-        assert_same_values(online_videos[f"video_stats__{column}"], latest_videos.loc[videos, column], f"video_stats.{column}")
+        assert_same_values(
+            online_videos[f"video_stats__{column}"], latest_videos.loc[videos, column], f"video_stats.{column}"
+        )
 
     # Unknown ids come back empty, not as an error.
     unknown = store.online_user_features(["no-such-user"], settings=s["settings"])
@@ -195,7 +212,9 @@ def test_online_values_equal_the_latest_offline_values(movielens_served):
 
 def test_request_features_online(movielens_served):
     s = movielens_served
-    rows = [{"user_id": "414", "video_id": "1", "request_ts": datetime(2018, 9, 25, 15, tzinfo=timezone.utc), "device": "unknown"}]
+    rows = [
+        {"user_id": "414", "video_id": "1", "request_ts": datetime(2018, 9, 25, 15, tzinfo=UTC), "device": "unknown"}
+    ]
     online = store.online_features(rows, "ranker_v1", settings=s["settings"])
     assert online["request_features__hour_of_day"].tolist() == [15]
     assert online["request_features__day_of_week"].tolist() == [1]  # a Tuesday
@@ -224,7 +243,9 @@ def test_materialize_is_incremental_and_push_refreshes_online(tiny):
     assert modes["user_profile"] == "initial" and modes["video_embedding"].startswith("skipped")
     assert store.online_user_features(["u1"], settings=settings)["user_profile__events_total"].tolist() == [5]
     assert {m.view: m.mode for m in store.materialize(settings)}["user_profile"] == "refreshed"
-    assert {m.view: m.mode for m in store.materialize(settings, T - pd.Timedelta(days=1))}["user_profile"] == "up to date"
+    assert {m.view: m.mode for m in store.materialize(settings, T - pd.Timedelta(days=1))}[
+        "user_profile"
+    ] == "up to date"
 
     compute_features(lake, [T2], where.features_dir)  # the next snapshot: e7 and e8 now count
     modes = {m.view: m.mode for m in store.materialize(settings)}
@@ -291,10 +312,12 @@ def test_vidrec_features_command(tmp_path, monkeypatch):
         app, ["features", "--lake-dir", str(lake.root), "--freq", "D", "--periods", "3", "--embeddings", "tfidf"]
     )
     assert result.exit_code == 0, result.output
-    assert "transforms" in result.output and "materialize" in result.output
+    assert "transform" in result.output and "feast_apply" in result.output and "materialize" in result.output
     features_dir = tmp_path / "home" / "features"
     users = pq.read_table(features_dir / "user_features.parquet").to_pandas()
-    assert sorted(users["event_timestamp"].unique()) == [pd.Timestamp(d, tz="UTC") for d in ("2024-03-01", "2024-03-02", "2024-03-03")]
+    assert sorted(users["event_timestamp"].unique()) == [
+        pd.Timestamp(d, tz="UTC") for d in ("2024-03-01", "2024-03-02", "2024-03-03")
+    ]
     settings = settings_for(tmp_path / "home", lake.root)
     vectors = store.online_features([{"video_id": "v1"}], ["video_embedding"], settings=settings)
     assert len(vectors["video_embedding__embedding"].iloc[0]) == 3  # 4 videos: LSA keeps 3 dimensions
@@ -324,7 +347,9 @@ def test_training_frame_keeps_every_row_and_its_request_context(tiny):
         }
     )
     frame = store.training_frame(entity_df, "ranker_v1", settings=settings)
-    assert frame[["user_id", "video_id", "device", "label"]].equals(entity_df[["user_id", "video_id", "device", "label"]])
+    assert frame[["user_id", "video_id", "device", "label"]].equals(
+        entity_df[["user_id", "video_id", "device", "label"]]
+    )
     expected = query_features(lake, "user_features", [T, T2]).set_index(["user_id", "event_timestamp"])
     u1_t2, u1_t = expected.loc[("u1", T2)], expected.loc[("u1", T)]
     assert frame["user_profile__events_total"].tolist() == [7, 7, 7, 4, 5]
@@ -332,7 +357,9 @@ def test_training_frame_keeps_every_row_and_its_request_context(tiny):
     assert frame["request_features__hour_of_day"].tolist() == [15, 15, 15, 15, 0]
     assert frame["request_features__is_weekend"].tolist() == [1, 1, 1, 1, 0]
     affinity = frame["request_features__device_affinity"].tolist()
-    assert affinity == pytest.approx([u1_t2["share_mobile"], u1_t2["share_desktop"], u1_t2["share_mobile"], 1.0, u1_t["share_tv"]])
+    assert affinity == pytest.approx(
+        [u1_t2["share_mobile"], u1_t2["share_desktop"], u1_t2["share_mobile"], 1.0, u1_t["share_tv"]]
+    )
     assert frame["request_features__daypart_affinity"].iloc[0] == pytest.approx(u1_t2["share_afternoon"])
 
     only_context = store.training_frame(entity_df, ["request_features"], settings=settings)

@@ -27,7 +27,12 @@ VIDEOS = [
     ("v3", "Action", "", "2024-03-05T00:00:00Z"),  # published after T: not a video yet at T
     ("v4", "", "", ""),  # publication unknown, never watched
 ]
-USERS = [("u1", "2024-01-01T00:00:00Z"), ("u2", "2024-02-01T00:00:00Z"), ("u3", "2024-02-28T12:00:00Z"), ("u4", "2024-03-10T00:00:00Z")]
+USERS = [
+    ("u1", "2024-01-01T00:00:00Z"),
+    ("u2", "2024-02-01T00:00:00Z"),
+    ("u3", "2024-02-28T12:00:00Z"),
+    ("u4", "2024-03-10T00:00:00Z"),
+]
 EVENTS = [
     # event_id, user, video, ts, type, watch_time_s, rating, device
     ("e1", "u1", "v1", "2024-02-29T08:00:00Z", "watch", "50", "", "mobile"),
@@ -50,7 +55,10 @@ def write_tiny_source(folder: Path, events=EVENTS, with_catalog: bool = True) ->
     folder.mkdir(parents=True, exist_ok=True)
     if with_catalog:
         pd.DataFrame(
-            [{"video_id": v, "title": f"Video {v}", "genres": g, "duration_s": d, "published_ts": p} for v, g, d, p in VIDEOS]
+            [
+                {"video_id": v, "title": f"Video {v}", "genres": g, "duration_s": d, "published_ts": p}
+                for v, g, d, p in VIDEOS
+            ]
         ).to_csv(folder / "videos.csv", index=False)
         pd.DataFrame([{"user_id": u, "signup_ts": s} for u, s in USERS]).to_csv(folder / "users.csv", index=False)
     pd.DataFrame(
@@ -157,7 +165,9 @@ def test_only_events_strictly_before_the_as_of_time_count(lake, tmp_path):
         ("late2", "u3", "v2", "2024-03-01T00:00:01Z", "watch", "200", "", "tv"),
         ("late3", "u1", "v4", "2024-03-02T12:00:00Z", "like", "", "", "desktop"),
     ]
-    ingest(open_source("canonical", write_tiny_source(tmp_path / "late", late, with_catalog=False), tmp_path / "c"), lake)
+    ingest(
+        open_source("canonical", write_tiny_source(tmp_path / "late", late, with_catalog=False), tmp_path / "c"), lake
+    )
     after_users = query_features(lake, "user_features", [T])
     pd.testing.assert_frame_equal(after_users, users[users["event_timestamp"] == T].reset_index(drop=True))
     after_videos = query_features(lake, "video_features", [T])

@@ -40,13 +40,13 @@ def test_session_parallel_schedule_covers_every_transition_once(bptt):
     pairs, lane_of = [], {}
     for lanes, inputs, targets, reset in batches:
         assert inputs.shape == targets.shape == (len(lanes), bptt)
-        for lane, row_in, row_out, fresh in zip(lanes, inputs, targets, reset):
+        for lane, row_in, row_out, fresh in zip(lanes, inputs, targets, reset, strict=False):
             real = row_out >= 0
             assert real[: real.sum()].all(), "padding only after a session's last target"
             session = next(i for i, s in enumerate(sessions) if row_in[0] in s)
             assert fresh == (row_in[0] == sessions[session][0]), "reset exactly where a session starts"
             assert lane_of.setdefault(session, lane) == lane, "a session stays in its lane"
-            pairs += list(zip(row_in[real], row_out[real]))
+            pairs += list(zip(row_in[real], row_out[real], strict=False))
     expected = [(int(a), int(b)) for s in sessions for a, b in itertools.pairwise(s)]
     assert sorted((int(a), int(b)) for a, b in pairs) == sorted(expected)
 

@@ -1,12 +1,12 @@
 import numpy as np
 import pandas as pd
 import pytest
+from recommender_contract import RecommenderContract, small_movielens
 
 from models.base import NotFittedError
 from models.hybrid import HybridUnion, WeightedBlend, _minmax_rows, _rank_rows
 from models.interactions import Interactions
 from models.popularity import Popularity, Trending
-from recommender_contract import RecommenderContract, small_movielens
 
 
 def blend(weights=None, normalization="minmax") -> WeightedBlend:
@@ -55,9 +55,9 @@ def test_even_blend_prefers_the_video_both_sources_like():
     # Even blend: old ~0.50, mid ~0.89, new ~0.72 -> mid first, though neither source ranks it first.
     data = _compromise_events()
     me = data.user_rows(["me"])
-    model = WeightedBlend(
-        {"pop": Popularity(), "trend": Trending(half_life_days=7)}, {"pop": 1.0, "trend": 1.0}
-    ).fit(data)
+    model = WeightedBlend({"pop": Popularity(), "trend": Trending(half_life_days=7)}, {"pop": 1.0, "trend": 1.0}).fit(
+        data
+    )
     top = data.video_ids[model.recommend(me, k=3)[0][0]]
     assert top.tolist() == ["mid", "new", "old"]
     assert data.video_ids[model.generators["pop"].recommend(me, k=1)[0][0, 0]] == "old"
@@ -101,7 +101,15 @@ def union_setup(ml_small):
 
 def test_union_columns_and_no_duplicates(union_setup):
     _, _, users, cands = union_setup
-    assert list(cands.columns) == ["user_row", "video_row", "score_pop", "rank_pop", "score_trend", "rank_trend", "n_sources"]
+    assert list(cands.columns) == [
+        "user_row",
+        "video_row",
+        "score_pop",
+        "rank_pop",
+        "score_trend",
+        "rank_trend",
+        "n_sources",
+    ]
     assert not cands.duplicated(["user_row", "video_row"]).any()
     assert set(cands.user_row) == set(users)
     assert (cands.n_sources == cands[["rank_pop", "rank_trend"]].notna().sum(axis=1)).all()

@@ -200,7 +200,7 @@ def test_commands_are_real_commands_of_the_pinned_tools():
             check_command(name, argv(service["command"]))
     # Healthchecks that run Airflow's CLI.
     checked = 0
-    for name, service in services().items():
+    for service in services().values():
         test = argv(service.get("healthcheck", {}).get("test", []))
         if test[:1] == ["CMD-SHELL"] and test[1].startswith("airflow "):
             check_airflow(shlex.split(test[1])[1:])
@@ -214,7 +214,9 @@ def test_commands_are_real_commands_of_the_pinned_tools():
 
 
 def test_airflow_and_mlflow_settings_are_real_options():
-    template = yaml.safe_load((Path(__import__("airflow").__file__).parent / "config_templates" / "config.yml").read_text())
+    template = yaml.safe_load(
+        (Path(__import__("airflow").__file__).parent / "config_templates" / "config.yml").read_text()
+    )
     import mlflow.environment_variables as mlflow_env
     from mlflow import cli
 
@@ -283,7 +285,9 @@ def test_compose_secrets_come_from_the_environment():
                 assert refs and REF.sub("", value) == "", f"{name}: {key} must be only ${{VAR:?}}"
             if "://" in value and "@" in value:  # credentials inside a URL
                 userinfo = value.split("://", 1)[1].split("@", 1)[0]
-                assert ":" not in userinfo or REF.search(userinfo.split(":", 1)[1]), f"{name}: {key} has a literal password"
+                assert ":" not in userinfo or REF.search(userinfo.split(":", 1)[1]), (
+                    f"{name}: {key} has a literal password"
+                )
             if "password=" in value:
                 assert REF.search(value.split("password=", 1)[1]), f"{name}: {key} has a literal password"
     text = COMPOSE.read_text()
@@ -291,10 +295,18 @@ def test_compose_secrets_come_from_the_environment():
         if SECRET_NAME.search(var) or var.endswith("_KEY"):
             required.add(var)
             assert re.search(rf"\${{{var}:\?", text), f"{var} must be required (${{{var}:?...}}), not defaulted"
-    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "AIRFLOW_ADMIN_PASSWORD", "VIDREC_RELOAD_TOKEN"} <= required
+    assert {
+        "POSTGRES_PASSWORD",
+        "REDIS_PASSWORD",
+        "MLFLOW_ADMIN_PASSWORD",
+        "AIRFLOW_ADMIN_PASSWORD",
+        "VIDREC_RELOAD_TOKEN",
+    } <= required
     # Every variable compose needs is documented in env.example, secrets there are blank.
     example = dict(
-        line.split("=", 1) for line in (INFRA / "env.example").read_text().splitlines() if line and not line.startswith("#")
+        line.split("=", 1)
+        for line in (INFRA / "env.example").read_text().splitlines()
+        if line and not line.startswith("#")
     )
     for var in required:
         assert var in example and example[var] == "", f"env.example: {var} must be listed, empty"

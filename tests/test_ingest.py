@@ -59,7 +59,7 @@ def read_quarantine(lake: Lake, table: str = "events") -> pd.DataFrame:
 
 def test_every_reason_is_quarantined_and_counts_reconcile(tmp_path):
     rows = good_rows(5)
-    for i, (reason, change) in enumerate(BAD_ROWS.items()):
+    for i, change in enumerate(BAD_ROWS.values()):
         rows.append({**GOOD, "event_id": f"bad{i}", **change})
     rows.append(dict(rows[0]))  # exact duplicate of a good row
     rows.append({**rows[1], "watch_time_s": "999"})  # same event_id, other content

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from recommender_contract import RecommenderContract
 
 from models.interactions import Interactions
 from models.item_cf import ItemKNN, cosine_knn
 from models.metrics import recall_at_k
 from models.popularity import Popularity
-from recommender_contract import RecommenderContract
 
 # ---- helpers the other collaborative-filtering tests share -----------------------------------------
 
@@ -150,8 +150,12 @@ def test_scores_weight_votes_by_interaction_weight():
 @pytest.mark.parametrize(
     "params",
     [
-        {"k_neighbors": 0}, {"k_neighbors": 2.5}, {"k_neighbors": True},
-        {"shrink": -1.0}, {"shrink": float("nan")}, {"shrink": "x"},
+        {"k_neighbors": 0},
+        {"k_neighbors": 2.5},
+        {"k_neighbors": True},
+        {"shrink": -1.0},
+        {"shrink": float("nan")},
+        {"shrink": "x"},
     ],  # fmt: skip
 )
 def test_bad_parameters_are_refused(params):
@@ -184,4 +188,3 @@ def test_fits_the_whole_small_movielens(ml_small):
     assert model.similarity_.getnnz(axis=1).max() <= 50
     ids, _ = model.recommend(np.arange(3), k=10)
     assert (ids >= 0).all()
-

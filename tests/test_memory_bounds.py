@@ -18,11 +18,13 @@ from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
 from feature_repo.sources import open_source
 from feature_repo.synthetic import SyntheticConfig, generate
+from feature_repo.text import tfidf_vectors, video_text
 from models import batch
-from models.content import tfidf_vectors, video_text
+from models.config import RankerConfig, TrainConfig
 from models.ease import EASE
-from models.ranker import QUERY_COLUMN, RankerConfig
-from models.train import LEARNING_TYPES, TrainConfig, evaluate_all, fit_union, held_out_sample, split_windows
+from models.interactions import LEARNING_TYPES
+from models.ranker import QUERY_COLUMN
+from models.train import evaluate_all, fit_union, held_out_sample, split_windows
 from models.two_stage import Requests, TwoStage, labeled_chunks, train_on_windows, window_queries
 
 # Two-stage nDCG@10 of a ranker trained on half the queries of each window may differ from the
@@ -56,8 +58,12 @@ def sorted_rows(frames) -> pd.DataFrame:
 def test_rows_built_in_small_chunks_equal_one_frame(platform):
     _, trained, _ = platform
     union, catalog, label = trained[-1]
-    small = sorted_rows(labeled_chunks(union, catalog, label, config=RankerConfig(max_queries_per_window=None, chunk_users=7)))
-    whole = sorted_rows(labeled_chunks(union, catalog, label, config=RankerConfig(max_queries_per_window=None, chunk_users=10**6)))
+    small = sorted_rows(
+        labeled_chunks(union, catalog, label, config=RankerConfig(max_queries_per_window=None, chunk_users=7))
+    )
+    whole = sorted_rows(
+        labeled_chunks(union, catalog, label, config=RankerConfig(max_queries_per_window=None, chunk_users=10**6))
+    )
     assert small[QUERY_COLUMN].nunique() > 50
     # Equal up to float32 rounding: a BLAS product's summation order depends on the block's shape.
     pd.testing.assert_frame_equal(small, whole, check_exact=False, rtol=1e-4, atol=1e-5)
@@ -79,10 +85,16 @@ def test_query_cap_is_a_reproducible_draw(platform):
 def test_bounded_ranker_matches_the_unbounded_one(platform):
     windows, trained, (final_union, final_catalog) = platform
     config = dict(n_estimators=60, early_stopping_rounds=10, cv_folds=3)
-    unbounded, all_rows = train_on_windows(trained, config=RankerConfig(max_queries_per_window=None, chunk_users=10**6, **config))
-    chunked, chunked_rows = train_on_windows(trained, config=RankerConfig(max_queries_per_window=None, chunk_users=9, **config))
+    unbounded, all_rows = train_on_windows(
+        trained, config=RankerConfig(max_queries_per_window=None, chunk_users=10**6, **config)
+    )
+    chunked, chunked_rows = train_on_windows(
+        trained, config=RankerConfig(max_queries_per_window=None, chunk_users=9, **config)
+    )
     cap = max(label["user_id"].nunique() for *_, label in trained) // 2
-    bounded, bounded_rows = train_on_windows(trained, config=RankerConfig(max_queries_per_window=cap, chunk_users=9, **config))
+    bounded, bounded_rows = train_on_windows(
+        trained, config=RankerConfig(max_queries_per_window=cap, chunk_users=9, **config)
+    )
 
     # Chunking alone: the same queries and rows, float32 blocks.
     assert chunked_rows.n_rows == all_rows.n_rows and sorted(chunked_rows.queries) == sorted(all_rows.queries)

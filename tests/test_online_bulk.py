@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from test_feast_store import settings_for
+from test_features import T2, T, tiny_lake
 
 from feature_repo import online_bulk, store
 from feature_repo.lake import Lake
 from feature_repo.transforms import compute_features
 from feature_repo.transforms.embeddings import compute_embeddings
-from test_feast_store import settings_for
-from test_features import T, T2, tiny_lake
 
 # ---- the encoders against Feast's converters ------------------------------------------------------
 
@@ -61,11 +61,15 @@ def test_random_numbers_encode_to_feasts_bytes():
 
     rng = np.random.default_rng(0)
     doubles = pa.array(rng.normal(0, 1e6, 5000))
-    ints = pa.array(np.concatenate([rng.integers(-(2**62), 2**62, 5000) >> rng.integers(0, 62, 5000), [2**63 - 1, -(2**63)]]))
+    ints = pa.array(
+        np.concatenate([rng.integers(-(2**62), 2**62, 5000) >> rng.integers(0, 62, 5000), [2**63 - 1, -(2**63)]])
+    )
     assert online_bulk.encode_values(doubles, ValueType.DOUBLE) == feast_bytes(doubles, "DOUBLE")
     assert online_bulk.encode_values(ints, ValueType.INT64) == feast_bytes(ints, "INT64")
     # A Float64 feature stored as integers goes through Feast's converter (3 -> 3.0).
-    assert online_bulk.encode_values(pa.array([3, None]), ValueType.DOUBLE) == feast_bytes(pa.array([3, None]), "DOUBLE")
+    assert online_bulk.encode_values(pa.array([3, None]), ValueType.DOUBLE) == feast_bytes(
+        pa.array([3, None]), "DOUBLE"
+    )
 
 
 def test_sqlite_value_texts_are_feasts():
@@ -160,14 +164,21 @@ def test_sqlite_movielens_with_embeddings_equals_feast(movielens_lake, tmp_path)
     import pandas as pd
 
     feast, bulk = twin_homes(tmp_path, movielens_lake)
-    compute_features(movielens_lake, [pd.Timestamp("2018-06-01", tz="UTC"), pd.Timestamp("2018-09-25", tz="UTC")], feast.features_dir)
+    compute_features(
+        movielens_lake, [pd.Timestamp("2018-06-01", tz="UTC"), pd.Timestamp("2018-09-25", tz="UTC")], feast.features_dir
+    )
     compute_embeddings(movielens_lake, feast.features_dir, method="tfidf", tfidf_dims=16)
     copy_features(feast, bulk)
     for settings in (feast, bulk):
         store.apply_repo(settings)
     store.materialize(feast, bulk=False)
     modes = {m.view: m.mode for m in store.materialize(bulk, bulk=True)}
-    assert modes == {"user_profile": "initial", "user_recent": "initial", "video_embedding": "initial", "video_stats": "initial"}
+    assert modes == {
+        "user_profile": "initial",
+        "user_recent": "initial",
+        "video_embedding": "initial",
+        "video_stats": "initial",
+    }
     rows = sqlite_rows(bulk)
     assert rows == sqlite_rows(feast)
     assert len(rows["vidrec_video_stats"]) == 9742 * 13 and len(rows["vidrec_user_profile"]) == 610 * 14
@@ -215,7 +226,9 @@ def test_redis_writes_equal_feasts(tmp_path, monkeypatch):
                 modes = {m.view: m.mode for m in store.materialize(settings, bulk=use_bulk)}
                 assert modes["user_profile"] == "incremental"
                 client = redis_client(db)
-                dumps[name] = {key: client.hgetall(key) for key in client.scan_iter(count=1000) if key != CLAIM_KEY.encode()}
+                dumps[name] = {
+                    key: client.hgetall(key) for key in client.scan_iter(count=1000) if key != CLAIM_KEY.encode()
+                }
                 online[name] = store.online_user_features(["u1", "u2", "u3"], settings=settings)
             finally:
                 forget_stores(settings)

@@ -1,9 +1,9 @@
 import numpy as np
 import pandas as pd
+from recommender_contract import RecommenderContract
 
 from models.interactions import Interactions
 from models.popularity import Popularity, Trending, decayed_counts
-from recommender_contract import RecommenderContract
 
 
 class TestPopularity(RecommenderContract):
@@ -24,8 +24,8 @@ class TestTrending(RecommenderContract):
 
 def test_trending_prefers_recent_over_old_popularity():
     now = pd.Timestamp("2026-06-01", tz="UTC")
-    rows = [("u%d" % i, "old", now - pd.Timedelta(days=200)) for i in range(10)]
-    rows += [("u%d" % i, "new", now - pd.Timedelta(days=1)) for i in range(4)]
+    rows = [(f"u{i}", "old", now - pd.Timedelta(days=200)) for i in range(10)]
+    rows += [(f"u{i}", "new", now - pd.Timedelta(days=1)) for i in range(4)]
     events = pd.DataFrame(rows, columns=["user_id", "video_id", "event_ts"]).assign(event_type="watch", rating=np.nan)
     data = Interactions.from_events(events, weighting="binary")
     trending_top = Trending(half_life_days=7).fit(data).recommend(np.array([0]), k=1, filter_seen=False)[0][0, 0]
@@ -37,8 +37,8 @@ def test_trending_prefers_recent_over_old_popularity():
 def test_trending_ages_are_right_for_microsecond_timestamps():
     """The lake's parquet timestamps come back as datetime64[us]: ages must still be in real days."""
     now = pd.Timestamp("2026-06-01", tz="UTC")
-    rows = [("u%d" % i, "old", now - pd.Timedelta(days=60)) for i in range(10)]
-    rows += [("u%d" % i, "new", now - pd.Timedelta(days=1)) for i in range(4)]
+    rows = [(f"u{i}", "old", now - pd.Timedelta(days=60)) for i in range(10)]
+    rows += [(f"u{i}", "new", now - pd.Timedelta(days=1)) for i in range(4)]
     events = pd.DataFrame(rows, columns=["user_id", "video_id", "event_ts"]).assign(event_type="watch", rating=np.nan)
     events["event_ts"] = events["event_ts"].astype("datetime64[us, UTC]")
     data = Interactions.from_events(events, weighting="binary")

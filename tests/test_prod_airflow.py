@@ -34,9 +34,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from test_prod_services import _pg_connect, redis_client, redis_db, redis_host_port, temp_database
 
 from feature_repo.synthetic import SyntheticConfig, generate
-from test_prod_services import _pg_connect, redis_client, redis_db, redis_host_port, temp_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -108,7 +108,9 @@ class AirflowCluster:
     # ---- processes -------------------------------------------------------------------------------
 
     def airflow(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "airflow"), *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        return subprocess.run(
+            [str(BIN / "airflow"), *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        )
 
     def log_path(self, name: str) -> Path:
         return self.root / f"{name}.log"
@@ -121,7 +123,12 @@ class AirflowCluster:
                 args = [*args, "--host", "127.0.0.1", "--port", str(self.port)]
             with open(self.log_path(name), "ab") as log:
                 self.procs[name] = subprocess.Popen(
-                    [str(BIN / "airflow"), *args], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    [str(BIN / "airflow"), *args],
+                    env=self.env,
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
         self.wait_healthy()
         self.login()
@@ -140,7 +147,9 @@ class AirflowCluster:
             self.check_alive()
             try:
                 health = httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
-                if all(health.get(c, {}).get("status") == "healthy" for c in ("metadatabase", "scheduler", "dag_processor")):
+                if all(
+                    health.get(c, {}).get("status") == "healthy" for c in ("metadatabase", "scheduler", "dag_processor")
+                ):
                     return health
             except (httpx.HTTPError, ValueError):
                 pass
@@ -208,7 +217,9 @@ class AirflowCluster:
                 return response.json()
             time.sleep(1)
         errors = self.api("GET", "/importErrors").text
-        raise TimeoutError(f"{dag_id} not parsed after {timeout:.0f}s; import errors: {errors}\n{self.log_tail('dag-processor')}")
+        raise TimeoutError(
+            f"{dag_id} not parsed after {timeout:.0f}s; import errors: {errors}\n{self.log_tail('dag-processor')}"
+        )
 
     def trigger(self, dag_id: str, conf: dict, logical_date: str = LOGICAL_DATE) -> dict:
         """Unpause, then trigger a run for `logical_date` with `conf` (what the UI's Trigger form posts)."""
@@ -326,7 +337,9 @@ class TestRetrainThroughTheRestApi:
 
     def test_rest_api_requires_a_login(self, platform):
         assert httpx.get(f"{platform.airflow.url}/api/v2/dags", timeout=30).status_code == 401
-        wrong = httpx.post(f"{platform.airflow.url}/auth/token", json={"username": USER, "password": "wrong"}, timeout=30)
+        wrong = httpx.post(
+            f"{platform.airflow.url}/auth/token", json={"username": USER, "password": "wrong"}, timeout=30
+        )
         assert wrong.status_code == 401
         listed = platform.airflow.api("GET", "/dags", params={"dag_id_pattern": "vidrec"})
         assert listed.status_code == 200, listed.text
@@ -336,13 +349,19 @@ class TestRetrainThroughTheRestApi:
         created = platform.airflow.trigger("vidrec_features", conf)
         assert created["run_type"] == "manual" and created["conf"] == conf
         run, states = platform.airflow.wait_for_run("vidrec_features", created["dag_run_id"])
-        assert run["state"] == "success", platform.airflow.explain("vidrec_features", created["dag_run_id"], run, states)
-        assert states == dict.fromkeys(["ingest", "validate", "transform", "embeddings", "feast_apply", "materialize"], "success")
+        assert run["state"] == "success", platform.airflow.explain(
+            "vidrec_features", created["dag_run_id"], run, states
+        )
+        assert states == dict.fromkeys(
+            ["ingest", "validate", "transform", "embeddings", "feast_apply", "materialize"], "success"
+        )
         assert run["data_interval_end"].startswith("2026-01-31T00:00:00")
         assert self.run_ids(platform, "vidrec_features") == [created["dag_run_id"]]
         # Feast's registry is in PostgreSQL and the online rows in the claimed Redis db.
         with _pg_connect(dbname=dbname(platform.databases["feast"])) as conn:
-            views = {r[0] for r in conn.execute("select feature_view_name from feature_views where project_id = 'vidrec'")}
+            views = {
+                r[0] for r in conn.execute("select feature_view_name from feature_views where project_id = 'vidrec'")
+            }
         assert {"user_profile", "user_recent", "video_stats"} <= views
         assert redis_client(platform.redis_db).dbsize() > 300  # one hash per user and per video, and the claim
 
@@ -370,7 +389,9 @@ class TestRetrainThroughTheRestApi:
         assert tags["gate.decision"] == "promoted"
         assert ranker.tags[registry.TAG_CANDIDATES_VERSION] == champion[registry.CANDIDATES_MODEL]
         with _pg_connect(dbname=dbname(uri)) as conn:  # the MLflow backend store is PostgreSQL
-            stored = dict(conn.execute("select name, version from registered_model_aliases where alias = 'champion'").fetchall())
+            stored = dict(
+                conn.execute("select name, version from registered_model_aliases where alias = 'champion'").fetchall()
+            )
         assert {name: str(v) for name, v in stored.items()} == champion
 
     def test_a_bad_param_fails_the_run_visibly_and_the_champion_stays(self, platform):
@@ -382,12 +403,16 @@ class TestRetrainThroughTheRestApi:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         before = registry.champion_versions(client)
         # A logical date is unique per DAG: the next day's interval (the lake is the one validated).
-        created = platform.airflow.trigger("vidrec_training", {**TRAIN_CONF, "ranker": {"colour": "red"}}, "2026-02-01T00:00:00Z")
+        created = platform.airflow.trigger(
+            "vidrec_training", {**TRAIN_CONF, "ranker": {"colour": "red"}}, "2026-02-01T00:00:00Z"
+        )
         run, states = platform.airflow.wait_for_run("vidrec_training", created["dag_run_id"])
         report = platform.airflow.explain("vidrec_training", created["dag_run_id"], run, states)
         assert run["state"] == "failed", report
         assert states["check_data"] == "success" and states["train_and_gate"] == "failed", states
-        assert states["champion_promoted"] == "upstream_failed" and states["reload_serving"] == "upstream_failed", states
+        assert states["champion_promoted"] == "upstream_failed" and states["reload_serving"] == "upstream_failed", (
+            states
+        )
         # The task's own log, read back through the REST API, names the problem.
         assert "unknown ranker hyperparameter(s) ['colour']" in report, report
         assert registry.champion_versions(client) == before

@@ -11,12 +11,12 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from test_feast_store import assert_same_values, view_columns
+from test_features import T2, T, tiny_lake
+from test_prod_services import CLAIM_KEY, _pg_connect, redis_client, redis_db, redis_host_port, temp_database
 
 from feature_repo import store
 from feature_repo.transforms import compute_features
-from test_feast_store import assert_same_values, view_columns
-from test_features import T, T2, tiny_lake
-from test_prod_services import CLAIM_KEY, _pg_connect, redis_client, redis_db, redis_host_port, temp_database
 from vidrec.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -76,13 +76,20 @@ def served(tmp_path_factory):
 def test_the_prod_profile_uses_the_sql_registry_and_redis(served):
     config = store.load_config(served["settings"])
     assert config.registry.registry_type == "sql" and served["registry_db"] in config.registry.path
-    assert config.online_store.type == "redis" and config.online_store.connection_string.endswith(f"db={served['redis_db']}")
+    assert config.online_store.type == "redis" and config.online_store.connection_string.endswith(
+        f"db={served['redis_db']}"
+    )
 
 
 def test_the_registry_lives_in_postgresql(served):
-    assert "FeatureView:user_profile" in served["applied"].applied and "FeatureService:ranker_v1" in served["applied"].applied
+    assert (
+        "FeatureView:user_profile" in served["applied"].applied
+        and "FeatureService:ranker_v1" in served["applied"].applied
+    )
     with _pg_connect(dbname=served["registry_db"]) as conn:
-        tables = {r[0] for r in conn.execute("select table_name from information_schema.tables where table_schema = 'public'")}
+        tables = {
+            r[0] for r in conn.execute("select table_name from information_schema.tables where table_schema = 'public'")
+        }
         assert {"feature_views", "entities", "feature_services"} <= tables
         views = {r[0] for r in conn.execute("select feature_view_name from feature_views where project_id = 'vidrec'")}
     assert {"user_profile", "user_recent", "video_stats"} <= views
@@ -110,7 +117,10 @@ def test_materialization_is_initial_then_incremental_into_redis(served):
 
 def test_online_values_equal_the_latest_offline_values(served):
     settings, where = served["settings"], served["where"]
-    tables = {name: pq.read_table(where.features_dir / f"{name}.parquet").to_pandas() for name in ("user_features", "video_features")}
+    tables = {
+        name: pq.read_table(where.features_dir / f"{name}.parquet").to_pandas()
+        for name in ("user_features", "video_features")
+    }
     latest_users = tables["user_features"][tables["user_features"]["event_timestamp"] == T2].set_index("user_id")
     latest_videos = tables["video_features"][tables["video_features"]["event_timestamp"] == T2].set_index("video_id")
     videos = sorted(latest_videos.index)
@@ -118,15 +128,23 @@ def test_online_values_equal_the_latest_offline_values(served):
     online_users = store.online_user_features(USERS, settings=settings)
     online_videos = store.online_video_features(videos, settings=settings)
     offline = store.training_frame(
-        pd.DataFrame({"user_id": USERS, "event_timestamp": [T2] * len(USERS)}), ["user_profile", "user_recent"], settings=settings
+        pd.DataFrame({"user_id": USERS, "event_timestamp": [T2] * len(USERS)}),
+        ["user_profile", "user_recent"],
+        settings=settings,
     )
     assert online_users["user_id"].tolist() == USERS and online_videos["video_id"].tolist() == videos
     for view in ("user_profile", "user_recent"):
         for column in view_columns(view):
-            assert_same_values(online_users[f"{view}__{column}"], latest_users.loc[USERS, column], f"online {view}.{column}")
-            assert_same_values(offline[f"{view}__{column}"], latest_users.loc[USERS, column], f"offline {view}.{column}")
+            assert_same_values(
+                online_users[f"{view}__{column}"], latest_users.loc[USERS, column], f"online {view}.{column}"
+            )
+            assert_same_values(
+                offline[f"{view}__{column}"], latest_users.loc[USERS, column], f"offline {view}.{column}"
+            )
     for column in view_columns("video_stats"):
-        assert_same_values(online_videos[f"video_stats__{column}"], latest_videos.loc[videos, column], f"video_stats.{column}")
+        assert_same_values(
+            online_videos[f"video_stats__{column}"], latest_videos.loc[videos, column], f"video_stats.{column}"
+        )
     assert online_users["user_profile__events_total"].tolist() == [7, 4, 0]
     assert online_users["user_recent__last_video_ids"].tolist() == ["v1|v2", "v2|v1", ""]
     assert store.online_user_features(["no-such-user"], settings=settings)["user_profile__avg_rating"].isna().all()

@@ -23,14 +23,15 @@ import pandas as pd
 import pytest
 import requests
 from mlflow import MlflowClient
+from test_prod_services import _pg_connect, temp_database
 
 from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
 from feature_repo.sources import open_source
 from models import registry, tracking
+from models.config import GatePolicy, TrainConfig
 from models.registry import CANDIDATES_MODEL, CHALLENGER, CHAMPION, PREVIOUS, RANKER_MODEL
-from models.train import TrainConfig, train_and_gate
-from test_prod_services import _pg_connect, temp_database
+from models.train import train_and_gate
 from vidrec.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -159,7 +160,7 @@ def stratified(generators, **kwargs) -> TrainConfig:
 def runs(settings):
     """A weak first model (let in by waiving the baseline margin), a better one, then one on
     shuffled labels (blocked). Returned as (first, degraded, better)."""
-    first = train_and_gate(settings, stratified(["popularity"], gate=registry.GatePolicy(baseline_gain=-1.0)))
+    first = train_and_gate(settings, stratified(["popularity"], gate=GatePolicy(baseline_gain=-1.0)))
     better = train_and_gate(settings, stratified(["popularity", "trending", "ease"]))
     degraded = train_and_gate(settings, stratified(["popularity", "trending", "ease"], shuffle_labels=True))
     return first, degraded, better
@@ -216,7 +217,9 @@ def test_state_is_in_postgresql_and_artifacts_went_through_the_server(runs, clie
     with _pg_connect(dbname=server.database) as conn:
         run_ids = {r[0] for r in conn.execute("select run_uuid from runs")}
         n_versions = conn.execute("select count(*) from model_versions").fetchone()[0]
-        stored = dict(conn.execute("select name, version from registered_model_aliases where alias = 'champion'").fetchall())
+        stored = dict(
+            conn.execute("select name, version from registered_model_aliases where alias = 'champion'").fetchall()
+        )
     assert {first.run_id, degraded.run_id, better.run_id} <= run_ids
     assert n_versions == 6
     assert {name: str(v) for name, v in stored.items()} == better.versions

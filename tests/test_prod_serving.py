@@ -27,9 +27,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_prod_services import _pg_connect, temp_database
 
 from serving.process import ServerProcess, free_port
-from test_prod_services import _pg_connect, temp_database
 from vidrec.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,7 +53,9 @@ class RedisServer:
         # which redis-server loads from --dir/--dbfilename when it starts.
         command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                    "--dir", str(self.data_dir), "--dbfilename", "dump.rdb", "--logfile", str(self.log_path)]  # fmt: skip
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -203,7 +205,12 @@ def test_the_service_reads_user_features_from_redis(prod):
     # Each request read the user's row from Redis (a hit: the user is there) and looked for a
     # precomputed list there (a miss: the batch DAG has not written any).
     after_hits, after_misses = keyspace(prod)
-    assert after_hits - hits >= len(users) and after_misses - misses >= len(users), (hits, after_hits, misses, after_misses)
+    assert after_hits - hits >= len(users) and after_misses - misses >= len(users), (
+        hits,
+        after_hits,
+        misses,
+        after_misses,
+    )
 
 
 @dataclass
@@ -311,7 +318,7 @@ def test_redis_dies_mid_load_the_service_degrades_and_recovers(prod):
                 time.sleep(0.25)
                 continue
             mark = time.monotonic()
-            eventually(lambda: len(load.since(mark)) >= 20, 30)
+            eventually(lambda mark=mark: len(load.since(mark)) >= 20, 30)
             streak = load.since(mark)
             if len(streak) >= 20 and all(o.degraded is False for o in streak):
                 recovered_at = mark
@@ -327,7 +334,9 @@ def test_redis_dies_mid_load_the_service_degrades_and_recovers(prod):
         f"{connections_before} before, {connections_during} during, {registry_connections(prod)} after the outage"
     )
     failures = [o for o in outcomes if o.status is None or o.status >= 500]
-    assert not failures, f"{len(failures)} failed requests, e.g. {failures[:3]}; {summary}\n{prod.server.log_tail(6000)}"
+    assert not failures, (
+        f"{len(failures)} failed requests, e.g. {failures[:3]}; {summary}\n{prod.server.log_tail(6000)}"
+    )
     assert all(o.status == 200 for o in outcomes), summary
     assert len(before) >= 20 and all(o.degraded is False for o in before), summary
     assert not_ready and outage_readyz == 503, summary

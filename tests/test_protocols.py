@@ -84,7 +84,11 @@ def test_stratified_split_disjoint_pairs_and_deterministic(events):
 
 def test_stratified_split_keeps_a_pair_together_and_filters_small_users():
     ts = pd.Timestamp("2024-01-01", tz="UTC")
-    rows = [("a", f"v{i}", "rating") for i in range(8)] + [("a", "v0", "tag"), ("a", None, "search"), ("b", "v1", "rating")]
+    rows = [("a", f"v{i}", "rating") for i in range(8)] + [
+        ("a", "v0", "tag"),
+        ("a", None, "search"),
+        ("b", "v1", "rating"),
+    ]
     ev = pd.DataFrame(rows, columns=["user_id", "video_id", "event_type"]).assign(event_ts=ts, rating=3.0)
     train, test = stratified_split(ev, ratio=0.75, seed=1, min_interactions=2)
     assert "b" not in set(train.user_id) | set(test.user_id), "user b has 1 pair < min_interactions"
@@ -112,7 +116,9 @@ def test_relevant_sets_map_onto_train_indices(events):
 
 def test_relevant_sets_exclude_seen_and_negative_events():
     ts = pd.Timestamp("2024-01-01", tz="UTC")
-    train = pd.DataFrame({"user_id": ["u", "u"], "video_id": ["a", "b"], "event_type": "watch", "event_ts": ts, "rating": np.nan})
+    train = pd.DataFrame(
+        {"user_id": ["u", "u"], "video_id": ["a", "b"], "event_type": "watch", "event_ts": ts, "rating": np.nan}
+    )
     data = Interactions.from_events(train, catalog=np.array(["a", "b", "c", "d", "e"]), weighting="binary")
     test = pd.DataFrame(
         {
@@ -220,6 +226,6 @@ def test_stratified_folds_label_every_pair_once_with_generators_that_never_saw_i
     sizes = pd.DataFrame([(u, f) for f, (_, label) in enumerate(windows) for u in label.user_id], columns=["u", "f"])
     per_user = sizes.groupby(["u", "f"]).size().unstack(fill_value=0)
     assert (per_user.max(axis=1) - per_user.min(axis=1)).max() <= 1
-    assert [len(l) for _, l in stratified_folds(events, 4, seed=1)] == [len(l) for _, l in windows]
+    assert [len(label) for _, label in stratified_folds(events, 4, seed=1)] == [len(label) for _, label in windows]
     with pytest.raises(ValueError, match="n_folds must be at least 2"):
         stratified_folds(events, n_folds=1)

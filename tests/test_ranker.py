@@ -19,7 +19,9 @@ from models.ranker import (
 
 
 def test_grade_labels_order_engagement():
-    frame = pd.DataFrame({"user_id": ["u"] * 6, "video_id": ["ignored", "watched", "completed", "liked", "shared", "disliked"]})
+    frame = pd.DataFrame(
+        {"user_id": ["u"] * 6, "video_id": ["ignored", "watched", "completed", "liked", "shared", "disliked"]}
+    )
     events = pd.DataFrame(
         {
             "user_id": ["u"] * 6,
@@ -34,7 +36,9 @@ def test_grade_labels_order_engagement():
 
 def test_grade_labels_from_movielens_ratings():
     frame = pd.DataFrame({"user_id": ["u"] * 4, "video_id": list("abcd")})
-    events = pd.DataFrame({"user_id": ["u"] * 3, "video_id": list("abc"), "event_type": "rating", "rating": [1.5, 3.0, 5.0]})
+    events = pd.DataFrame(
+        {"user_id": ["u"] * 3, "video_id": list("abc"), "event_type": "rating", "rating": [1.5, 3.0, 5.0]}
+    )
     assert grade_labels(frame, events).tolist() == [1, 1, 3, 0]
     assert grade_labels(frame, events, "watch_time").tolist() == pytest.approx([0.3, 0.6, 1.0, 0.0])
     with pytest.raises(ValueError, match="unknown label scheme"):
@@ -82,12 +86,16 @@ def test_ranker_learns_the_signal_and_is_deterministic():
 
 def test_trees_are_chosen_by_cross_validation_then_refit_on_every_query():
     frame, labels = synthetic_ranking(0)
-    model = train_ranker(frame, labels, RankerConfig(n_estimators=300, learning_rate=0.3, early_stopping_rounds=10, seed=1))
+    model = train_ranker(
+        frame, labels, RankerConfig(n_estimators=300, learning_rate=0.3, early_stopping_rounds=10, seed=1)
+    )
     trees = model.booster.get_booster().num_boosted_rounds()
     assert trees == model.best_iteration + 1 < 300  # stopped early, and predict uses every tree it kept
     assert 0.5 < model.validation_ndcg <= 1.0  # the mean held-out nDCG@10 of the folds
     # Another seed draws other folds but finds the same signal.
-    other = train_ranker(frame, labels, RankerConfig(n_estimators=300, learning_rate=0.3, early_stopping_rounds=10, seed=2))
+    other = train_ranker(
+        frame, labels, RankerConfig(n_estimators=300, learning_rate=0.3, early_stopping_rounds=10, seed=2)
+    )
     test_frame, test_labels = synthetic_ranking(1)
     assert np.corrcoef(other.predict(test_frame), test_labels)[0, 1] > 0.5
     # Without early stopping: every tree, no validation.
@@ -123,7 +131,18 @@ def test_trend_features_are_activity_shares_by_horizon():
 
 
 def test_feature_columns_skip_ids_and_labels():
-    frame = pd.DataFrame({"user_id": ["a"], "video_id": ["b"], "user_row": [0], "label": [1.0], "x": [1.0], "flag": [True], "s": ["t"], "query_id": ["w|a"]})
+    frame = pd.DataFrame(
+        {
+            "user_id": ["a"],
+            "video_id": ["b"],
+            "user_row": [0],
+            "label": [1.0],
+            "x": [1.0],
+            "flag": [True],
+            "s": ["t"],
+            "query_id": ["w|a"],
+        }
+    )
     assert feature_columns(frame) == ["x", "flag"]
 
 

@@ -3,10 +3,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from recommender_contract import RecommenderContract
 
 from models.interactions import Interactions
 from models.sequential import SASRec, ordered_histories
-from recommender_contract import RecommenderContract
 
 
 class TestSASRec(RecommenderContract):
@@ -98,6 +98,8 @@ def test_bad_parameters_are_refused(params):
 
 
 def test_needs_timestamps():
-    data = Interactions(sp.csr_matrix(np.ones((2, 3), dtype=np.float32)), np.array(["a", "b"]), np.array(["x", "y", "z"]))
+    data = Interactions(
+        sp.csr_matrix(np.ones((2, 3), dtype=np.float32)), np.array(["a", "b"]), np.array(["x", "y", "z"])
+    )
     with pytest.raises(ValueError, match="timestamps"):
         SASRec(epochs=1).fit(data)

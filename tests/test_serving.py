@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import bentoml
@@ -44,7 +44,7 @@ from vidrec.settings import Settings
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TOKEN = "test-reload-token"
-AT = datetime(2024, 5, 7, 13, 0, tzinfo=timezone.utc)  # a Tuesday, 13:00 UTC: no time-of-day rule
+AT = datetime(2024, 5, 7, 13, 0, tzinfo=UTC)  # a Tuesday, 13:00 UTC: no time-of-day rule
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +95,20 @@ def feast_online_lookup(champion):
     """Features for ranking-frame rows through Feast's own online API (the reference for parity)."""
 
     def lookup(entities: pd.DataFrame) -> pd.DataFrame:
-        rows = entities[["user_id", "video_id", "request_ts", "device"]].assign(request_ts=pd.to_datetime(entities["request_ts"], utc=True))
-        return feast_store.online_features(rows.to_dict("records"), champion.feature_service, settings=champion.settings)
+        rows = entities[["user_id", "video_id", "request_ts", "device"]].assign(
+            request_ts=pd.to_datetime(entities["request_ts"], utc=True)
+        )
+        return feast_store.online_features(
+            rows.to_dict("records"), champion.feature_service, settings=champion.settings
+        )
 
     return lookup
 
 
 def local_app(champion, **changes) -> RecommenderApp:
-    config = dataclasses.replace(ServingConfig.from_env(champion.settings), precomputed_url=None, poll_seconds=0, **changes)
+    config = dataclasses.replace(
+        ServingConfig.from_env(champion.settings), precomputed_url=None, poll_seconds=0, **changes
+    )
     app = RecommenderApp(config)
     assert app.load() is not None, app.load_error
     return app
@@ -150,7 +156,9 @@ def test_recommendations_exclude_seen_and_excluded_videos(champion, client):
     for item in first["items"]:
         assert item["sources"] and set(item["sources"]) <= set(champion.system.union.generators)
         assert item["reason"] and item["ranker_score"] is not None
-    second = client.recommend(user_id=user, k=10, exclude=ids[:3], context={"device": "tv", "timestamp": AT.isoformat()})
+    second = client.recommend(
+        user_id=user, k=10, exclude=ids[:3], context={"device": "tv", "timestamp": AT.isoformat()}
+    )
     assert not {item["video_id"] for item in second["items"]} & set(ids[:3])
 
 
@@ -158,7 +166,11 @@ def test_cold_start_adapts_to_the_context(champion, server):
     videos = Lake(champion.settings.lake_dir).read_table("videos").set_index("video_id")
     durations = {}
     for device in ("tv", "mobile"):
-        body = post(server, "/recommend", {"user_id": "someone-new", "k": 10, "context": {"device": device, "timestamp": AT.isoformat()}}).json()
+        body = post(
+            server,
+            "/recommend",
+            {"user_id": "someone-new", "k": 10, "context": {"device": device, "timestamp": AT.isoformat()}},
+        ).json()
         assert body["served_from"] == "cold_start" and body["degraded"] is False and len(body["items"]) == 10
         durations[device] = videos.loc[[i["video_id"] for i in body["items"]], "duration_s"].mean()
     assert durations["tv"] > durations["mobile"]  # long videos on the TV, short ones on the phone
@@ -213,7 +225,9 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("path", "body", "status", "says"), BAD_INPUTS, ids=[f"{p}-{i}" for i, (p, *_ ) in enumerate(BAD_INPUTS)])
+@pytest.mark.parametrize(
+    ("path", "body", "status", "says"), BAD_INPUTS, ids=[f"{p}-{i}" for i, (p, *_) in enumerate(BAD_INPUTS)]
+)
 def test_bad_input_gets_a_4xx_naming_the_problem(server, path, body, status, says):
     response = post(server, path, body)
     assert response.status_code == status, response.text
@@ -246,7 +260,9 @@ def test_fresh_precomputed_lists_are_served(champion, server):
     url = f"sqlite:///{settings.home / 'serving' / 'precomputed.db'}"
     user = "7"
     row = champion.system.data.user_rows([user])[0]
-    recs = champion.system.rank(Requests.at(np.array([row]), pd.Timestamp(AT)), k=40, lookup=feast_online_lookup(champion))
+    recs = champion.system.rank(
+        Requests.at(np.array([row]), pd.Timestamp(AT)), k=40, lookup=feast_online_lookup(champion)
+    )
     precomputed.write_recommendations(url, recs, champion.versions)
     body = post(server, "/recommend", {"user_id": user, "k": 10, "exclude": [recs["video_id"].iloc[0]]}).json()
     assert body["served_from"] == "precomputed" and body["degraded"] is False
@@ -271,12 +287,46 @@ def test_feedback_is_durable_across_a_restart_and_ingestible(champion, server):
     candidates = [v for v in champion.system.data.video_ids.astype(str) if v not in seen_ids(champion, user)][:2]
     now = pd.Timestamp.now(tz="UTC").floor("s")
     events = [
-        {"event_id": "fb-1", "user_id": user, "video_id": candidates[0], "event_ts": now.isoformat(), "event_type": "watch", "watch_time_s": 300, "device": "tv"},
-        {"event_id": "fb-2", "user_id": user, "video_id": candidates[1], "event_ts": now.isoformat(), "event_type": "like", "device": "mobile"},
+        {
+            "event_id": "fb-1",
+            "user_id": user,
+            "video_id": candidates[0],
+            "event_ts": now.isoformat(),
+            "event_type": "watch",
+            "watch_time_s": 300,
+            "device": "tv",
+        },
+        {
+            "event_id": "fb-2",
+            "user_id": user,
+            "video_id": candidates[1],
+            "event_ts": now.isoformat(),
+            "event_type": "like",
+            "device": "mobile",
+        },
         {"user_id": "brand-new", "event_ts": now.isoformat(), "event_type": "search", "text": "space documentaries"},
-        {"event_id": "fb-bad-1", "user_id": user, "video_id": "no-such-video", "event_ts": now.isoformat(), "event_type": "watch"},
-        {"event_id": "fb-bad-2", "user_id": user, "video_id": candidates[0], "event_ts": (now + pd.Timedelta(days=3)).isoformat(), "event_type": "watch"},
-        {"event_id": "fb-bad-3", "user_id": user, "video_id": candidates[0], "event_ts": now.isoformat(), "event_type": "rating", "rating": 11},
+        {
+            "event_id": "fb-bad-1",
+            "user_id": user,
+            "video_id": "no-such-video",
+            "event_ts": now.isoformat(),
+            "event_type": "watch",
+        },
+        {
+            "event_id": "fb-bad-2",
+            "user_id": user,
+            "video_id": candidates[0],
+            "event_ts": (now + pd.Timedelta(days=3)).isoformat(),
+            "event_type": "watch",
+        },
+        {
+            "event_id": "fb-bad-3",
+            "user_id": user,
+            "video_id": candidates[0],
+            "event_ts": now.isoformat(),
+            "event_type": "rating",
+            "rating": 11,
+        },
     ]
     response = post(server, "/feedback", {"events": events})
     assert response.status_code == 200, response.text
@@ -309,7 +359,9 @@ def test_feedback_hides_what_was_just_watched(champion):
     first = app.recommend(user, 5, "desktop", AT)
     top = first.items[0].video_id
     now = pd.Timestamp.now(tz="UTC").isoformat()
-    result = app.feedback([{"event_id": "fb-x", "user_id": user, "video_id": top, "event_ts": now, "event_type": "watch"}])
+    result = app.feedback(
+        [{"event_id": "fb-x", "user_id": user, "video_id": top, "event_ts": now, "event_type": "watch"}]
+    )
     assert result.accepted == 1
     again = app.recommend(user, 5, "desktop", AT)
     assert top not in [i.video_id for i in again.items]
@@ -341,7 +393,9 @@ def test_degraded_answers_when_the_online_store_is_gone(champion, server):
         with open(online_db, "r+b") as fh:
             fh.write(saved)
     assert _eventually(lambda: httpx.get(server.url + "/readyz").status_code == 200)
-    assert _eventually(lambda: all(not post(server, "/recommend", {"user_id": user}).json()["degraded"] for _ in range(4)))
+    assert _eventually(
+        lambda: all(not post(server, "/recommend", {"user_id": user}).json()["degraded"] for _ in range(4))
+    )
 
 
 def _eventually(check, timeout: float = 30.0) -> bool:
@@ -381,7 +435,12 @@ def test_reload_picks_up_a_newly_promoted_model(champion, server):
         assert answer["model_versions"]["champion"] == champion.versions
     else:  # loading took longer than the endpoint waits (a busy 2-core machine): it goes on behind
         assert "still loading" in answer["detail"], answer
-    assert _eventually(lambda: all(post(server, "/recommend", {"user_id": "1"}).json()["model_versions"] == champion.versions for _ in range(6)), 60)
+    assert _eventually(
+        lambda: all(
+            post(server, "/recommend", {"user_id": "1"}).json()["model_versions"] == champion.versions for _ in range(6)
+        ),
+        60,
+    )
 
 
 def test_ab_split_between_champion_and_challenger(champion):
@@ -426,5 +485,6 @@ def test_bentoml_build_makes_a_bento(tmp_path):
     assert "vidrec:" in result.stdout
     bento = next((tmp_path / "bentos" / "vidrec").glob("*/bento.yaml"))
     assert "serving.service:Vidrec" in bento.read_text()
-    assert (bento.parent / "src" / "serving" / "service.py").exists() and (bento.parent / "src" / "models" / "two_stage.py").exists()
-
+    assert (bento.parent / "src" / "serving" / "service.py").exists() and (
+        bento.parent / "src" / "models" / "two_stage.py"
+    ).exists()

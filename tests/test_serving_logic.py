@@ -19,13 +19,14 @@ import scipy.sparse as sp
 
 from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
+from feature_repo.schema import utc_time
 from feature_repo.sources import open_source
 from serving import ab, precomputed
 from serving.breaker import CircuitBreaker
 from serving.config import RerankConfig, ServingConfig
 from serving.feedback import FeedbackLog
 from serving.guard import RequestGuard
-from serving.online import parse_genre_shares, parse_video_list, request_features, utc
+from serving.online import parse_genre_shares, parse_video_list, request_features
 from serving.rerank import ItemSignals, context_fit, freshness, minmax, mmr_order, percentile, reason, rerank
 from vidrec.settings import Settings, SettingsError
 
@@ -99,7 +100,7 @@ def test_rerank_applies_boosts_and_context():
 
 
 def test_request_features_and_feature_strings():
-    at = utc(pd.Timestamp("2024-03-03T15:00:00Z").to_pydatetime())  # a Sunday afternoon
+    at = utc_time(pd.Timestamp("2024-03-03T15:00:00Z").to_pydatetime())  # a Sunday afternoon
     user = {"user_profile__share_afternoon": 0.4, "user_profile__share_mobile": 0.7, "user_profile__share_tv": 0.1}
     values = request_features(user, at, "mobile")
     assert values == {
@@ -172,7 +173,9 @@ def test_precomputed_lists_are_served_only_when_fresh(store_url):
     assert json.loads(store.get_raw("8"))["versions"] == versions
     assert precomputed.key("7") == "vidrec:recs:7"
     assert store.get("9", max_age_s=60) is None  # never written
-    assert store.get("7", max_age_s=60, versions={"vidrec-candidates": "4", "vidrec-ranker": "4"}) is None  # other model
+    assert (
+        store.get("7", max_age_s=60, versions={"vidrec-candidates": "4", "vidrec-ranker": "4"}) is None
+    )  # other model
     assert store.get("7", max_age_s=60, now=time.time() + 120) is None  # too old for the reader
     store.put_many([precomputed.PrecomputedList("7", ["a"], [1.0], [[]], versions, time.time())], ttl_s=1)
     time.sleep(2.1)
@@ -187,10 +190,37 @@ def test_precomputed_lists_are_served_only_when_fresh(store_url):
 
 def feedback_batch() -> list[dict]:
     return [
-        {"event_id": "f1", "user_id": "u1", "video_id": "v1", "event_ts": "2024-03-01T10:00:00Z", "event_type": "watch", "watch_time_s": 120, "device": "tv"},
-        {"user_id": "u2", "video_id": "v2", "event_ts": "2024-03-01T11:00:00+01:00", "event_type": "like", "device": "mobile"},
-        {"event_id": "bad1", "user_id": "u1", "video_id": "nope", "event_ts": "2024-03-01T10:00:00Z", "event_type": "watch"},
-        {"event_id": "bad2", "user_id": "u1", "video_id": "v1", "event_ts": "2024-03-01T10:00:00Z", "event_type": "rating", "rating": 9},
+        {
+            "event_id": "f1",
+            "user_id": "u1",
+            "video_id": "v1",
+            "event_ts": "2024-03-01T10:00:00Z",
+            "event_type": "watch",
+            "watch_time_s": 120,
+            "device": "tv",
+        },
+        {
+            "user_id": "u2",
+            "video_id": "v2",
+            "event_ts": "2024-03-01T11:00:00+01:00",
+            "event_type": "like",
+            "device": "mobile",
+        },
+        {
+            "event_id": "bad1",
+            "user_id": "u1",
+            "video_id": "nope",
+            "event_ts": "2024-03-01T10:00:00Z",
+            "event_type": "watch",
+        },
+        {
+            "event_id": "bad2",
+            "user_id": "u1",
+            "video_id": "v1",
+            "event_ts": "2024-03-01T10:00:00Z",
+            "event_type": "rating",
+            "rating": 9,
+        },
         {"event_id": "bad3", "user_id": "u1", "video_id": "v1", "event_ts": "yesterday", "event_type": "teleport"},
         {"event_id": "q1", "user_id": "u3", "event_ts": "2024-03-01T12:00:00Z", "event_type": "search", "text": "cats"},
     ]
@@ -221,7 +251,15 @@ def test_feedback_is_validated_written_durably_and_ingestible(tmp_path):
     source_dir = tmp_path / "catalog"
     source_dir.mkdir()
     pd.DataFrame({"video_id": ["v1", "v2"], "title": ["One", "Two"]}).to_parquet(source_dir / "videos.parquet")
-    pd.DataFrame({"event_id": ["seed"], "user_id": ["u0"], "video_id": ["v1"], "event_ts": ["2024-02-01T00:00:00Z"], "event_type": ["watch"]}).to_parquet(source_dir / "events.parquet")
+    pd.DataFrame(
+        {
+            "event_id": ["seed"],
+            "user_id": ["u0"],
+            "video_id": ["v1"],
+            "event_ts": ["2024-02-01T00:00:00Z"],
+            "event_type": ["watch"],
+        }
+    ).to_parquet(source_dir / "events.parquet")
     lake = Lake(tmp_path / "lake")
     ingest(open_source("canonical", source_dir, tmp_path / "cache"), lake)
     summary = ingest(open_source("canonical", log.root, tmp_path / "cache"), lake)
@@ -248,7 +286,11 @@ def test_breaker_pauses_after_a_failure_then_retries():
 
 def run_guard(guard, path="/recommend", body=b"{}", headers=None, chunks=None, client=("127.0.0.1", 5000)):
     sent = []
-    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)] if chunks else [{"type": "http.request", "body": body, "more_body": False}]
+    messages = (
+        [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+        if chunks
+        else [{"type": "http.request", "body": body, "more_body": False}]
+    )
 
     async def receive():
         return messages.pop(0) if messages else {"type": "http.disconnect"}
@@ -256,8 +298,13 @@ def run_guard(guard, path="/recommend", body=b"{}", headers=None, chunks=None, c
     async def send(message):
         sent.append(message)
 
-    raw_headers = [(k.encode(), v.encode()) for k, v in (headers or {"content-type": "application/json", "content-length": str(len(body))}).items()]
-    asyncio.run(guard({"type": "http", "method": "POST", "path": path, "headers": raw_headers, "client": client}, receive, send))
+    raw_headers = [
+        (k.encode(), v.encode())
+        for k, v in (headers or {"content-type": "application/json", "content-length": str(len(body))}).items()
+    ]
+    asyncio.run(
+        guard({"type": "http", "method": "POST", "path": path, "headers": raw_headers, "client": client}, receive, send)
+    )
     return sent
 
 
@@ -273,7 +320,9 @@ def test_guard_refuses_oversized_and_non_json_bodies():
     guard = RequestGuard(app, max_bytes=10, api_paths=("/recommend",))
     assert run_guard(guard, body=b'{"a": 1}')[0]["status"] == 200 and seen == [b'{"a": 1}']
     assert run_guard(guard, body=b"x" * 11)[0]["status"] == 413
-    assert run_guard(guard, headers={"content-type": "application/json"}, chunks=[b"x" * 6, b"x" * 6])[0]["status"] == 413
+    assert (
+        run_guard(guard, headers={"content-type": "application/json"}, chunks=[b"x" * 6, b"x" * 6])[0]["status"] == 413
+    )
     refused = run_guard(guard, headers={"content-type": "multipart/form-data; boundary=b"})
     assert refused[0]["status"] == 415 and b"application/json" in refused[1]["body"]
     assert run_guard(guard, path="/livez", body=b"x" * 50)[0]["status"] == 200  # other paths untouched

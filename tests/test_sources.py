@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import FIXTURES
+
 from feature_repo.sources import DataFileError, DownloadError, MissingColumnError, open_source
 from feature_repo.sources.canonical import CanonicalFiles
 from feature_repo.sources.download import ARCHIVES

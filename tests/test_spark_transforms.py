@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from test_features import T2, T, tiny_lake
 
 from feature_repo.lake import Lake
 from feature_repo.transforms import TABLES, TIMESTAMP_FIELD, query_features
 from feature_repo.transforms.spark import spark_features, spark_session, write_features
-from test_features import T, T2, tiny_lake
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,9 @@ def spark():
 def spark_frame(spark, lake: Lake, table: str, as_of) -> pd.DataFrame:
     frame = spark_features(spark, lake, table, as_of).toPandas()
     for column in (TIMESTAMP_FIELD, "created_ts"):
-        frame[column] = pd.to_datetime(frame[column]).dt.tz_localize("UTC") if frame[column].dt.tz is None else frame[column]
+        frame[column] = (
+            pd.to_datetime(frame[column]).dt.tz_localize("UTC") if frame[column].dt.tz is None else frame[column]
+        )
     return frame
 
 
@@ -45,7 +47,9 @@ def assert_same_rows(duck: pd.DataFrame, spark: pd.DataFrame, key: str) -> None:
         if column in (TIMESTAMP_FIELD, "created_ts"):
             assert (pd.to_datetime(got, utc=True) == pd.to_datetime(want, utc=True)).all(), column
         elif pd.api.types.is_numeric_dtype(want):
-            np.testing.assert_allclose(got.to_numpy(float), want.to_numpy(float), rtol=1e-12, atol=1e-12, equal_nan=True, err_msg=column)
+            np.testing.assert_allclose(
+                got.to_numpy(float), want.to_numpy(float), rtol=1e-12, atol=1e-12, equal_nan=True, err_msg=column
+            )
         else:
             assert got.fillna("<null>").tolist() == want.fillna("<null>").tolist(), column
 
@@ -57,7 +61,11 @@ def test_spark_matches_duckdb_on_the_hand_made_lake(spark, tmp_path, table):
     assert_same_rows(query_features(lake, table, [T, T2]), spark_frame(spark, lake, table, [T, T2]), key)
 
 
-AS_OF = [pd.Timestamp("2017-01-01", tz="UTC"), pd.Timestamp("2018-06-01", tz="UTC"), pd.Timestamp("2018-09-25", tz="UTC")]
+AS_OF = [
+    pd.Timestamp("2017-01-01", tz="UTC"),
+    pd.Timestamp("2018-06-01", tz="UTC"),
+    pd.Timestamp("2018-09-25", tz="UTC"),
+]
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))

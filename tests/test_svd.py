@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from recommender_contract import RecommenderContract, small_movielens
 
 from models.interactions import Interactions
 from models.metrics import rmse
 from models.svd import SVD, batch_size
-from recommender_contract import RecommenderContract, small_movielens
 
 
 def hold_out_ratings(data: Interactions, fraction: float = 0.1, seed: int = 0):
@@ -50,7 +50,7 @@ class TestSVD(RecommenderContract):
 
 
 def toy_ratings(rows: list[tuple[int, int, float]], n_users: int, n_videos: int) -> Interactions:
-    users, videos, values = (np.array(col) for col in zip(*rows))
+    users, videos, values = (np.array(col) for col in zip(*rows, strict=False))
     ratings = sp.csr_matrix((values.astype(np.float32), (users, videos)), shape=(n_users, n_videos))
     matrix = ratings.copy()
     matrix.data[:] = 1.0

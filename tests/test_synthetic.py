@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -122,9 +122,7 @@ def test_every_event_type_but_tag_in_a_default_run(tmp_path: Path) -> None:
     assert present == set(schema.EVENT_TYPES) - {"tag"}
 
 
-def test_ids_are_unique_and_known(
-    small_run: SyntheticSummary, events: pd.DataFrame, videos: pd.DataFrame
-) -> None:
+def test_ids_are_unique_and_known(small_run: SyntheticSummary, events: pd.DataFrame, videos: pd.DataFrame) -> None:
     users = pd.read_parquet(small_run.out_dir / "users.parquet")
     assert events.event_id.is_unique
     assert set(events.user_id) <= set(users.user_id)
@@ -204,7 +202,7 @@ def test_favourite_genre_is_clicked_more(events: pd.DataFrame, videos: pd.DataFr
     shown = with_flag(events[events.event_type == "impression"], events, "click")
     shown = shown.merge(videos[["video_id", "genres"]], on="video_id")
     shown = shown.join(favourite, on="user_id")
-    in_favourite = [fav in genres for fav, genres in zip(shown.favourite, shown.genres)]
+    in_favourite = [fav in genres for fav, genres in zip(shown.favourite, shown.genres, strict=False)]
     ctr = shown.groupby(np.array(in_favourite)).click.mean()
     assert ctr[True] > 1.5 * ctr[False]
 
@@ -238,7 +236,7 @@ def test_sessions_follow_the_device_clock(events: pd.DataFrame) -> None:
 
 
 def test_start_and_window_are_respected(tmp_path: Path) -> None:
-    start = datetime(2025, 6, 1, 12, tzinfo=timezone.utc)
+    start = datetime(2025, 6, 1, 12, tzinfo=UTC)
     config = SyntheticConfig(n_users=50, n_videos=40, n_events=3_000, start=start, days=2)
     generate(config, tmp_path)
     ts = read_events(tmp_path).event_ts

@@ -17,8 +17,9 @@ from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
 from feature_repo.sources import open_source
 from models import registry
+from models.config import GatePolicy, TrainConfig
 from models.registry import CANDIDATES_MODEL, CHALLENGER, CHAMPION, PREVIOUS, RANKER_MODEL
-from models.train import TrainConfig, train_and_gate
+from models.train import train_and_gate
 from vidrec.settings import Settings
 
 
@@ -127,7 +128,10 @@ def test_better_model_is_promoted_over_a_popularity_champion(runs):
     assert aliases(client, PREVIOUS) == weak.versions
     # `challenger` marks the newest model under review; promoting it clears the alias.
     assert aliases(client, CHALLENGER) == {CANDIDATES_MODEL: None, RANKER_MODEL: None}
-    assert client.get_model_version(RANKER_MODEL, runs["shuffled"].versions[RANKER_MODEL]).tags["gate.decision"] == "blocked"
+    assert (
+        client.get_model_version(RANKER_MODEL, runs["shuffled"].versions[RANKER_MODEL]).tags["gate.decision"]
+        == "blocked"
+    )
     ranker = client.get_model_version(RANKER_MODEL, better.versions[RANKER_MODEL])
     assert ranker.tags[registry.TAG_CANDIDATES_VERSION] == better.versions[CANDIDATES_MODEL]
     assert ranker.tags["gate.decision"] == "promoted"
@@ -202,7 +206,9 @@ def test_time_protocol_learns_from_rolling_label_windows(settings):
     with pytest.raises(ValueError, match="label_windows must be at least 1"):
         split_windows(events, TrainConfig(label_windows=0))
 
-    result = train_and_gate(settings, TrainConfig(generators=("popularity", "trending", "ease"), use_feast=False, label_windows=3))
+    result = train_and_gate(
+        settings, TrainConfig(generators=("popularity", "trending", "ease"), use_feast=False, label_windows=3)
+    )
     run = MlflowClient().get_run(result.run_id)
     assert run.data.params["data.label_windows"] == "3" and run.data.params["label_windows"] == "3"
     assert run.data.metrics["ranker.training_rows"] > 0
@@ -223,8 +229,8 @@ def test_guards_block_a_gain_that_costs_too_much_coverage():
     narrow = np.tile(np.arange(10), (300, 1))
     champion = PerUser(users, {"ndcg_at_10": rng.uniform(0.1, 0.3, 300)}, varied, 500)
     challenger = PerUser(users, {"ndcg_at_10": champion.values["ndcg_at_10"] + 0.05}, narrow, 500)
-    policy = registry.GatePolicy(guards={"coverage_at_10": 0.05}, n_boot=300)
+    policy = GatePolicy(guards={"coverage_at_10": 0.05}, n_boot=300)
     decision = registry.decide(challenger, champion, "champion", policy)
     assert not decision.promoted and decision.intervals["ndcg_at_10"].low > 0
     assert decision.intervals["coverage_at_10"].diff < -0.5 and "guard coverage_at_10" in decision.summary()
-    assert registry.decide(challenger, champion, "champion", registry.GatePolicy(guards={}, n_boot=300)).promoted
+    assert registry.decide(challenger, champion, "champion", GatePolicy(guards={}, n_boot=300)).promoted

@@ -5,16 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from recommender_contract import movielens_frames
 
-from models.content import tfidf_vectors, video_text
+from feature_repo.text import tfidf_vectors, video_text
+from models.config import RankerConfig
 from models.hybrid import HybridUnion
 from models.interactions import Interactions
 from models.item_cf import ItemKNN
 from models.popularity import Popularity, Trending
 from models.protocols import rolling_time_splits
-from models.ranker import QUERY_COLUMN, TREND_FEATURES, CatalogSide, RankerConfig, days_away, last_active
+from models.ranker import QUERY_COLUMN, TREND_FEATURES, CatalogSide, days_away, last_active
 from models.two_stage import Requests, TwoStage, labeled_frame, train_on_windows
-from recommender_contract import movielens_frames
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,9 @@ def movielens(ml_small):
 
 def fitted(events: pd.DataFrame, videos: pd.DataFrame, vectors) -> tuple[HybridUnion, CatalogSide]:
     data = Interactions.from_events(events, catalog=videos["video_id"], weighting="binary")
-    union = HybridUnion({"popularity": Popularity(), "trending": Trending(30), "item-cf": ItemKNN()}, per_source_k=30).fit(data)
+    union = HybridUnion(
+        {"popularity": Popularity(), "trending": Trending(30), "item-cf": ItemKNN()}, per_source_k=30
+    ).fit(data)
     return union, CatalogSide.build(videos, data, vectors)
 
 

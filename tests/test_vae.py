@@ -2,11 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from recommender_contract import RecommenderContract, small_movielens
 
 from models.interactions import Interactions
 from models.popularity import Popularity
 from models.vae import MultVAE
-from recommender_contract import RecommenderContract, small_movielens
 
 
 class TestMultVAE(RecommenderContract):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from models.config import DEFAULT_GENERATORS, GENERATORS, PROTOCOLS, GatePolicy, RankerConfig, TrainConfig
 from vidrec.settings import Settings, SettingsError
 
 app = typer.Typer(help="vidrec: video recommendations, from raw events to a served model.", no_args_is_help=True)
@@ -21,12 +25,27 @@ err_console = Console(stderr=True, soft_wrap=True)
 @app.callback()
 def main(
     ctx: typer.Context,
-    profile: Annotated[str | None, typer.Option(help="local | prod | spark (default: $VIDREC_PROFILE or local)")] = None,
+    profile: Annotated[
+        str | None, typer.Option(help="local | prod | spark (default: $VIDREC_PROFILE or local)")
+    ] = None,
 ) -> None:
     try:
         ctx.obj = Settings.from_env(profile)
     except SettingsError as exc:
         raise typer.BadParameter(str(exc), param_hint="--profile") from exc
+
+
+@contextmanager
+def progress_tasks():
+    """A progress bar per task: yields (description, total) -> advance(n), what the stage functions take."""
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=err_console, transient=False) as progress:
+
+        def start(description: str, total: int | None):
+            task = progress.add_task(description, total=total)
+            return lambda n: progress.advance(task, n)
+
+        yield start
 
 
 @contextmanager
@@ -45,61 +64,83 @@ def fail(message: str, code: int = 2) -> None:
 @app.command()
 def ingest(
     ctx: typer.Context,
-    dataset: Annotated[str, typer.Option(help="movielens-small|movielens-100k|movielens-1m|movielens-25m|movielens-32m|canonical|synthetic")] = "movielens-small",
-    data_dir: Annotated[Path | None, typer.Option(help="Folder with the dataset's files (else the cache, downloading MovieLens)")] = None,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="movielens-small|movielens-100k|movielens-1m|movielens-25m|movielens-32m|canonical|synthetic|none (only the feedback log)"
+        ),
+    ] = "movielens-small",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Folder with the dataset's files (else the cache, downloading MovieLens)")
+    ] = None,
     lake_dir: Annotated[Path | None, typer.Option(help="Lake folder (default: the profile's)")] = None,
+    feedback: Annotated[
+        bool, typer.Option(help="Also ingest the serving feedback log (<home>/feedback) when it holds events")
+    ] = True,
     chunk_rows: Annotated[int, typer.Option(min=1000, help="Event rows validated at a time")] = 1_000_000,
 ) -> None:
-    """Load a dataset, validate it, quarantine bad rows, and merge it into the lake."""
-    from feature_repo.ingest import ingest as run_ingest
-    from feature_repo.lake import Lake
-    from feature_repo.sources import DataFileError, DownloadError, open_source
+    """Load a dataset, validate it, quarantine bad rows, and merge it into the lake.
+
+    The same stage as the vidrec_features DAG's ingest task (vidrec.pipeline.ingest_sources).
+    """
+    from datetime import UTC, datetime
+
+    from feature_repo.sources import DownloadError
+    from vidrec.pipeline import ingest_sources, run_dir
 
     settings: Settings = ctx.obj
-    if dataset == "synthetic" and data_dir is None:
-        data_dir = _default_synthetic(settings)
+    if lake_dir:
+        settings = replace(settings, lake_dir=lake_dir.resolve())
+    report_path = run_dir(settings, "cli-ingest", datetime.now(UTC)) / "ingest.json"
     try:
-        source = open_source(dataset, data_dir, settings.cache_dir / "datasets")
-        lake = Lake(lake_dir or settings.lake_dir)
-        with progress_bar(f"ingest {dataset}", source.event_rows()) as advance:
-            summary = run_ingest(source, lake, chunk_rows=chunk_rows, progress=advance)
-    except (DataFileError, DownloadError, ValueError) as exc:
+        with progress_tasks() as progress:
+            ingest_sources(
+                dataset,
+                str(data_dir) if data_dir else None,
+                str(report_path),
+                include_feedback=feedback,
+                chunk_rows=chunk_rows,
+                progress=progress,
+                settings=settings,
+            )
+    except (DownloadError, ValueError) as exc:
         fail(str(exc))
-    print_summary(summary, lake.root)
+    report = json.loads(report_path.read_text())
+    for source in report["sources"]:
+        if "error" in source:
+            fail(f"{source['role']} {source['dataset']} not ingested: {source['error']}")
+        print_summary(source)
+    print_lake(report)
 
 
-def _default_synthetic(settings: Settings) -> Path:
-    from feature_repo.synthetic import SyntheticConfig, generate as run_generate
-
-    config = SyntheticConfig()
-    out = settings.cache_dir / "datasets" / f"synthetic-seed{config.seed}-{config.n_events}"
-    if not (out / "videos.parquet").exists():
-        with progress_bar("generate synthetic", config.n_events) as advance:
-            run_generate(config, out, progress=advance)
-    return out
-
-
-def print_summary(summary, lake_root: Path) -> None:
-    table = Table(title=f"ingest {summary.dataset} from {summary.location}")
+def print_summary(source: dict) -> None:
+    """One source's counts, as `vidrec.pipeline.ingest_sources` reports them."""
+    table = Table(title=f"ingest {source['dataset']} from {source['location']}")
     for column in ("table", "rows in", "accepted", "quarantined", "reasons"):
         table.add_column(column, justify="left" if column in ("table", "reasons") else "right")
-    for name, counts in summary.tables.items():
-        reasons = ", ".join(f"{r}: {n:,}" for r, n in counts.quarantined.most_common())
-        table.add_row(name, f"{counts.rows_in:,}", f"{counts.accepted:,}", f"{counts.rejected:,}", reasons or "-")
+    for name, counts in source["tables"].items():
+        reasons = ", ".join(f"{r}: {n:,}" for r, n in counts["reasons"].items())
+        table.add_row(
+            name, f"{counts['rows_in']:,}", f"{counts['accepted']:,}", f"{counts['quarantined']:,}", reasons or "-"
+        )
     console.print(table)
-    ev = summary.events
+    ev = source["events"]
     console.print(
-        f"events: {ev.new:,} new, {ev.updated:,} updated, {ev.unchanged:,} unchanged; "
-        f"{ev.partitions_written:,} date partitions written; {summary.derived_users:,} users derived from events"
+        f"events: {ev['new']:,} new, {ev['updated']:,} updated, {ev['unchanged']:,} unchanged; "
+        f"{ev['partitions_written']:,} date partitions written; {source['derived_users']:,} users derived from events "
+        f"({source['seconds']:.1f} s)"
     )
-    lake = summary.lake
+
+
+def print_lake(report: dict) -> None:
+    lake = report["lake_stats"]
     by_type = ", ".join(f"{t}: {n:,}" for t, n in lake["events_by_type"].items())
     console.print(
-        f"lake {lake_root}: [bold]{lake['events']:,} events[/] ({by_type}), [bold]{lake['videos']:,} videos[/], "
+        f"lake {report['lake']}: [bold]{lake['events']:,} events[/] ({by_type}), [bold]{lake['videos']:,} videos[/], "
         f"[bold]{lake['users']:,} users[/], {lake['partitions']:,} partitions, "
         f"{lake['first_event']} .. {lake['last_event']}"
     )
-    console.print(f"quarantine: {lake_root / 'quarantine'}  ({summary.seconds:.1f} s)")
+    console.print(f"quarantine: {Path(report['lake']) / 'quarantine'}")
 
 
 @app.command()
@@ -112,7 +153,8 @@ def generate(
     seed: int = 42,
 ) -> None:
     """Generate a seeded synthetic video platform in the canonical format."""
-    from feature_repo.synthetic import SyntheticConfig, generate as run_generate
+    from feature_repo.synthetic import SyntheticConfig
+    from feature_repo.synthetic import generate as run_generate
 
     config = SyntheticConfig(n_users=users, n_videos=videos, n_events=events, days=days, seed=seed)
     with progress_bar("generate", events) as advance:
@@ -129,36 +171,58 @@ def benchmark(
     ctx: typer.Context,
     dataset: Annotated[str, typer.Option(help="Dataset name, as for `vidrec ingest`")] = "movielens-small",
     data_dir: Annotated[Path | None, typer.Option(help="Folder with the dataset's files")] = None,
-    protocol: Annotated[str, typer.Option(help="time (train on the past, test on the future) | user-time (each user's last 5 relevant videos) | stratified (75/25 per user)")] = "time",
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="time (train on the past, test on the future) | user-time (each user's last 5 relevant videos) | stratified (75/25 per user)"
+        ),
+    ] = "time",
     k: Annotated[int, typer.Option(min=1, max=1000)] = 10,
-    out: Annotated[Path, typer.Option(help="Folder for split/, recs/, results.json, results.md")] = Path("benchmark-results"),
-    split_dir: Annotated[Path | None, typer.Option(help="Evaluate on DIR/train.parquet and DIR/test.parquet instead of splitting")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for split/, recs/, results.json, results.md")] = Path(
+        "benchmark-results"
+    ),
+    split_dir: Annotated[
+        Path | None, typer.Option(help="Evaluate on DIR/train.parquet and DIR/test.parquet instead of splitting")
+    ] = None,
     models: Annotated[str | None, typer.Option(help="Comma-separated generator names (default: all)")] = None,
     encoder: Annotated[str, typer.Option(help="Content embedding for intra-list diversity: minilm | tfidf")] = "minilm",
-    tuned: Annotated[bool, typer.Option("--tuned/--no-tuned", help="Use the dataset's tuned hyperparameters (`vidrec tune`) where its file exists")] = True,
+    tuned: Annotated[
+        bool,
+        typer.Option(
+            "--tuned/--no-tuned", help="Use the dataset's tuned hyperparameters (`vidrec tune`) where its file exists"
+        ),
+    ] = True,
     seed: int = 42,
 ) -> None:
     """Train every candidate generator on one split, print the metrics table, write results and recs."""
     from feature_repo.sources import DataFileError, DownloadError
     from models.benchmark import BenchmarkData, load_dataset, read_split, run_benchmark, split_events
-    from models.protocols import PROTOCOLS
 
     settings: Settings = ctx.obj
     if protocol not in PROTOCOLS:
         fail(f"unknown protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     try:
-        events, videos = load_dataset(dataset, data_dir, settings.home / "benchmark-lakes" / dataset, settings.cache_dir / "datasets")
+        events, videos = load_dataset(
+            dataset, data_dir, settings.home / "benchmark-lakes" / dataset, settings.cache_dir / "datasets"
+        )
         train, test = read_split(split_dir) if split_dir else split_events(events, protocol, seed)
     except (DataFileError, DownloadError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     names = [m.strip() for m in models.split(",")] if models else None
-    console.print(f"{dataset}: {len(train):,} train pairs, {len(test):,} test pairs ({'given split' if split_dir else protocol})")
+    console.print(
+        f"{dataset}: {len(train):,} train pairs, {len(test):,} test pairs ({'given split' if split_dir else protocol})"
+    )
     params = _tuned_params(dataset) if tuned else None
     with progress_bar("benchmark", len(names) if names else None) as advance:
         try:
             rows = run_benchmark(
-                BenchmarkData(train, test, videos), out, k=k, models=names, encoder=encoder,
-                protocol="stratified" if split_dir else protocol, tuned=params,
+                BenchmarkData(train, test, videos),
+                out,
+                k=k,
+                models=names,
+                encoder=encoder,
+                protocol="stratified" if split_dir else protocol,
+                tuned=params,
                 progress=lambda name: (advance(1), console.print(f"  fitting {name}")),
             )
         except ValueError as exc:
@@ -177,7 +241,10 @@ def _tuned_params(dataset: str) -> dict[str, dict] | None:
     except ValueError as exc:
         fail(str(exc))
     if entries:
-        used = ", ".join(f"{name} ({entry.get('protocol', '?')}, {entry.get('trials', '?')} trials)" for name, entry in entries.items())
+        used = ", ".join(
+            f"{name} ({entry.get('protocol', '?')}, {entry.get('trials', '?')} trials)"
+            for name, entry in entries.items()
+        )
         console.print(f"tuned hyperparameters from {path}: {used} (--no-tuned for the catalog's defaults)")
     return {name: dict(entry["params"]) for name, entry in entries.items()} or None
 
@@ -194,19 +261,26 @@ def _required_tuned(dataset: str) -> dict[str, dict]:
 @app.command()
 def tune(
     ctx: typer.Context,
-    generator: Annotated[str, typer.Option(help="Generator(s) to tune, comma-separated (als, bpr, ease, item-cf, user-cf, svd, ...)")],
+    generator: Annotated[
+        str, typer.Option(help="Generator(s) to tune, comma-separated (als, bpr, ease, item-cf, user-cf, svd, ...)")
+    ],
     dataset: Annotated[str, typer.Option(help="Dataset name, as for `vidrec benchmark`")] = "movielens-small",
     data_dir: Annotated[Path | None, typer.Option(help="Folder with the dataset's files")] = None,
-    protocol: Annotated[str, typer.Option(help="The benchmark protocol whose train part is searched (its validation split follows it)")] = "time",
+    protocol: Annotated[
+        str, typer.Option(help="The benchmark protocol whose train part is searched (its validation split follows it)")
+    ] = "time",
     trials: Annotated[int, typer.Option(min=1, help="Trials per generator; trial 0 runs the catalog's defaults")] = 30,
-    timeout: Annotated[float | None, typer.Option(min=1, help="Stop a generator's search after this many seconds")] = None,
-    out: Annotated[Path | None, typer.Option(help="Tuned file to update (default: models/tuned/<dataset>.json)")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=1, help="Stop a generator's search after this many seconds")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Tuned file to update (default: models/tuned/<dataset>.json)")
+    ] = None,
     seed: int = 42,
 ) -> None:
     """Search generators' hyperparameters (Optuna TPE) on a validation split of the train part; save the best."""
     from feature_repo.sources import DataFileError, DownloadError
     from models.benchmark import load_dataset, split_events
-    from models.protocols import PROTOCOLS
     from models.tuning import tunable, tune_generator, tuned_path
 
     settings: Settings = ctx.obj
@@ -214,7 +288,9 @@ def tune(
         fail(f"unknown protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     names = [g.strip() for g in generator.split(",") if g.strip()]
     try:
-        events, videos = load_dataset(dataset, data_dir, settings.home / "benchmark-lakes" / dataset, settings.cache_dir / "datasets")
+        events, videos = load_dataset(
+            dataset, data_dir, settings.home / "benchmark-lakes" / dataset, settings.cache_dir / "datasets"
+        )
         train, test = split_events(events, protocol, seed)
     except (DataFileError, DownloadError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
@@ -245,7 +321,16 @@ def tune(
             except ValueError as exc:
                 fail(str(exc))
     table = Table(title=f"nDCG@10, catalog defaults -> tuned ({dataset}, {protocol})")
-    for column in ("generator", "trials", "min", "val\ndefault", "val\ntuned", "test\ndefault", "test\ntuned", "test\nchange"):
+    for column in (
+        "generator",
+        "trials",
+        "min",
+        "val\ndefault",
+        "val\ntuned",
+        "test\ndefault",
+        "test\ntuned",
+        "test\nchange",
+    ):
         table.add_column(column, justify="left" if column == "generator" else "right", no_wrap=True)
     for r in results:
         change = f"{(r.test_after / r.test_before - 1) * 100:+.1f}%" if r.test_before else "-"
@@ -264,65 +349,124 @@ def _shown_params(params: dict) -> str:
 @app.command()
 def train(
     ctx: typer.Context,
-    protocol: Annotated[str, typer.Option(help="time (held-out window after a cut) | user-time (each user's last relevant videos) | stratified")] = "time",
-    generators: Annotated[str | None, typer.Option(help="Comma-separated candidate generators (default: the standard set)")] = None,
-    per_source_k: Annotated[int, typer.Option(min=10, max=1000, help="Candidates per generator per user")] = 100,
-    feast: Annotated[bool, typer.Option(help="Join Feast point-in-time features (time protocol)")] = True,
-    label_windows: Annotated[int, typer.Option(min=1, max=10, help="Rolling label windows the ranker learns from (time protocol)")] = 4,
-    max_queries_per_window: Annotated[int | None, typer.Option(min=0, help="Memory bound: ranker queries (users) per label window, a seeded draw (0: every user; default: RankerConfig's)")] = None,
-    max_eval_users: Annotated[int | None, typer.Option(min=0, help="Held-out users each model is evaluated on, a seeded draw (0: all; default: TrainConfig's)")] = None,
-    min_test_users: Annotated[int, typer.Option(min=1, help="time protocol: move the cut earlier until the held-out window judges this many users")] = 200,
-    min_gain: Annotated[float, typer.Option(help="Gate: the lower end of the 95% interval of the per-user nDCG@10 gain over the champion must reach this")] = 0.0,
-    baseline_gain: Annotated[float, typer.Option(help="Gate: the same, over the best of popularity and trending, for a first model")] = 0.0,
-    shuffle_labels: Annotated[bool, typer.Option(help="Sanity check: train the ranker on shuffled labels (must be blocked)")] = False,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="time (held-out window after a cut) | user-time (each user's last relevant videos) | stratified"
+        ),
+    ] = TrainConfig.protocol,
+    generators: Annotated[
+        str, typer.Option(help=f"Comma-separated candidate generators, of: {', '.join(GENERATORS)}")
+    ] = ",".join(DEFAULT_GENERATORS),
+    per_source_k: Annotated[
+        int, typer.Option(min=10, max=1000, help="Candidates per generator per user")
+    ] = TrainConfig.per_source_k,
+    feast: Annotated[
+        bool, typer.Option(help="Join Feast point-in-time features (time protocol)")
+    ] = TrainConfig.use_feast,
+    label_windows: Annotated[
+        int, typer.Option(min=1, max=10, help="Rolling label windows the ranker learns from (time protocol)")
+    ] = TrainConfig.label_windows,
+    max_queries_per_window: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Memory bound: ranker queries (users) per label window, a seeded draw (0: every user)"
+        ),
+    ] = RankerConfig.max_queries_per_window or 0,
+    max_eval_users: Annotated[
+        int, typer.Option(min=0, help="Held-out users each model is evaluated on, a seeded draw (0: all)")
+    ] = TrainConfig.max_eval_users or 0,
+    min_test_users: Annotated[
+        int,
+        typer.Option(
+            min=1, help="time protocol: move the cut earlier until the held-out window judges this many users"
+        ),
+    ] = TrainConfig.min_test_users,
+    min_gain: Annotated[
+        float,
+        typer.Option(
+            help="Gate: the lower end of the 95% interval of the per-user nDCG@10 gain over the champion must reach this"
+        ),
+    ] = GatePolicy.min_gain,
+    baseline_gain: Annotated[
+        float, typer.Option(help="Gate: the same, over the best of popularity and trending, for a first model")
+    ] = GatePolicy.baseline_gain,
+    shuffle_labels: Annotated[
+        bool, typer.Option(help="Sanity check: train the ranker on shuffled labels (must be blocked)")
+    ] = TrainConfig.shuffle_labels,
     dataset: Annotated[str, typer.Option(help="Name recorded with the run")] = "lake",
-    tuned_for: Annotated[str | None, typer.Option(help="Use the hyperparameters `vidrec tune` saved for this dataset (e.g. movielens-small)")] = None,
-    seed: int = 42,
+    tuned_for: Annotated[
+        str | None,
+        typer.Option(help="Use the hyperparameters `vidrec tune` saved for this dataset (e.g. movielens-small)"),
+    ] = None,
+    as_of: Annotated[
+        str | None, typer.Option(help="Train on the events before this time (UTC; default: now, the whole lake)")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Train even when a run with the same data and configuration exists")
+    ] = False,
+    seed: int = TrainConfig.seed,
 ) -> None:
-    """Train generators and the ranker on the lake, evaluate, register in MLflow, gate, promote."""
-    from models.ranker import RankerConfig
-    from models.registry import GatePolicy
-    from models.train import DEFAULT_GENERATORS, TrainConfig, train_and_gate
+    """Train generators and the ranker on the lake, evaluate, register in MLflow, gate, promote.
+
+    The same stage as the vidrec_training DAG's train_and_gate task (vidrec.pipeline.train_models):
+    a rerun on unchanged data and configuration reuses the finished MLflow run.
+    """
+    from datetime import UTC, datetime
+
+    from vidrec.pipeline import NotReady, train_models
 
     settings: Settings = ctx.obj
-    config = TrainConfig(
-        protocol=protocol,
-        generators=tuple(g.strip() for g in generators.split(",")) if generators else DEFAULT_GENERATORS,
-        per_source_k=per_source_k,
-        label_windows=label_windows,
-        min_test_users=min_test_users,
-        max_eval_users=TrainConfig.max_eval_users if max_eval_users is None else (max_eval_users or None),
-        ranker=RankerConfig(
-            max_queries_per_window=RankerConfig.max_queries_per_window if max_queries_per_window is None else (max_queries_per_window or None)
-        ),
-        use_feast=feast,
-        tuned=_required_tuned(tuned_for) if tuned_for else {},
-        gate=GatePolicy(min_gain=min_gain, baseline_gain=baseline_gain),
-        shuffle_labels=shuffle_labels,
-        seed=seed,
-    )
+    params = {
+        "protocol": protocol, "generators": generators, "per_source_k": per_source_k, "use_feast": feast,
+        "label_windows": label_windows, "max_queries_per_window": max_queries_per_window,
+        "max_eval_users": max_eval_users, "min_test_users": min_test_users, "min_gain": min_gain,
+        "baseline_gain": baseline_gain, "shuffle_labels": shuffle_labels, "dataset": dataset,
+        "tuned_for": tuned_for, "force_retrain": force, "seed": seed,
+    }  # fmt: skip
+    end = as_of or datetime.now(UTC).isoformat()
     with progress_bar("train", None) as advance:
         try:
-            result = train_and_gate(settings, config, dataset=dataset, progress=lambda m: (advance(1), console.print(f"  {m}")))
-        except (FileNotFoundError, ValueError) as exc:
+            result = train_models(
+                params, end, progress=lambda m: (advance(1), console.print(f"  {m}")), settings=settings
+            )
+        except (FileNotFoundError, ValueError, NotReady) as exc:
             fail(str(exc))
-    shown = ["precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10", "coverage_at_10", "candidate_recall_at_200"]
-    console.print(result.table[[c for c in shown if c in result.table]].to_string(float_format=lambda v: f"{v:.4f}"))
-    style = "green" if result.decision.promoted else "yellow"
-    console.print(f"[{style}]{result.decision.summary()}[/]")
-    console.print(f"MLflow run {result.run_id}; registered {result.versions}")
-    print_stages(result.stages)
+    if result["reused"]:
+        console.print(
+            f"training data and configuration unchanged: reusing MLflow run {result['run_id']} (--force to train anyway)"
+        )
+    else:
+        print_metrics(result["metrics"])
+    style = "green" if result["promoted"] else "yellow"
+    console.print(f"[{style}]{result['summary']}[/]")
+    console.print(f"MLflow run {result['run_id']}; registered {result['versions']}; champion {result['champion']}")
+    print_stages(result.get("stages", []))
 
 
-def print_stages(stages) -> None:
-    """Wall time and peak resident memory of each stage (vidrec.meter.StageRecord)."""
+def print_metrics(metrics: dict[str, dict[str, float | None]]) -> None:
+    """Held-out figures, one row per model."""
+    table = Table(title="held-out evaluation", box=box.SIMPLE_HEAD)
+    columns = list(next(iter(metrics.values()), {}))
+    table.add_column("model", no_wrap=True)
+    for column in columns:
+        table.add_column(column.replace("candidate_", "cand. ").replace("_at_", "@"), justify="right")
+    for model, row in metrics.items():
+        table.add_row(model, *("-" if row.get(c) is None else f"{row[c]:.4f}" for c in columns))
+    console.print(table)
+
+
+def print_stages(stages: list[dict]) -> None:
+    """Wall time and peak resident memory of each stage (as `vidrec.pipeline.train_models` reports them)."""
     from vidrec.meter import format_bytes
 
+    if not stages:
+        return
     table = Table(title="stages")
     for column in ("stage", "seconds", "peak memory"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for record in stages:
-        table.add_row(record.name, f"{record.seconds:.1f}", format_bytes(record.peak_rss_bytes))
+        table.add_row(record["stage"], f"{record['seconds']:.1f}", format_bytes(record["peak_rss_bytes"]))
     console.print(table)
 
 
@@ -346,7 +490,9 @@ def promote(
             restored = registry.rollback(client)
             console.print(f"rolled back: champion is now {restored}")
         elif candidates_version and ranker_version:
-            old = registry.promote(client, {registry.CANDIDATES_MODEL: candidates_version, registry.RANKER_MODEL: ranker_version})
+            old = registry.promote(
+                client, {registry.CANDIDATES_MODEL: candidates_version, registry.RANKER_MODEL: ranker_version}
+            )
             console.print(f"promoted; previous champion {old}")
         else:
             fail("say --rollback, or give both --candidates-version and --ranker-version")
@@ -355,73 +501,139 @@ def promote(
     console.print(f"champion: {registry.champion_versions(client)}")
 
 
-if __name__ == "__main__":
-    app()
-
-
 @app.command()
 def features(
     ctx: typer.Context,
     lake_dir: Annotated[Path | None, typer.Option(help="Lake folder (default: the profile's)")] = None,
-    freq: Annotated[str, typer.Option(help="As-of times every day (D) or week (W), ending the midnight after the last event")] = "W",
+    freq: Annotated[
+        str, typer.Option(help="As-of times every day (D) or week (W), ending the midnight after the last event")
+    ] = "W",
     periods: Annotated[int, typer.Option(min=0, help="Keep the newest N as-of times (0: the lake's whole span)")] = 52,
-    as_of: Annotated[list[str] | None, typer.Option(help="Explicit as-of time (UTC, repeatable); overrides --freq/--periods")] = None,
+    as_of: Annotated[
+        list[str] | None, typer.Option(help="Explicit as-of time (UTC, repeatable); overrides --freq/--periods")
+    ] = None,
     embeddings: Annotated[str, typer.Option(help="Video content embeddings: minilm | tfidf | none")] = "minilm",
-    end: Annotated[str | None, typer.Option(help="Materialize up to this time (UTC; default: the newest as-of time)")] = None,
+    end: Annotated[
+        str | None, typer.Option(help="Materialize up to this time (UTC; default: the newest as-of time)")
+    ] = None,
 ) -> None:
-    """Compute feature tables from the lake, register them in Feast, and materialize them online."""
+    """Compute feature tables from the lake, register them in Feast, and materialize them online.
+
+    The vidrec_features DAG's transform, embeddings, feast_apply and materialize tasks, in order
+    (vidrec.pipeline.features_job), over a span of as-of times instead of one interval.
+    """
     import time
 
-    import pandas as pd
-    from rich.progress import SpinnerColumn
-
-    from feature_repo.lake import Lake
-    from feature_repo.store import build_features, locations
+    from vidrec.pipeline import NotReady, features_job
 
     settings: Settings = ctx.obj
+    if lake_dir:
+        settings = replace(settings, lake_dir=lake_dir.resolve())
     if freq not in ("D", "W"):
         fail(f"--freq must be D or W, not {freq!r}")
     if embeddings not in ("minilm", "tfidf", "none"):
         fail(f"--embeddings must be minilm, tfidf or none, not {embeddings!r}")
-    try:
-        as_of_times = [pd.Timestamp(t) for t in as_of] if as_of else None
-        end_time = pd.Timestamp(end).to_pydatetime() if end else None
-    except ValueError as exc:
-        fail(f"cannot read a time: {exc}")
-    lake = Lake(lake_dir or settings.lake_dir)
-    steps = 4 if embeddings != "none" else 3
-    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=err_console, transient=False) as progress:
-        task = progress.add_task("features", total=steps)
+    started: dict[str, float] = {}
 
-        started: dict[str, float] = {}
-
-        def step(name: str) -> None:
+    def step(name: str, result: dict | None) -> None:
+        if result is None:
             started[name] = time.perf_counter()
-            progress.update(task, description=f"features: {name}")
+            return
+        console.print(f"[green]✓[/] {name} ({time.perf_counter() - started[name]:.1f} s): {_step_detail(name, result)}")
 
-        def done(name: str, detail: str) -> None:
-            seconds = time.perf_counter() - started.get(name, time.perf_counter())
-            progress.console.print(f"[green]✓[/] {name} ({seconds:.1f} s): {detail}")
-            progress.advance(task)
-
-        try:
-            run = build_features(
-                settings,
-                lake=lake,
-                as_of_times=as_of_times,
-                freq=freq,
-                periods=periods or None,
-                embeddings=embeddings,
-                end=end_time,
-                step=step,
-                done=done,
-            )
-        except (LookupError, ValueError) as exc:
-            fail(str(exc))
-        progress.update(task, description="features", completed=steps)
-    where = locations(settings)
+    try:
+        with progress_bar("features", 4) as advance:
+            out = features_job(
+                None, periods, freq, as_of=as_of, embeddings=embeddings, materialize_end=end,
+                step=lambda name, result: (step(name, result), result is not None and advance(1)), settings=settings,
+            )  # fmt: skip
+    except (NotReady, ValueError) as exc:
+        fail(str(exc))
+    times = out["transform"]["as_of"]
     console.print(
-        f"features {where.features_dir}: {len(run.as_of_times)} as-of times "
-        f"{run.as_of_times[0]} .. {run.as_of_times[-1]}; Feast project vidrec ({settings.profile})"
+        f"features {settings.features_dir}: {len(times)} as-of times {times[0]} .. {times[-1]}; "
+        f"Feast project vidrec ({settings.profile})"
     )
+
+
+def _step_detail(name: str, result: dict) -> str:
+    if name == "transform":
+        return (
+            ", ".join(f"{t}: {n:,} rows" for t, n in result["rows"].items())
+            + f" over {len(result['as_of'])} as-of times"
+        )
+    if name == "embeddings":
+        return (
+            "skipped"
+            if result["method"] == "none"
+            else f"{result['method']} -> {result['table']}" + (" (unchanged)" if result.get("reused") else "")
+        )
+    if name == "feast_apply":
+        return f"{result['applied']} objects" + (
+            f", removed {', '.join(result['deleted'])}" if result["deleted"] else ""
+        )
+    return "; ".join(f"{view}: {v['mode']}" for view, v in result["views"].items())
+
+
+@app.command()
+def batch(
+    ctx: typer.Context,
+    end: Annotated[
+        str | None,
+        typer.Option(
+            help="As-of time (UTC): users active in the days before it (default: the midnight after the lake's last event)"
+        ),
+    ] = None,
+    active_days: Annotated[int, typer.Option(min=1, help="Users active in this many days before --end")] = 30,
+    top_n: Annotated[int, typer.Option(min=1, max=1000, help="Recommendations stored per user")] = 100,
+    store_url: Annotated[
+        str | None, typer.Option(help="Precomputed store (redis://..., sqlite path; default: the service's)")
+    ] = None,
+) -> None:
+    """Precompute the champion's top-N for recently active users (the vidrec_batch_recs DAG's task)."""
+    import pandas as pd
+
+    from feature_repo.lake import Lake
+    from vidrec.pipeline import NotReady, precompute_recommendations
+
+    settings: Settings = ctx.obj
+    if end is None:
+        events = Lake(settings.lake_dir).read_events(columns=["event_ts"])
+        if events.empty:
+            fail(f"the lake at {settings.lake_dir} holds no events: run `vidrec ingest` first")
+        end = (pd.Timestamp(events["event_ts"].max()).floor("D") + pd.Timedelta(days=1)).isoformat()
+    try:
+        result = precompute_recommendations(
+            end, active_days=active_days, top_n=top_n, store_url=store_url, settings=settings
+        )
+    except (NotReady, ValueError) as exc:
+        fail(str(exc))
+    console.print(
+        f"{result['users_written']:,} of {result['active_users']:,} active users written to {result['store']} "
+        f"({result['rows']:,} rows, champion {result['versions']}, {result['unknown_to_champion']:,} unknown to it; "
+        f"{result['seconds']} s, peak {result['peak_rss_mb']} MiB)"
+    )
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 3000,
+) -> None:
+    """Serve the champion with BentoML (`bentoml serve serving.service:Vidrec`), in the foreground."""
+    import os
+    import sys
+
+    from serving.process import ROOT, SERVICE
+
+    settings: Settings = ctx.obj
+    bentoml = Path(sys.executable).with_name("bentoml")
+    console.print(f"serving the champion of {settings.mlflow_uri} on http://{host}:{port} (Ctrl-C stops)")
+    os.chdir(ROOT)
+    env = {**os.environ, "VIDREC_PROFILE": settings.profile}
+    os.execve(str(bentoml), [str(bentoml), "serve", SERVICE, "--host", host, "--port", str(port)], env)
+
+
+if __name__ == "__main__":
+    app()

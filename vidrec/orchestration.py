@@ -6,14 +6,14 @@ Imported at the top of every DAG file, so it stays cheap: the standard library a
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Asset
 
 # Early enough for any logical date a backfill or `airflow dags test` gives (MovieLens starts in
 # 1995): a task never runs for a logical date before its start_date. catchup=False keeps the
 # scheduler from creating the past runs.
-START_DATE = datetime(1990, 1, 1, tzinfo=timezone.utc)
+START_DATE = datetime(1990, 1, 1, tzinfo=UTC)
 
 # A promotion moved the `champion` alias (vidrec_training emits it; vidrec_batch_recs runs on it).
 CHAMPION = Asset(name="vidrec_champion", uri="x-vidrec://mlflow/champion")
@@ -36,4 +36,4 @@ def default_args(execution_timeout: timedelta) -> dict:
 def interval_end(context) -> datetime:
     """The end of the run's data interval (its as-of time); a run without one uses its run_after."""
     end = context.get("data_interval_end") or context.get("logical_date") or context["dag_run"].run_after
-    return end.astimezone(timezone.utc)
+    return end.astimezone(UTC)

@@ -19,15 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from feature_repo.schema import utc_time
 from vidrec.meter import StageMeter
 from vidrec.settings import Settings
 
@@ -35,6 +32,10 @@ log = logging.getLogger("vidrec.pipeline")
 
 VALIDATION_FILE = "lake_validation.json"
 RUN_KEY_TAG = "vidrec.run_key"
+
+
+# (description, total or None) -> the function told how much more is done: a progress bar's task.
+ProgressFactory = Callable[[str, int | None], Callable[[int], None]]
 
 
 class ValidationFailed(RuntimeError):
@@ -48,29 +49,15 @@ class NotReady(LookupError):
 # ---- helpers ---------------------------------------------------------------------------------------
 
 
-def utc_time(value) -> datetime:
-    """An aware UTC datetime from a datetime or an ISO string (naive values are taken as UTC)."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
-
-
 def _write_json_atomic(data: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    from feature_repo.lake import write_text_atomic
+
+    return write_text_atomic(json.dumps(data, indent=2, default=str), path)
 
 
 def _videos_digest(lake) -> str:
     """What the embeddings are computed from: each video's id, text and publication time."""
-    from models.content import video_text
+    from feature_repo.text import video_text
 
     videos = lake.read_table("videos").sort_values("video_id", kind="stable")
     content = {
@@ -87,8 +74,10 @@ def run_dir(settings: Settings, dag_id: str, as_of: datetime) -> Path:
 
 
 def feedback_dir(settings: Settings) -> Path:
-    """The serving feedback log (serving.config's default): `VIDREC_FEEDBACK_DIR` or `<home>/feedback`."""
-    return Path(os.environ.get("VIDREC_FEEDBACK_DIR", settings.home / "feedback")).resolve()
+    """The serving feedback log the service writes (`serving.config.ServingConfig.feedback_dir`)."""
+    from serving.config import ServingConfig
+
+    return ServingConfig.from_env(settings).feedback_dir
 
 
 # ---- vidrec_features ---------------------------------------------------------------------------------
@@ -101,6 +90,7 @@ def ingest_sources(
     *,
     include_feedback: bool = True,
     chunk_rows: int = 1_000_000,
+    progress: ProgressFactory | None = None,
     settings: Settings | None = None,
 ) -> dict:
     """Ingest the dataset (if any) and the serving feedback log (if it holds events) into the lake.
@@ -108,6 +98,7 @@ def ingest_sources(
     A source whose files cannot be read (or lack a required column) is recorded in the report with
     the lake untouched by it, so that `validate_ingest` fails the run naming the file; every
     other error (a download, a bug) propagates. Writes the report to `report_path`.
+    `progress(description, total_rows)` gives the function told of each chunk's rows.
     """
     from feature_repo.ingest import ingest
     from feature_repo.lake import Lake
@@ -119,7 +110,7 @@ def ingest_sources(
     if dataset and dataset != "none":
         path = Path(data_dir).expanduser().resolve() if data_dir else None
         if dataset == "synthetic" and path is None:
-            path = _default_synthetic(settings)
+            path = default_synthetic(settings, progress)
         planned.append(("dataset", dataset, path))
     feedback = feedback_dir(settings)
     if include_feedback:
@@ -135,7 +126,8 @@ def ingest_sources(
         entry: dict = {"role": role, "dataset": name, "location": str(path) if path else None}
         try:
             source = open_source(name, path, settings.cache_dir / "datasets")
-            summary = ingest(source, lake, chunk_rows=chunk_rows)
+            advance = progress(f"ingest {role} {name}", source.event_rows()) if progress else None
+            summary = ingest(source, lake, chunk_rows=chunk_rows, progress=advance)
         except DataFileError as exc:
             log.error("%s %s not ingested: %s", role, name, exc)
             entry["error"] = str(exc)
@@ -153,7 +145,9 @@ def ingest_sources(
                 "new": summary.events.new,
                 "updated": summary.events.updated,
                 "unchanged": summary.events.unchanged,
+                "partitions_written": summary.events.partitions_written,
             }
+            entry["derived_users"] = summary.derived_users
             entry["quarantine_key"] = summary.source_key
             entry["seconds"] = round(summary.seconds, 2)
             log.info("%s %s: %s", role, name, entry["tables"]["events"])
@@ -162,7 +156,10 @@ def ingest_sources(
     report = {
         "lake": str(lake.root),
         "sources": sources,
-        "lake_stats": {k: stats[k] for k in ("events", "videos", "users", "partitions", "first_event", "last_event")},
+        "lake_stats": {
+            k: stats[k]
+            for k in ("events", "events_by_type", "videos", "users", "partitions", "first_event", "last_event")
+        },
     }
     _write_json_atomic(report, Path(report_path))
     return {
@@ -173,13 +170,14 @@ def ingest_sources(
     }
 
 
-def _default_synthetic(settings: Settings) -> Path:
+def default_synthetic(settings: Settings, progress: ProgressFactory | None = None) -> Path:
+    """The default synthetic platform (`SyntheticConfig()`), generated once into the cache."""
     from feature_repo.synthetic import SyntheticConfig, generate
 
     config = SyntheticConfig()
     out = settings.cache_dir / "datasets" / f"synthetic-seed{config.seed}-{config.n_events}"
     if not (out / "videos.parquet").exists():
-        generate(config, out)
+        generate(config, out, progress=progress("generate synthetic", config.n_events) if progress else None)
     return out
 
 
@@ -216,13 +214,21 @@ def validate_ingest(report_path: str, max_quarantine_rate: float, *, settings: S
     if not lake.event_files():
         problems.append(f"the lake at {lake.root} holds no events")
     record_path = settings.home / VALIDATION_FILE
-    checked_at = datetime.now(timezone.utc).isoformat()
+    checked_at = datetime.now(UTC).isoformat()
     if problems:
-        _write_json_atomic({"status": "failed", "problems": problems, "report": report_path, "checked_at": checked_at}, record_path)
+        _write_json_atomic(
+            {"status": "failed", "problems": problems, "report": report_path, "checked_at": checked_at}, record_path
+        )
         raise ValidationFailed("validation failed: " + " | ".join(problems))
     fingerprint = lake_fingerprint(lake.event_files())
     _write_json_atomic(
-        {"status": "passed", "fingerprint": fingerprint, "report": report_path, "checked_at": checked_at, "rates": rates},
+        {
+            "status": "passed",
+            "fingerprint": fingerprint,
+            "report": report_path,
+            "checked_at": checked_at,
+            "rates": rates,
+        },
         record_path,
     )
     return {"fingerprint": fingerprint, "quarantine_rates": rates, "lake_events": report["lake_stats"]["events"]}
@@ -235,17 +241,37 @@ def as_of_times(end: datetime, snapshots: int = 1, freq: str = "D") -> list[date
     return [end - step * i for i in reversed(range(max(1, snapshots)))]
 
 
-def compute_feature_tables(end: str, snapshots: int = 1, freq: str = "D", *, settings: Settings | None = None) -> dict:
-    """The feature tables as of the interval end (and `snapshots - 1` earlier times), merged by as-of time."""
+def compute_feature_tables(
+    end: str | None,
+    snapshots: int = 1,
+    freq: str = "D",
+    *,
+    as_of: list[str] | None = None,
+    settings: Settings | None = None,
+) -> dict:
+    """The feature tables as of `end` (and `snapshots - 1` earlier times a day or a week apart),
+    merged by as-of time.
+
+    `end` None: the midnight after the lake's last event (`snapshots` 0: back to its first).
+    `as_of`: explicit times instead. Raises NotReady when the lake holds no events.
+    """
     import pandas as pd
 
     from feature_repo.lake import Lake
-    from feature_repo.transforms import compute_features
+    from feature_repo.transforms import compute_features, default_as_of_times
 
     settings = settings or Settings.from_env()
-    times = [pd.Timestamp(t) for t in as_of_times(utc_time(end), snapshots, freq)]
+    lake = Lake(settings.lake_dir)
+    if as_of:
+        times = sorted(pd.Timestamp(utc_time(t)) for t in as_of)
+    elif end is None:
+        times = default_as_of_times(lake, freq=freq, periods=snapshots or None)
+    else:
+        times = [pd.Timestamp(t) for t in as_of_times(utc_time(end), snapshots, freq)]
+    if not times or not lake.event_files():
+        raise NotReady(f"the lake at {lake.root} has no events: ingest data first")
     rows: dict[str, int] = {}
-    tables = compute_features(Lake(settings.lake_dir), times, settings.features_dir, progress=rows.__setitem__)
+    tables = compute_features(lake, times, settings.features_dir, progress=rows.__setitem__)
     return {"as_of": [t.isoformat() for t in times], "rows": rows, "tables": {k: str(v) for k, v in tables.items()}}
 
 
@@ -269,7 +295,11 @@ def compute_video_embeddings(method: str, *, settings: Settings | None = None) -
     source = {"method": method, "videos_sha256": _videos_digest(lake)}
     marker = features_dir / ".video_embeddings.source.json"
     target = features_dir / "video_embeddings.parquet"
-    if target.exists() and marker.exists() and json.loads(marker.read_text()) == {**source, "table_sha256": sha256_of(target)}:
+    if (
+        target.exists()
+        and marker.exists()
+        and json.loads(marker.read_text()) == {**source, "table_sha256": sha256_of(target)}
+    ):
         log.info("videos unchanged since %s embeddings were computed: keeping %s", method, target)
         return {"method": method, "table": str(target), "reused": True}
     path = compute_embeddings(lake, features_dir, method=method)
@@ -296,6 +326,42 @@ def materialize_online(end: str, *, settings: Settings | None = None) -> dict:
     }
 
 
+def features_job(
+    end: str | None = None,
+    snapshots: int = 1,
+    freq: str = "D",
+    *,
+    as_of: list[str] | None = None,
+    embeddings: str = "minilm",
+    materialize_end: str | None = None,
+    step: Callable[[str, dict | None], None] | None = None,
+    settings: Settings | None = None,
+) -> dict:
+    """The vidrec_features DAG's feature tasks in order, for callers without Airflow (`vidrec
+    features`, the scale benchmark): tables -> embeddings -> feast apply -> materialize.
+
+    Materializes up to `materialize_end` (default: the newest as-of time). `step(name, None)` is
+    told when a task starts and `step(name, result)` when it ends.
+    """
+    settings = settings or Settings.from_env()
+    step = step or (lambda name, result: None)
+    out: dict = {}
+    tasks = [
+        ("transform", lambda: compute_feature_tables(end, snapshots, freq, as_of=as_of, settings=settings)),
+        ("embeddings", lambda: compute_video_embeddings(embeddings, settings=settings)),
+        ("feast_apply", lambda: apply_feature_repo(settings=settings)),
+        (
+            "materialize",
+            lambda: materialize_online(materialize_end or out["transform"]["as_of"][-1], settings=settings),
+        ),
+    ]
+    for name, run in tasks:
+        step(name, None)
+        out[name] = run()
+        step(name, out[name])
+    return out
+
+
 # ---- vidrec_training ---------------------------------------------------------------------------------
 
 
@@ -307,10 +373,14 @@ def check_lake_validated(*, settings: Settings | None = None) -> dict:
     settings = settings or Settings.from_env()
     path = settings.home / VALIDATION_FILE
     if not path.exists():
-        raise ValidationFailed(f"the lake at {settings.lake_dir} was never validated: run the vidrec_features DAG first")
+        raise ValidationFailed(
+            f"the lake at {settings.lake_dir} was never validated: run the vidrec_features DAG first"
+        )
     record = json.loads(path.read_text())
     if record["status"] != "passed":
-        raise ValidationFailed(f"the last validation of the lake failed ({record['checked_at']}): " + " | ".join(record["problems"]))
+        raise ValidationFailed(
+            f"the last validation of the lake failed ({record['checked_at']}): " + " | ".join(record["problems"])
+        )
     current = lake_fingerprint(Lake(settings.lake_dir).event_files())
     if current != record["fingerprint"]:
         raise ValidationFailed(
@@ -320,122 +390,34 @@ def check_lake_validated(*, settings: Settings | None = None) -> dict:
     return {"fingerprint": current, "validated_at": record["checked_at"]}
 
 
-@contextmanager
-def lake_as_of(lake_dir: Path, end: datetime, work_root: Path) -> Iterator[Path]:
-    """A private view of the lake holding only events strictly before `end`.
-
-    Whole day partitions before `end`'s day are hard links (the lake replaces files by rename, so
-    a link keeps the content it had); the partition of `end`'s day, when `end` is not midnight,
-    is filtered. Users and videos are linked as they are. Removed on exit.
-    """
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from feature_repo.lake import PARTITION, Lake, write_parquet_atomic
-
-    source = Lake(lake_dir)
-    end = utc_time(end)
-    day = end.strftime("%Y-%m-%d")
-    midnight = end.hour == end.minute == end.second == end.microsecond == 0
-    root = Path(work_root) / f"lake-asof-{end.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-
-    def link(src: Path, dst: Path) -> None:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    try:
-        with source.locked():
-            for table in ("users", "videos"):
-                if source.table_path(table).exists():
-                    link(source.table_path(table), root / table / f"{table}.parquet")
-            for path in source.event_files():
-                date = path.parent.name.split("=", 1)[1]
-                target = root / "events" / f"{PARTITION}={date}" / "part-0.parquet"
-                if date < day:
-                    link(path, target)
-                elif date == day and not midnight:
-                    table = pq.read_table(path)
-                    kept = table.filter(pc.less(table["event_ts"], end))
-                    if kept.num_rows:
-                        write_parquet_atomic(kept, target)
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def train_config(params: dict):
-    """A `TrainConfig` from the DAG's Params (unknown ranker hyperparameters are refused)."""
-    from dataclasses import fields
-
-    from models.protocols import PROTOCOLS
-    from models.ranker import RankerConfig
-    from models.registry import GatePolicy
-    from models.train import DEFAULT_GENERATORS, TrainConfig
+    """A `TrainConfig` from the DAG's Params or the CLI's options (`models.config.train_config`),
+    with `tuned_for` read from the dataset's saved tuning (`models/tuned/<dataset>.json`)."""
+    from models.config import train_config as config_from
     from models.tuning import require_tuned
 
-    generators = params.get("generators") or DEFAULT_GENERATORS
-    if isinstance(generators, str):
-        generators = [g.strip() for g in generators.split(",") if g.strip()]
-    ranker_params = dict(params.get("ranker") or {})
-    if "max_queries_per_window" in params:
-        ranker_params["max_queries_per_window"] = _optional_int(params["max_queries_per_window"])
-    known = {f.name for f in fields(RankerConfig)} - {"extra"}
-    unknown = sorted(set(ranker_params) - known)
-    if unknown:
-        raise ValueError(f"unknown ranker hyperparameter(s) {unknown}: expected some of {sorted(known)}")
-    protocol = params.get("protocol", TrainConfig.protocol)
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
-    return TrainConfig(
-        protocol=protocol,
-        generators=tuple(generators),
-        per_source_k=int(params.get("per_source_k", 100)),
-        label_windows=int(params.get("label_windows", TrainConfig.label_windows)),
-        min_test_users=int(params.get("min_test_users", TrainConfig.min_test_users)),
-        max_eval_users=_optional_int(params.get("max_eval_users", TrainConfig.max_eval_users)),
-        use_feast=bool(params.get("use_feast", True)),
-        tuned=require_tuned(params["tuned_for"]) if params.get("tuned_for") else {},
-        ranker=RankerConfig(**ranker_params),
-        gate=GatePolicy(
-            min_gain=float(params.get("min_gain", GatePolicy.min_gain)),
-            baseline_gain=float(params.get("baseline_gain", GatePolicy.baseline_gain)),
-            **({"guards": {str(k): float(v) for k, v in params["guards"].items()}} if params.get("guards") else {}),
-        ),
-        shuffle_labels=bool(params.get("shuffle_labels", False)),
-        seed=int(params.get("seed", 42)),
-    )
+    tuned = require_tuned(params["tuned_for"]) if params.get("tuned_for") else {}
+    return config_from({**params, "tuned": tuned})
 
 
-def _optional_int(value) -> int | None:
-    return None if value is None else int(value)
-
-
-@contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
-def train_models(params: dict, end: str, *, run_tags: dict | None = None, settings: Settings | None = None) -> dict:
+def train_models(
+    params: dict,
+    end: str,
+    *,
+    run_tags: dict | None = None,
+    progress: Callable[[str], None] | None = None,
+    settings: Settings | None = None,
+) -> dict:
     """Train generators + ranker on the events before `end`, evaluate, register, gate (models.train).
 
     Idempotent: a finished MLflow run with the same key (the training data's fingerprint and the
     configuration) is reused instead of registering new versions, unless `params['force_retrain']`.
     `run_tags` (e.g. the Airflow dag and run ids) are set on the MLflow run when it is created.
+    `progress` is told each step as it starts (the CLI prints it; the DAG logs it).
     """
     from mlflow import MlflowClient
 
-    from feature_repo.lake import Lake
+    from feature_repo.lake import Lake, lake_as_of
     from models import registry, tracking
     from models.train import train_and_gate
 
@@ -450,22 +432,39 @@ def train_models(params: dict, end: str, *, run_tags: dict | None = None, settin
         if not files:
             raise NotReady(f"the lake at {settings.lake_dir} holds no events before {end_time.isoformat()}")
         fingerprint = tracking.lake_fingerprint(files)
-        key = hashlib.sha256(json.dumps({"data": fingerprint, "config": config.params()}, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        key = hashlib.sha256(
+            json.dumps({"data": fingerprint, "config": config.params()}, sort_keys=True, default=str).encode()
+        ).hexdigest()[:32]
         if not params.get("force_retrain"):
-            found = _finished_run(client, key)
+            found = registry.finished_run(client, RUN_KEY_TAG, key)
             if found is not None:
                 log.info("training data and configuration unchanged: reusing MLflow run %s", found["run_id"])
                 return {**found, "reused": True, "run_key": key, "as_of": end_time.isoformat()}
-        tags = {RUN_KEY_TAG: key, "vidrec.as_of": end_time.isoformat(), **{k: str(v) for k, v in (run_tags or {}).items()}}
-        with _env("MLFLOW_RUN_CONTEXT", json.dumps(tags)):
-            result = train_and_gate(replace(settings, lake_dir=snapshot), config, dataset=str(params.get("dataset") or "lake"))
-    row = result.table.loc["two-stage"] if "two-stage" in result.table.index else {}
+        tags = {
+            RUN_KEY_TAG: key,
+            "vidrec.as_of": end_time.isoformat(),
+            **{k: str(v) for k, v in (run_tags or {}).items()},
+        }
+        dataset = str(params.get("dataset") or "lake")
+        result = train_and_gate(
+            replace(settings, lake_dir=snapshot), config, dataset=dataset, progress=progress, run_tags=tags
+        )
+    table = result.table
+    row = table.loc["two-stage"] if "two-stage" in table.index else {}
     return {
         "run_id": result.run_id,
         "versions": result.versions,
         "promoted": bool(result.decision.promoted),
         "summary": result.decision.summary(),
-        "ndcg_at_10": float(row.get("ndcg_at_10", float("nan"))),
+        "ndcg_at_10": _finite(row.get("ndcg_at_10")),
+        "metrics": {
+            str(model): {m: _finite(table.loc[model, m]) for m in SHOWN_METRICS if m in table.columns}
+            for model in table.index
+        },
+        "stages": [
+            {"stage": r.name, "seconds": round(r.seconds, 2), "peak_rss_bytes": int(r.peak_rss_bytes)}
+            for r in result.stages
+        ],
         "reused": False,
         "run_key": key,
         "as_of": end_time.isoformat(),
@@ -473,38 +472,22 @@ def train_models(params: dict, end: str, *, run_tags: dict | None = None, settin
     }
 
 
-def _finished_run(client, key: str) -> dict | None:
-    """The newest run with this key that reached its gate decision, as `train_models` returns it."""
-    from models import registry
-    from models.tracking import metric_name
+# The held-out figures a training run reports per model (the MLflow run has all of them).
+SHOWN_METRICS = (
+    "precision_at_10",
+    "recall_at_10",
+    "ndcg_at_10",
+    "map_at_10",
+    "coverage_at_10",
+    "candidate_recall_at_200",
+)
 
-    experiment = client.get_experiment_by_name(registry.EXPERIMENT)
-    if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", order_by=["attributes.start_time DESC"]
-    )
-    for run in runs:
-        decision = run.data.tags.get("gate.decision")
-        if run.info.status != "FINISHED" or decision is None:
-            continue
-        versions = {
-            model: str(v.version)
-            for model in registry.MODELS
-            for v in client.search_model_versions(f"name = '{model}' and run_id = '{run.info.run_id}'")
-        }
-        if set(versions) != set(registry.MODELS):
-            continue
-        verdict = "PROMOTED" if decision == "promoted" else "BLOCKED"
-        return {
-            "run_id": run.info.run_id,
-            "versions": versions,
-            "promoted": decision == "promoted",
-            "summary": f"{verdict} against {run.data.tags.get('gate.against')}: {run.data.tags.get('gate.reasons', '')}",
-            "ndcg_at_10": run.data.metrics.get(metric_name("two-stage", "ndcg_at_10")),
-            "champion": registry.champion_versions(client),
-        }
-    return None
+
+def _finite(value) -> float | None:
+    """A float for JSON: NaN (a metric a model does not have) becomes null."""
+    import math
+
+    return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
 def champion_state(versions: dict[str, str], *, settings: Settings | None = None) -> dict:
@@ -586,7 +569,9 @@ def precompute_recommendations(
     meter = StageMeter(report=log.info)
     with meter.stage("precompute"):
         batches = batch.ranked_batches(champion.system, known, end_time, top_n, lookup)
-        written, rows = write_recommendation_batches(url, batches, champion.versions, ttl_s=ttl_s or serving.precomputed_ttl_s)
+        written, rows = write_recommendation_batches(
+            url, batches, champion.versions, ttl_s=ttl_s or serving.precomputed_ttl_s
+        )
     record = meter.records[-1]
     return {
         "store": url,

@@ -43,9 +43,7 @@ class Settings:
             profile=profile,
             home=home,
             lake_dir=Path(os.environ.get("VIDREC_LAKE_DIR", home / "lake")).resolve(),
-            cache_dir=Path(
-                os.environ.get("VIDREC_CACHE_DIR", Path.home() / ".cache" / "vidrec")
-            ).resolve(),
+            cache_dir=Path(os.environ.get("VIDREC_CACHE_DIR", Path.home() / ".cache" / "vidrec")).resolve(),
             features_dir=Path(os.environ.get("VIDREC_FEATURES_DIR", home / "features")).resolve(),
             # Not MLFLOW_TRACKING_URI: mlflow.set_tracking_uri() writes that variable itself.
             mlflow_uri=os.environ.get("VIDREC_MLFLOW_URI", default_mlflow),

@@ -16,13 +16,13 @@ from feast import FeatureView, Field
 from feast.types import Array, Float32, Float64, Int64, String
 
 from feature_repo.feast_repo import data_sources, entities
+from feature_repo.schema import KNOWN_DEVICES
 
 SNAPSHOT_TTL = timedelta(days=30)
 RECENT_TTL = timedelta(days=8)
 NO_TTL = timedelta(0)
 
 DAYPARTS = ("night", "morning", "afternoon", "evening")
-DEVICES = ("mobile", "desktop", "tv", "tablet")
 
 user_profile = FeatureView(
     name="user_profile",
@@ -35,8 +35,11 @@ user_profile = FeatureView(
         Field(name="like_ratio", dtype=Float64, description="likes / (likes + dislikes)."),
         Field(name="avg_completion", dtype=Float64, description="Mean watch_time_s / duration_s, capped at 1."),
         Field(name="top_genres", dtype=String, description="'Genre:share|...', the top 3 by share of activity."),
-        *[Field(name=f"share_{p}", dtype=Float64, description=f"Share of activity in the {p} (UTC).") for p in DAYPARTS],
-        *[Field(name=f"share_{d}", dtype=Float64, description=f"Share of activity on {d}.") for d in DEVICES],
+        *[
+            Field(name=f"share_{p}", dtype=Float64, description=f"Share of activity in the {p} (UTC).")
+            for p in DAYPARTS
+        ],
+        *[Field(name=f"share_{d}", dtype=Float64, description=f"Share of activity on {d}.") for d in KNOWN_DEVICES],
     ],
     source=data_sources.user_features_source,
     online=True,
@@ -53,7 +56,11 @@ user_recent = FeatureView(
         Field(name="events_7d", dtype=Int64),
         Field(name="events_30d", dtype=Int64),
         Field(name="days_since_last_activity", dtype=Float64),
-        Field(name="last_video_ids", dtype=String, description="10 most recently watched videos, newest first, '|'-joined."),
+        Field(
+            name="last_video_ids",
+            dtype=String,
+            description="10 most recently watched videos, newest first, '|'-joined.",
+        ),
     ],
     source=data_sources.user_recent_push,
     online=True,

@@ -43,9 +43,13 @@ def request_features(inputs: pd.DataFrame) -> pd.DataFrame:
     out["day_of_week"] = ts.dt.dayofweek.astype("int64")
     out["is_weekend"] = (ts.dt.dayofweek >= 5).astype("int64")
     daypart = np.select([hour < 6, hour < 12, hour < 18], ["night", "morning", "afternoon"], "evening")
-    shares = {p: pd.to_numeric(inputs[f"share_{p}"], errors="coerce") for p in ("night", "morning", "afternoon", "evening")}
+    shares = {
+        p: pd.to_numeric(inputs[f"share_{p}"], errors="coerce") for p in ("night", "morning", "afternoon", "evening")
+    }
     out["daypart_affinity"] = np.select([daypart == p for p in shares], [s.to_numpy() for s in shares.values()], np.nan)
     device = inputs["device"].astype(str).to_numpy()
+    # Literal on purpose (feature_repo.schema.KNOWN_DEVICES): Feast serializes this function and runs it
+    # in the serving process, where it should need nothing but pandas and numpy.
     devices = ("mobile", "desktop", "tv", "tablet")
     device_shares = [pd.to_numeric(inputs[f"share_{d}"], errors="coerce").to_numpy() for d in devices]
     out["device_affinity"] = np.select([device == d for d in devices], device_shares, 0.0)

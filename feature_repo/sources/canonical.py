@@ -48,8 +48,7 @@ def read_table_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
                 yield batch.to_pandas()
         else:
-            for chunk in pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_rows):
-                yield chunk
+            yield from pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_rows)
     except DataFileError:
         raise
     except Exception as exc:  # pyarrow and pandas raise many types for damaged files

@@ -32,9 +32,7 @@ ARCHIVES: dict[str, Archive] = {
     "movielens-100k": Archive(
         "ml-100k.zip", "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229", 4_924_029
     ),
-    "movielens-1m": Archive(
-        "ml-1m.zip", "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20", 5_917_549
-    ),
+    "movielens-1m": Archive("ml-1m.zip", "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20", 5_917_549),
     "movielens-25m": Archive(
         "ml-25m.zip", "8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa", 261_978_986
     ),

@@ -263,9 +263,7 @@ class MovieLens100k(Source):
                 raise DataFileError(path, f"expected {fields} {sep!r}-separated fields, got {first!r}")
 
     def users(self) -> pd.DataFrame:
-        raw = pd.read_csv(
-            self.users_path, sep="|", header=None, names=["user", "age", "gender", "occupation", "zip"]
-        )
+        raw = pd.read_csv(self.users_path, sep="|", header=None, names=["user", "age", "gender", "occupation", "zip"])
         users = pd.DataFrame(
             {
                 "user_id": raw["user"].astype(str),
@@ -278,9 +276,7 @@ class MovieLens100k(Source):
 
     def videos(self) -> pd.DataFrame:
         names = ["movie", "title", "release", "video_release", "url", *ML100K_GENRES]
-        raw = pd.read_csv(
-            self.movies_path, sep="|", header=None, names=names, encoding="latin-1", dtype={"movie": str}
-        )
+        raw = pd.read_csv(self.movies_path, sep="|", header=None, names=names, encoding="latin-1", dtype={"movie": str})
         title, year_published = split_title(raw["title"].fillna(""))
         released = pd.to_datetime(raw["release"], format="%d-%b-%Y", errors="coerce", utc=True)
         flags = raw[ML100K_GENRES].to_numpy(dtype=bool)
@@ -288,7 +284,9 @@ class MovieLens100k(Source):
             {
                 "video_id": raw["movie"],
                 "title": title,
-                "genres": [[g for g, on in zip(ML100K_GENRES, row) if on and g != "unknown"] for row in flags],
+                "genres": [
+                    [g for g, on in zip(ML100K_GENRES, row, strict=False) if on and g != "unknown"] for row in flags
+                ],
                 "tags": [[] for _ in range(len(raw))],
                 "published_ts": released.fillna(year_published),
             }

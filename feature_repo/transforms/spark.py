@@ -57,17 +57,25 @@ def register_inputs(spark, lake: Lake, as_of_times: Iterable) -> None:
 
     as_of = normalize_as_of(as_of_times)
     if lake.event_files():
-        spark.read.parquet(*[str(p) for p in lake.event_files()]).select(*schema.EVENTS.names).createOrReplaceTempView("events")
+        spark.read.parquet(*[str(p) for p in lake.event_files()]).select(*schema.EVENTS.names).createOrReplaceTempView(
+            "events"
+        )
     else:
         spark.createDataFrame(schema.EVENTS.empty_table().to_pandas()).createOrReplaceTempView("events")
     for table in ("users", "videos"):
         path = lake.table_path(table)
         names = schema.TABLES[table].names
-        frame = spark.read.parquet(str(path)) if path.exists() else spark.createDataFrame(schema.TABLES[table].empty_table().to_pandas())
+        frame = (
+            spark.read.parquet(str(path))
+            if path.exists()
+            else spark.createDataFrame(schema.TABLES[table].empty_table().to_pandas())
+        )
         frame.select(*names).createOrReplaceTempView(table)
     spark.sql("SELECT video_id, explode(genres) AS genre FROM videos").createOrReplaceTempView("video_genres")
     rows = [(t.to_pydatetime(),) for t in as_of]
-    spark.createDataFrame(rows, StructType([StructField("as_of_ts", TimestampType(), False)])).createOrReplaceTempView("as_of_times")
+    spark.createDataFrame(rows, StructType([StructField("as_of_ts", TimestampType(), False)])).createOrReplaceTempView(
+        "as_of_times"
+    )
 
 
 def spark_features(spark, lake: Lake, table: str, as_of_times: Iterable):
@@ -78,7 +86,9 @@ def spark_features(spark, lake: Lake, table: str, as_of_times: Iterable):
     return spark.sql(sql_text(table))
 
 
-def write_features(spark, lake: Lake, as_of_times: Iterable, out_dir: Path | str, tables: Iterable[str] | None = None) -> dict[str, str]:
+def write_features(
+    spark, lake: Lake, as_of_times: Iterable, out_dir: Path | str, tables: Iterable[str] | None = None
+) -> dict[str, str]:
     """Each table as parquet under `<out_dir>/<table>/`, one partition folder per as-of time.
 
     Partitions of the given as-of times are replaced; others stay (dynamic partition overwrite), so
