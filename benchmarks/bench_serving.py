@@ -83,9 +83,9 @@ def build_champion(home: Path, data_dir: Path, store_env: dict[str, str] | None 
     env = {**os.environ, "VIDREC_HOME": str(home), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", **(store_env or {})}
     code = (
         "import json; from pathlib import Path; from vidrec.settings import Settings; "
-        "from serving.sample_champion import build_sample_champion as b; "
-        f"c = b(Settings.from_env(), Path({str(data_dir)!r}), generators={GENERATORS!r}, n_estimators=200, early_stopping_rounds=None); "
-        "print('RESULT ' + json.dumps({'versions': c.versions, 'timings': c.timings, 'features': len(c.system.ranker.features), "
+        "import sys, time; sys.path.insert(0, 'tests'); from champion import build_champion as b; t = time.perf_counter(); "
+        f"c = b(Settings.from_env(), Path({str(data_dir)!r}), generators={GENERATORS!r}, ranker={{'n_estimators': 200, 'early_stopping_rounds': None}}); "
+        "print('RESULT ' + json.dumps({'versions': c.versions, 'build_s': round(time.perf_counter() - t, 1), 'features': len(c.system.ranker.features), "
         "'trees': c.system.ranker.booster.get_booster().num_boosted_rounds(), 'users': int(c.system.data.n_users), 'videos': int(c.system.data.n_videos)}))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=False)

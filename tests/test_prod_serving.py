@@ -2,7 +2,7 @@
 
 Real parts: a private `redis-server` on a free port (the shared one on 6379 is left alone), the Feast
 SQL registry and the MLflow backend store in fresh PostgreSQL databases, a champion trained on the
-first 150 users of the real ml-latest-small (serving.sample_champion) with its features materialized
+first 150 users of the real ml-latest-small (tests/champion.py, through the pipeline) with its features materialized
 into that Redis, and `bentoml serve` (serving.process.ServerProcess, two workers) with VIDREC_PROFILE=prod
 and its precomputed lists in the same Redis, as infra/compose.yaml runs it.
 
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from champion import build_champion
 from test_prod_services import _pg_connect, temp_database
 
 from serving.process import ServerProcess, free_port
@@ -106,7 +107,6 @@ def prod(ml_small, tmp_path_factory):
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     from feature_repo import store
-    from serving.sample_champion import build_sample_champion
 
     tmp = tmp_path_factory.mktemp("prod-serving")
     home = tmp / "home"
@@ -133,7 +133,7 @@ def prod(ml_small, tmp_path_factory):
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
         settings = Settings.from_env()
         try:
-            champion = build_sample_champion(settings, ml_small, max_users=USERS)
+            champion = build_champion(settings, ml_small, max_users=USERS)
         finally:
             mlflow.set_tracking_uri(before[0])
             mlflow.set_registry_uri(before[1])

@@ -24,13 +24,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from bentoml.exceptions import BentoMLException
+from champion import build_champion, train_champion
 from mlflow import MlflowClient
 
 from feature_repo import store as feast_store
 from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
 from feature_repo.sources import open_source
-from models import registry
+from models import registry, tracking
 from models.two_stage import Requests, ranking_frame
 from serving import ab, precomputed
 from serving.app import RecommenderApp
@@ -38,7 +39,6 @@ from serving.config import ServingConfig
 from serving.engine import Engine
 from serving.online import OnlineFeatures, VideoTable
 from serving.process import ServerProcess
-from serving.sample_champion import build_sample_champion, configure_mlflow, retrain_and_register
 from vidrec.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -58,8 +58,7 @@ def champion(ml_small, tmp_path_factory):
         mp.delenv(name, raising=False)
     settings = Settings.from_env()
     mp.undo()
-    built = build_sample_champion(settings, ml_small, max_users=200)
-    yield built
+    yield build_champion(settings, ml_small, max_users=200)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +119,7 @@ def local_app(champion, **changes) -> RecommenderApp:
 def test_online_ranking_equals_the_offline_two_stage_system(champion):
     """Same candidates, same features (Feast online + on-demand request features), same scores."""
     settings = champion.settings
-    configure_mlflow(settings)
+    tracking.configure(settings)
     system = champion.system
     online = OnlineFeatures(settings)
     engine = Engine(system, champion.versions, "champion", online.video_table(system.data.video_ids))
@@ -412,7 +411,10 @@ def _eventually(check, timeout: float = 30.0) -> bool:
 
 def test_reload_picks_up_a_newly_promoted_model(champion, server):
     settings = champion.settings
-    new = retrain_and_register(settings, generators=("popularity", "trending"), n_estimators=10, promote=True)
+    ranker = {"n_estimators": 10, "early_stopping_rounds": None}
+    new = train_champion(
+        settings, champion.end, generators=("popularity", "trending"), ranker=ranker, use_feast=False
+    ).versions
     assert new != champion.versions
 
     def serving_new() -> bool:
@@ -426,7 +428,7 @@ def test_reload_picks_up_a_newly_promoted_model(champion, server):
     # The token-protected endpoint: refused without the token, then reloads at once.
     assert post(server, "/reload", {}).status_code == 401
     assert post(server, "/reload", {}, headers={"Authorization": "Bearer wrong"}).status_code == 401
-    configure_mlflow(settings)
+    tracking.configure(settings)
     registry.rollback(MlflowClient())  # champion back to the first version
     reloaded = post(server, "/reload", {}, headers={"Authorization": f"Bearer {TOKEN}"})
     assert reloaded.status_code == 200, reloaded.text
@@ -444,7 +446,7 @@ def test_reload_picks_up_a_newly_promoted_model(champion, server):
 
 
 def test_ab_split_between_champion_and_challenger(champion):
-    configure_mlflow(champion.settings)
+    tracking.configure(champion.settings)
     client = MlflowClient()
     previous = {m: registry.alias_version(client, m, registry.PREVIOUS) for m in registry.MODELS}
     registry.mark_challenger(client, previous)
