@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from recommender_contract import RecommenderContract
-from test_item_cf import assert_sequels_near, held_out_recall, holdout, two_communities
+from toy_data import assert_sequels_near, held_out_recall, holdout, two_communities
 
 from models.bpr import BPR
 from models.interactions import Interactions

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from test_features import T2, T, tiny_lake, write_tiny_source
+from tiny_platform import T2, T, assert_same_values, settings_for, tiny_lake, view_columns, write_tiny_source
 from typer.testing import CliRunner
 
 from feature_repo import store
@@ -28,34 +28,6 @@ from vidrec.settings import Settings
 A1 = pd.Timestamp("2018-06-01", tz="UTC")
 LABEL = pd.Timestamp("2018-08-01", tz="UTC")
 A3 = pd.Timestamp("2018-09-25", tz="UTC")
-
-
-def settings_for(home: Path, lake: Path) -> Settings:
-    return Settings(
-        profile="local", home=home, lake_dir=lake, cache_dir=home / "cache", features_dir=home / "features",
-        mlflow_uri=f"sqlite:///{home / 'mlflow.db'}", mlflow_artifacts=str(home / "mlartifacts"),
-    )  # fmt: skip
-
-
-def view_columns(view: str) -> list[str]:
-    from feature_repo.feast_repo import feature_views
-
-    return [f.name for f in getattr(feature_views, view).features]
-
-
-def assert_same_values(got: pd.Series, want: pd.Series, what: str) -> None:
-    """Equal values, NaN == NaN, ints == floats (online values of a column with gaps are floats)."""
-    got, want = got.reset_index(drop=True), want.reset_index(drop=True)
-    if pd.api.types.is_numeric_dtype(want):
-        np.testing.assert_allclose(
-            pd.to_numeric(got, errors="coerce").to_numpy(float),
-            want.to_numpy(float),
-            rtol=1e-9,
-            equal_nan=True,
-            err_msg=what,
-        )
-    else:
-        assert got.fillna("").tolist() == want.fillna("").tolist(), what
 
 
 # ---- MovieLens: point-in-time correctness and online/offline consistency ---------------------------

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 from recommender_contract import RecommenderContract
-from test_sequential import chain_events
+from toy_data import chain_events
 
 from models.gru4rec import GRU4Rec, session_parallel_batches
 from models.interactions import Interactions

@@ -2,63 +2,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from recommender_contract import RecommenderContract
+from toy_data import assert_sequels_near, held_out_recall, holdout, two_communities
 
 from models.interactions import Interactions
 from models.item_cf import ItemKNN, cosine_knn
-from models.metrics import recall_at_k
 from models.popularity import Popularity
-
-# ---- helpers the other collaborative-filtering tests share -----------------------------------------
-
-
-def holdout(data: Interactions, fraction: float = 0.2, seed: int = 0) -> tuple[Interactions, sp.csr_matrix]:
-    """Hide a random `fraction` of the interactions: (train interactions, held-out truth matrix)."""
-    coo = data.matrix.tocoo()
-    held = np.random.default_rng(seed).random(coo.nnz) < fraction
-
-    def part(mask: np.ndarray) -> sp.csr_matrix:
-        return sp.csr_matrix((coo.data[mask], (coo.row[mask], coo.col[mask])), shape=data.matrix.shape)
-
-    return Interactions(part(~held), data.user_ids, data.video_ids), part(held)
-
-
-def held_out_recall(model, train: Interactions, truth: sp.csr_matrix, k: int = 10) -> float:
-    users = np.flatnonzero(truth.getnnz(axis=1) > 0)
-    return recall_at_k(model.fit(train).recommend(users, k=k)[0], truth[users], k)
-
-
-def two_communities(n_users: int = 20, n_items: int = 6, seed: int = 0) -> Interactions:
-    """Users 0..n-1 watch videos among 0..m-1 only, users n..2n-1 among m..2m-1 only; the last
-    user (row 2n) watched video 0 and nothing else."""
-    rng = np.random.default_rng(seed)
-    dense = np.zeros((2 * n_users + 1, 2 * n_items), dtype=np.float32)
-    for group in (0, 1):
-        users = slice(group * n_users, (group + 1) * n_users)
-        dense[users, group * n_items : (group + 1) * n_items] = rng.random((n_users, n_items)) < 0.6
-    dense[-1, 0] = 1.0
-    ids = np.array([f"u{i}" for i in range(dense.shape[0])])
-    return Interactions(sp.csr_matrix(dense), ids, np.array([f"v{j}" for j in range(dense.shape[1])]))
-
-
-def title_rows(data: Interactions, videos, prefixes: list[str]) -> list[int]:
-    """Video rows of the first movie whose title starts with each prefix."""
-    titles = videos.set_index("video_id")["title"].reindex(data.video_ids).fillna("").to_numpy()
-    return [int(np.flatnonzero(np.char.startswith(titles.astype(str), prefix))[0]) for prefix in prefixes]
-
-
-SERIES = {
-    "Lord of the Rings: The Two Towers": ["Lord of the Rings: The Fellowship", "Lord of the Rings: The Return"],
-    "Star Wars: Episode V": ["Star Wars: Episode IV", "Star Wars: Episode VI"],
-}
-
-
-def assert_sequels_near(model, data: Interactions, videos, k: int = 5) -> None:
-    """similar_items of a middle film includes both its neighbours in the series."""
-    for film, others in SERIES.items():
-        query = title_rows(data, videos, [film])
-        ids, _ = model.similar_items(np.array(query), k=k)
-        assert set(title_rows(data, videos, others)) <= set(ids[0]), f"{film}: {ids[0]}"
-
 
 # ---- the model ------------------------------------------------------------------------------------
 

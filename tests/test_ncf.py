@@ -3,7 +3,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 from recommender_contract import RecommenderContract, small_movielens
-from test_vae import holdout_split, recall_at, two_clusters
+from toy_data import holdout, recall_at, two_clusters
 
 from models.interactions import Interactions
 from models.ncf import NCF, sample_unseen
@@ -17,7 +17,7 @@ class TestNCF(RecommenderContract):
 
 def test_beats_popularity_on_held_out_slice(ml_small):
     data, _ = small_movielens(ml_small)
-    train, held = holdout_split(data)
+    train, held = holdout(data)
     ncf = NCF(factors=16, mlp_dims=(32, 16, 8), epochs=8, batch_size=512, seed=7).fit(train)
     pop = Popularity().fit(train)
     ncf_recall, pop_recall = recall_at(ncf, held, 20), recall_at(pop, held, 20)

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from test_feast_store import settings_for
-from test_features import T2, T, tiny_lake
+from tiny_platform import T2, T, settings_for, tiny_lake
 
 from feature_repo import online_bulk, store
 from feature_repo.lake import Lake
@@ -207,8 +206,8 @@ def test_the_env_switch_falls_back_to_feast(tmp_path, monkeypatch):
 
 @pytest.mark.integration
 def test_redis_writes_equal_feasts(tmp_path, monkeypatch):
-    from test_prod_feast import forget_stores, prod_settings
-    from test_prod_services import CLAIM_KEY, redis_client, redis_db, redis_host_port, temp_database
+    from services import CLAIM_KEY, redis_client, redis_db, redis_host_port, temp_database
+    from tiny_platform import forget_stores, prod_settings
 
     lake = tiny_lake(tmp_path)
     host, port = redis_host_port()

@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from test_prod_services import _pg_connect, redis_client, redis_db, redis_host_port, temp_database
+from services import pg_connect, redis_client, redis_db, redis_host_port, temp_database
 
 from feature_repo.synthetic import SyntheticConfig, generate
 
@@ -358,7 +358,7 @@ class TestRetrainThroughTheRestApi:
         assert run["data_interval_end"].startswith("2026-01-31T00:00:00")
         assert self.run_ids(platform, "vidrec_features") == [created["dag_run_id"]]
         # Feast's registry is in PostgreSQL and the online rows in the claimed Redis db.
-        with _pg_connect(dbname=dbname(platform.databases["feast"])) as conn:
+        with pg_connect(dbname=dbname(platform.databases["feast"])) as conn:
             views = {
                 r[0] for r in conn.execute("select feature_view_name from feature_views where project_id = 'vidrec'")
             }
@@ -388,7 +388,7 @@ class TestRetrainThroughTheRestApi:
         assert tags["airflow.dag_id"] == "vidrec_training" and tags["airflow.run_id"] == run_id  # set by this very run
         assert tags["gate.decision"] == "promoted"
         assert ranker.tags[registry.TAG_CANDIDATES_VERSION] == champion[registry.CANDIDATES_MODEL]
-        with _pg_connect(dbname=dbname(uri)) as conn:  # the MLflow backend store is PostgreSQL
+        with pg_connect(dbname=dbname(uri)) as conn:  # the MLflow backend store is PostgreSQL
             stored = dict(
                 conn.execute("select name, version from registered_model_aliases where alias = 'champion'").fetchall()
             )

@@ -11,34 +11,16 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from test_feast_store import assert_same_values, view_columns
-from test_features import T2, T, tiny_lake
-from test_prod_services import CLAIM_KEY, _pg_connect, redis_client, redis_db, redis_host_port, temp_database
+from services import CLAIM_KEY, pg_connect, redis_client, redis_db, redis_host_port, temp_database
+from tiny_platform import T2, T, assert_same_values, forget_stores, prod_settings, tiny_lake, view_columns
 
 from feature_repo import store
 from feature_repo.transforms import compute_features
-from vidrec.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 USERS = ["u1", "u2", "u3"]
 VIDEOS = ["v1", "v2", "v4"]
-
-
-def prod_settings(tmp) -> Settings:
-    return Settings(
-        profile="prod", home=tmp / "home", lake_dir=tmp / "lake", cache_dir=tmp / "cache",
-        features_dir=tmp / "features", mlflow_uri="unused://", mlflow_artifacts=str(tmp / "mlartifacts"),
-    )  # fmt: skip
-
-
-def forget_stores(settings: Settings) -> None:
-    """Drop the cached FeatureStore of these locations (and its database connections)."""
-    where = store.locations(settings)
-    cached = store._STORES.pop(where, None)
-    engine = getattr(getattr(cached, "registry", None), "write_engine", None)
-    if engine is not None:
-        engine.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +68,7 @@ def test_the_registry_lives_in_postgresql(served):
         "FeatureView:user_profile" in served["applied"].applied
         and "FeatureService:ranker_v1" in served["applied"].applied
     )
-    with _pg_connect(dbname=served["registry_db"]) as conn:
+    with pg_connect(dbname=served["registry_db"]) as conn:
         tables = {
             r[0] for r in conn.execute("select table_name from information_schema.tables where table_schema = 'public'")
         }

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import requests
 from mlflow import MlflowClient
-from test_prod_services import _pg_connect, temp_database
+from services import pg_connect, temp_database
 
 from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
@@ -214,7 +214,7 @@ def test_gate_promotes_blocks_and_promotes_through_the_server(runs, client, serv
 
 def test_state_is_in_postgresql_and_artifacts_went_through_the_server(runs, client, server):
     first, degraded, better = runs
-    with _pg_connect(dbname=server.database) as conn:
+    with pg_connect(dbname=server.database) as conn:
         run_ids = {r[0] for r in conn.execute("select run_uuid from runs")}
         n_versions = conn.execute("select count(*) from model_versions").fetchone()[0]
         stored = dict(

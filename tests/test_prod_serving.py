@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 from champion import build_champion
-from test_prod_services import _pg_connect, temp_database
+from services import pg_connect, temp_database
 
 from serving.process import ServerProcess, free_port
 from vidrec.settings import Settings
@@ -176,7 +176,7 @@ def eventually(check, timeout: float) -> bool:
 
 def registry_connections(prod: Prod) -> int:
     """Open PostgreSQL connections to the Feast registry database (the service's, and ours)."""
-    with _pg_connect() as conn:
+    with pg_connect() as conn:
         return conn.execute("select count(*) from pg_stat_activity where datname = %s", (prod.feast_db,)).fetchone()[0]
 
 

@@ -4,6 +4,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 from recommender_contract import RecommenderContract
+from toy_data import chain_events
 
 from models.interactions import Interactions
 from models.sequential import SASRec, ordered_histories
@@ -12,19 +13,6 @@ from models.sequential import SASRec, ordered_histories
 class TestSASRec(RecommenderContract):
     def make_model(self, videos):
         return SASRec(max_len=20, hidden=32, heads=2, layers=1, epochs=3, batch_size=64, seed=7)
-
-
-def chain_events(n_videos: int = 40, n_users: int = 150, seed: int = 0) -> pd.DataFrame:
-    """Every user watches a contiguous stretch of the fixed chain v0 -> v1 -> ... in order."""
-    rng = np.random.default_rng(seed)
-    start_ts = pd.Timestamp("2024-01-01", tz="UTC")
-    rows = []
-    for user in range(n_users):
-        length = int(rng.integers(4, 12))
-        first = int(rng.integers(0, n_videos - length))  # leaves a successor after the last one
-        for step in range(length):
-            rows.append((f"u{user}", f"v{first + step}", start_ts + pd.Timedelta(hours=step + user)))
-    return pd.DataFrame(rows, columns=["user_id", "video_id", "event_ts"]).assign(event_type="watch", rating=np.nan)
 
 
 def test_learns_a_strict_chain_order():

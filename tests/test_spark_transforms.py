@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from test_features import T2, T, tiny_lake
+from tiny_platform import T2, T, tiny_lake
 
 from feature_repo.lake import Lake
 from feature_repo.transforms import TABLES, TIMESTAMP_FIELD, query_features

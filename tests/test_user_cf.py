@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from recommender_contract import RecommenderContract
-from test_item_cf import held_out_recall, holdout, two_communities
+from toy_data import held_out_recall, holdout, two_communities
 
 from models.interactions import Interactions
 from models.popularity import Popularity

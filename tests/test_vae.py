@@ -1,8 +1,8 @@
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
 from recommender_contract import RecommenderContract, small_movielens
+from toy_data import holdout, recall_at, two_clusters
 
 from models.interactions import Interactions
 from models.popularity import Popularity
@@ -14,47 +14,13 @@ class TestMultVAE(RecommenderContract):
         return MultVAE(hidden=64, latent=32, epochs=10, batch_size=32, lr=3e-3, seed=7)
 
 
-def holdout_split(data: Interactions, fraction: float = 0.2, seed: int = 0) -> tuple[Interactions, sp.csr_matrix]:
-    """Hide a random `fraction` of each user's interactions: (train interactions, held-out matrix)."""
-    coo = data.matrix.tocoo()
-    held = np.random.default_rng(seed).random(coo.nnz) < fraction
-
-    def part(mask: np.ndarray, values: np.ndarray) -> sp.csr_matrix:
-        return sp.csr_matrix((values[mask], (coo.row[mask], coo.col[mask])), shape=data.matrix.shape)
-
-    train = Interactions(part(~held, coo.data), data.user_ids, data.video_ids)
-    return train, part(held, coo.data)
-
-
-def recall_at(model, held: sp.csr_matrix, k: int) -> float:
-    """Mean over users with held-out videos of hits / min(k, number held out)."""
-    users = np.flatnonzero(np.diff(held.indptr) > 0)
-    ids, _ = model.recommend(users, k=k)
-    recalls = [len(set(held[u].indices) & set(ids[i])) / min(k, held[u].nnz) for i, u in enumerate(users)]
-    return float(np.mean(recalls))
-
-
 def test_beats_popularity_on_held_out_slice(ml_small):
     data, _ = small_movielens(ml_small)
-    train, held = holdout_split(data)
+    train, held = holdout(data)
     vae = MultVAE(hidden=100, latent=32, epochs=30, batch_size=32, lr=3e-3).fit(train)
     pop = Popularity().fit(train)
     vae_recall, pop_recall = recall_at(vae, held, 20), recall_at(pop, held, 20)
     assert vae_recall > pop_recall * 1.15, f"mult-vae recall@20 {vae_recall:.3f} vs popularity {pop_recall:.3f}"
-
-
-def two_clusters(n_users: int = 80, per_cluster: int = 20, watched: int = 8, seed: int = 0) -> Interactions:
-    """Half the users watch only 'a*' videos, half only 'b*'; the 'b' cluster is more popular."""
-    rng = np.random.default_rng(seed)
-    now = pd.Timestamp("2024-01-01", tz="UTC")
-    rows = []
-    for user in range(n_users):
-        cluster = "a" if user < n_users // 3 else "b"
-        for video in rng.choice(per_cluster, size=watched, replace=False):
-            rows.append((f"u{user}", f"{cluster}{video}", now))
-    events = pd.DataFrame(rows, columns=["user_id", "video_id", "event_ts"]).assign(event_type="watch", rating=np.nan)
-    catalog = [f"{c}{i}" for c in "ab" for i in range(per_cluster)] + [f"unwatched{i}" for i in range(10)]
-    return Interactions.from_events(events, catalog=catalog, weighting="binary")
 
 
 def test_recommends_within_the_users_cluster():
