@@ -38,3 +38,12 @@ def isolated_vidrec_home(tmp_path, monkeypatch):
     monkeypatch.delenv("VIDREC_PROFILE", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+
+
+def pytest_generate_tests(metafunc):
+    """A contract class's `bad_params`: one `test_bad_parameters_are_refused` case each."""
+    if metafunc.function.__name__ == "test_bad_parameters_are_refused" and "params" in metafunc.fixturenames:
+        cases = getattr(metafunc.cls, "bad_params", None) or [
+            pytest.param(None, marks=pytest.mark.skip(reason="no constructor parameters to refuse"))
+        ]
+        metafunc.parametrize("params", cases, ids=[repr(c) if isinstance(c, dict) else "none" for c in cases])

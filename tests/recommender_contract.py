@@ -1,7 +1,13 @@
 """The contract every candidate generator's tests reuse (like implicit's RecommenderBaseTestMixin).
 
-A test module subclasses `RecommenderContract`, sets nothing else than `make_model()`, and gets
-the shared behaviour checks on a small real-data slice (MovieLens users with 20+ ratings).
+A test module subclasses `RecommenderContract`, defines `make_model()`, and gets the shared
+behaviour checks on a small real-data slice (MovieLens users with 20+ ratings). What else a class
+declares turns on the checks that take it:
+
+    model_class                     the generator under test
+    bad_params                      constructor arguments it must refuse with a ValueError (one test each)
+    beats_popularity_by, held_out_k  `held_out_model(videos)` must beat popularity's recall@k on a
+                                    random fifth of the slice's interactions by this factor
 """
 
 from __future__ import annotations
@@ -9,9 +15,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from toy_data import held_out_recall, holdout
 
 from models.base import NotFittedError, Recommender
 from models.interactions import Interactions
+from models.popularity import Popularity
 
 
 def movielens_frames(ml_small_dir, max_user: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -59,8 +67,31 @@ class RecommenderContract:
         interactions, videos = data
         return cls().make_model(videos).fit(interactions)
 
+    model_class: type[Recommender] | None = None
+    bad_params: list[dict] = []  # parametrizes test_bad_parameters_are_refused (conftest.py)
+    beats_popularity_by: float | None = None  # None: no held-out check (popularity itself, blends, ...)
+    held_out_k: int = 10
+
     def make_model(self, videos: pd.DataFrame) -> Recommender:
         raise AssertionError("a contract test class must define make_model")
+
+    def held_out_model(self, videos: pd.DataFrame) -> Recommender:
+        return self.make_model(videos)
+
+    def test_bad_parameters_are_refused(self, params):
+        with pytest.raises(ValueError):
+            self.model_class(**params)
+
+    def test_beats_popularity_on_held_out_slice(self, data):
+        if self.beats_popularity_by is None:
+            pytest.skip(f"{type(self).__name__} declares no held-out margin over popularity")
+        interactions, videos = data
+        train, truth = holdout(interactions)
+        model = held_out_recall(self.held_out_model(videos), train, truth, self.held_out_k)
+        popularity = held_out_recall(Popularity(), train, truth, self.held_out_k)
+        assert model > self.beats_popularity_by * popularity, (
+            f"recall@{self.held_out_k} {model:.3f} vs popularity {popularity:.3f}"
+        )
 
     def test_recommend_shape_order_and_no_seen(self, fitted, data):
         interactions, _ = data

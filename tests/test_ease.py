@@ -1,16 +1,21 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from recommender_contract import RecommenderContract, small_movielens
+from recommender_contract import RecommenderContract
 
 from models.ease import EASE, ease_weights, spd_inverse
 from models.interactions import Interactions
-from models.metrics import recall_at_k
-from models.popularity import Popularity
 
 
 class TestEASE(RecommenderContract):
+    model_class = EASE
+    bad_params = [{"l2": 0}, {"l2": -5.0}, {"l2": float("nan")}, {"l2": "big"}, {"max_items": 0}, {"max_items": 2.5}]
+    beats_popularity_by, held_out_k = 1.5, 10
+
     def make_model(self, videos):
+        return EASE(l2=100.0)
+
+    def held_out_model(self, videos):
         return EASE(l2=100.0)
 
     def test_only_videos_with_interactions_take_part(self, fitted, data):
@@ -92,22 +97,3 @@ def holdout(data: Interactions, fraction: float = 0.2, seed: int = 0) -> tuple[I
         return sp.csr_matrix((coo.data[mask], (coo.row[mask], coo.col[mask])), shape=data.matrix.shape)
 
     return Interactions(part(~held), data.user_ids, data.video_ids), part(held)
-
-
-def test_beats_popularity_on_held_out_slice(ml_small):
-    data, _ = small_movielens(ml_small)
-    train, truth = holdout(data)
-    users = np.flatnonzero(truth.getnnz(axis=1) > 0)
-    ease = EASE(l2=100.0).fit(train)
-    pop = Popularity().fit(train)
-    ease_recall = recall_at_k(ease.recommend(users, k=10)[0], truth[users], 10)
-    pop_recall = recall_at_k(pop.recommend(users, k=10)[0], truth[users], 10)
-    assert ease_recall > 1.5 * pop_recall, f"ease recall@10 {ease_recall:.3f} vs popularity {pop_recall:.3f}"
-
-
-@pytest.mark.parametrize(
-    "params", [{"l2": 0}, {"l2": -5.0}, {"l2": float("nan")}, {"l2": "big"}, {"max_items": 0}, {"max_items": 2.5}]
-)
-def test_bad_parameters_are_refused(params):
-    with pytest.raises(ValueError):
-        EASE(**params)
