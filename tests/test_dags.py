@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
@@ -278,76 +279,133 @@ def assert_states(states: dict[str, str], expected: dict[str, str], log: str) ->
     assert {t: states.get(t) for t in expected} == expected, log[-6000:]
 
 
+@dataclass
+class Ran:
+    """One `airflow dags test` and what it left."""
+
+    code: int
+    states: dict[str, str]
+    log: str
+    seen: dict = field(default_factory=dict)  # state read right after the run
+
+
+# The scenario is a chain of module fixtures, each one DAG run that builds on the one before: any test
+# runs alone (`pytest -k name`) and gets exactly the runs it needs, in order.
+
+
+@pytest.fixture(scope="module")
+def featured(platform) -> Ran:
+    """The features DAG, once, for DAY."""
+    ran = Ran(*platform.run("vidrec_features", DAY, platform.features_conf()))
+    with platform.settings() as s:
+        stamps = pd.read_parquet(s.features_dir / "user_features.parquet", columns=["event_timestamp"])
+    ran.seen = {
+        "lake": platform.lake_counts(),
+        "features": platform.feature_rows(),
+        "as_of": set(stamps["event_timestamp"].astype(str)),
+    }
+    return ran
+
+
+@pytest.fixture(scope="module")
+def trained(platform, featured) -> Ran:
+    """The training DAG, once, for DAY: the first champion."""
+    ran = Ran(*platform.run("vidrec_training", DAY, TRAIN_CONF))
+    ran.seen = platform.registry()
+    return ran
+
+
+@pytest.fixture(scope="module")
+def batched(platform, trained) -> Ran:
+    ran = Ran(*platform.run("vidrec_batch_recs", DAY, {"active_days": 7, "top_n": 20}))
+    ran.seen = platform.precomputed()
+    return ran
+
+
+@pytest.fixture(scope="module")
+def fed_back(platform, trained) -> Ran:
+    """40 events in the serving feedback log, then the features DAG for the next day."""
+    from feature_repo.lake import Lake
+    from serving.feedback import FeedbackLog
+
+    before = platform.lake_counts()["events"]
+    with platform.settings() as s:
+        videos = list(Lake(s.lake_dir).read_table("videos")["video_id"])
+    events = [
+        {"user_id": f"fb-{i % 5}", "video_id": videos[i], "event_type": "play", "device": "mobile",
+         "event_ts": f"2026-01-31T{10 + i % 10:02d}:00:00Z", "session_id": f"s{i}"}
+        for i in range(40)
+    ]  # fmt: skip
+    result = FeedbackLog(platform.home / "feedback", lambda: videos).append(
+        events, now=pd.Timestamp("2026-02-01T00:00:00Z")
+    )
+    assert len(result.accepted) == 40 and not result.rejected
+    ran = Ran(*platform.run("vidrec_features", NEXT_DAY, platform.features_conf()))
+    ran.seen = {"before": before, "after": platform.lake_counts()["events"]}
+    return ran
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 class TestDagRuns:
-    """In order: features twice, training (promote, reuse, block), batch twice, feedback, reload."""
+    """Features (twice), training (promote, reuse, block), batch (twice), feedback, reload."""
 
-    def test_features_dag_runs_to_success(self, platform):
-        code, states, log = platform.run("vidrec_features", DAY, platform.features_conf())
-        assert code == 0, log[-6000:]
-        assert set(states.values()) == {"success"}, states
-        counts = platform.lake_counts()
+    def test_features_dag_runs_to_success(self, platform, featured):
+        assert featured.code == 0, featured.log[-6000:]
+        assert set(featured.states.values()) == {"success"}, featured.states
+        counts, rows = featured.seen["lake"], featured.seen["features"]
         assert counts["events"] > 0 and counts["videos"] == 200
-        rows = platform.feature_rows()
         assert rows["user_features"] > 0 and rows["video_features"] > 0 and rows["video_embeddings"] == 200
-        report = json.loads(next((platform.home / "runs" / "vidrec_features").glob("*/ingest.json")).read_text())
+        report = json.loads(next((platform.home / "runs" / "vidrec_features").glob(f"{DAY}*/ingest.json")).read_text())
         assert report["sources"][0]["tables"]["events"]["rows_in"] == 20_000
         # The as-of time is the data interval's end: one snapshot, at midnight after the last event.
-        with platform.settings() as s:
-            stamps = pd.read_parquet(s.features_dir / "user_features.parquet", columns=["event_timestamp"])[
-                "event_timestamp"
-            ]
-        assert set(stamps.astype(str)) == {"2026-01-31 00:00:00+00:00"}
-        platform.first_run = {"lake": counts, "features": rows}
+        assert featured.seen["as_of"] == {"2026-01-31 00:00:00+00:00"}
 
-    def test_features_dag_rerun_of_the_same_interval_duplicates_nothing(self, platform):
+    def test_features_dag_rerun_of_the_same_interval_duplicates_nothing(self, platform, featured):
         code, states, log = platform.run("vidrec_features", DAY, platform.features_conf())
         assert code == 0 and set(states.values()) == {"success"}, log[-6000:]
-        assert platform.lake_counts() == platform.first_run["lake"]
-        assert platform.feature_rows() == platform.first_run["features"]
+        assert platform.lake_counts() == featured.seen["lake"]
+        assert platform.feature_rows() == featured.seen["features"]
         assert "videos unchanged since tfidf embeddings were computed" in log
 
-    def test_training_dag_trains_registers_and_promotes(self, platform):
-        code, states, log = platform.run("vidrec_training", DAY, TRAIN_CONF)
-        assert code == 0, log[-6000:]
-        assert_states(states, {"check_data": "success", "train_and_gate": "success", "promote_or_block": "success",
-                               "champion_promoted": "success", "gate_blocked": "skipped",
-                               "reload_serving": "skipped"}, log)  # fmt: skip
-        assert "VIDREC_SERVING_URL is not set" in log
-        state = platform.registry()
-        assert state["versions"] == {"vidrec-candidates": [1], "vidrec-ranker": [1]}
-        assert state["champion"] == {"vidrec-candidates": "1", "vidrec-ranker": "1"}
-        platform.trained = state
+    def test_training_dag_trains_registers_and_promotes(self, trained):
+        assert trained.code == 0, trained.log[-6000:]
+        assert_states(trained.states, {"check_data": "success", "train_and_gate": "success", "promote_or_block": "success",
+                                       "champion_promoted": "success", "gate_blocked": "skipped",
+                                       "reload_serving": "skipped"}, trained.log)  # fmt: skip
+        assert "VIDREC_SERVING_URL is not set" in trained.log
+        assert trained.seen["versions"] == {"vidrec-candidates": [1], "vidrec-ranker": [1]}
+        assert trained.seen["champion"] == {"vidrec-candidates": "1", "vidrec-ranker": "1"}
 
-    def test_training_rerun_of_the_same_interval_registers_nothing_new(self, platform):
+    def test_training_rerun_of_the_same_interval_registers_nothing_new(self, platform, trained):
+        before = platform.registry()
         code, states, log = platform.run("vidrec_training", DAY, TRAIN_CONF)
         assert code == 0, log[-6000:]
         assert "reusing MLflow run" in log
         assert states["champion_promoted"] == "success"
-        assert platform.registry() == platform.trained
+        assert platform.registry()["versions"] == before["versions"]
 
-    def test_blocked_gate_skips_promotion_and_reload(self, platform):
+    def test_blocked_gate_skips_promotion_and_reload(self, platform, trained):
         # A margin no model can reach: the gate blocks, the champion stays.
+        before = platform.registry()["versions"]["vidrec-ranker"]
         code, states, log = platform.run("vidrec_training", DAY, {**TRAIN_CONF, "min_gain": 1.0})
         assert code == 0, log[-6000:]
         assert_states(states, {"train_and_gate": "success", "promote_or_block": "success", "gate_blocked": "success",
                                "champion_promoted": "skipped", "reload_serving": "skipped"}, log)  # fmt: skip
         state = platform.registry()
-        assert state["versions"] == {"vidrec-candidates": [1, 2], "vidrec-ranker": [1, 2]}
+        assert state["versions"]["vidrec-ranker"] == [*before, before[-1] + 1]
         assert state["champion"] == {"vidrec-candidates": "1", "vidrec-ranker": "1"}
 
-    def test_a_protocol_without_feast_features_cannot_judge_a_feast_champion(self, platform):
+    def test_a_protocol_without_feast_features_cannot_judge_a_feast_champion(self, platform, trained):
         code, states, log = platform.run("vidrec_training", DAY, {**TRAIN_CONF, "protocol": "user-time"})
         assert code == 0, log[-6000:]
         assert_states(states, {"gate_blocked": "success", "champion_promoted": "skipped"}, log)
         assert "ranks with Feast features (ranker_v1), which the user-time protocol leaves out" in log
         assert platform.registry()["champion"] == {"vidrec-candidates": "1", "vidrec-ranker": "1"}
 
-    def test_batch_dag_writes_the_champions_lists(self, platform):
-        code, states, log = platform.run("vidrec_batch_recs", DAY, {"active_days": 7, "top_n": 20})
-        assert code == 0 and states == {"precompute": "success"}, log[-6000:]
-        lists = platform.precomputed()
+    def test_batch_dag_writes_the_champions_lists(self, platform, batched):
+        assert batched.code == 0 and batched.states == {"precompute": "success"}, batched.log[-6000:]
+        lists = batched.seen
         assert len(lists) > 10
         first = next(iter(lists.values()))
         assert first["versions"] == {"vidrec-candidates": "1", "vidrec-ranker": "1"}
@@ -360,41 +418,26 @@ class TestDagRuns:
         with platform.settings() as s:
             active = active_users(Lake(s.lake_dir), end - pd.Timedelta(days=7), end)
         assert len(active) > 10 and {f"vidrec:recs:{u}" for u in active} == set(lists)
-        platform.lists = lists
 
-    def test_batch_rerun_rewrites_the_same_keys(self, platform):
+    def test_batch_rerun_rewrites_the_same_keys(self, platform, batched):
         code, states, log = platform.run("vidrec_batch_recs", DAY, {"active_days": 7, "top_n": 20})
         assert code == 0, log[-6000:]
         again = platform.precomputed()
-        assert set(again) == set(platform.lists)
-        assert all(again[k]["video_ids"] == platform.lists[k]["video_ids"] for k in again)
+        assert set(again) == set(batched.seen)
+        assert all(again[k]["video_ids"] == batched.seen[k]["video_ids"] for k in again)
 
-    def test_features_dag_ingests_the_feedback_log(self, platform):
-        from serving.feedback import FeedbackLog
-
-        before = platform.lake_counts()["events"]
-        with platform.settings() as s:
-            from feature_repo.lake import Lake
-
-            videos = list(Lake(s.lake_dir).read_table("videos")["video_id"])
-        events = [
-            {"user_id": f"fb-{i % 5}", "video_id": videos[i], "event_type": "play", "device": "mobile",
-             "event_ts": f"2026-01-31T{10 + i % 10:02d}:00:00Z", "session_id": f"s{i}"}
-            for i in range(40)
-        ]  # fmt: skip
-        log_dir = platform.home / "feedback"
-        result = FeedbackLog(log_dir, lambda: videos).append(events, now=pd.Timestamp("2026-02-01T00:00:00Z"))
-        assert len(result.accepted) == 40 and not result.rejected
-        code, states, log = platform.run("vidrec_features", NEXT_DAY, platform.features_conf())
-        assert code == 0 and set(states.values()) == {"success"}, log[-6000:]
-        assert platform.lake_counts()["events"] == before + 40
+    def test_features_dag_ingests_the_feedback_log(self, platform, fed_back):
+        assert fed_back.code == 0 and set(fed_back.states.values()) == {"success"}, fed_back.log[-6000:]
+        assert fed_back.seen["after"] == fed_back.seen["before"] + 40
         # Once more for the same interval: the feedback batch is not added twice.
         code, _, log = platform.run("vidrec_features", NEXT_DAY, platform.features_conf())
-        assert code == 0 and platform.lake_counts()["events"] == before + 40, log[-6000:]
+        assert code == 0 and platform.lake_counts()["events"] == fed_back.seen["after"], log[-6000:]
 
-    def test_promotion_reloads_a_running_service(self, platform):
+    def test_promotion_reloads_a_running_service(self, platform, fed_back):
         from serving.process import ServerProcess
 
+        newest = max(platform.registry()["versions"]["vidrec-ranker"])
+        expected = {"vidrec-candidates": str(newest + 1), "vidrec-ranker": str(newest + 1)}
         env = {"VIDREC_HOME": str(platform.home), "VIDREC_RELOAD_TOKEN": "t0ken", "VIDREC_RELOAD_POLL_S": "0"}
         with ServerProcess(env=env) as server:
             # The lake grew (feedback): new data, new run; margins no model can miss promote it.
@@ -408,7 +451,7 @@ class TestDagRuns:
             )  # fmt: skip
             assert code == 0, log[-6000:]
             assert_states(states, {"champion_promoted": "success", "reload_serving": "success"}, log)
-            assert platform.registry()["champion"] == {"vidrec-candidates": "4", "vidrec-ranker": "4"}
+            assert platform.registry()["champion"] == expected
             import time
 
             import httpx
@@ -416,10 +459,10 @@ class TestDagRuns:
             deadline = time.monotonic() + 120  # a reload answers after 3 s even if loading takes longer
             while True:
                 status = httpx.post(f"{server.url}/status", json={}, timeout=30).json()
-                if '"vidrec-ranker": "4"' in json.dumps(status) or time.monotonic() > deadline:
+                if f'"vidrec-ranker": "{newest + 1}"' in json.dumps(status) or time.monotonic() > deadline:
                     break
                 time.sleep(1)
-            assert '"vidrec-ranker": "4"' in json.dumps(status), status
+            assert f'"vidrec-ranker": "{newest + 1}"' in json.dumps(status), status
             with pytest.raises(PermissionError, match="401"):
                 pipeline.reload_serving(server.url, "wrong-token")
             # Every user with history (the 40 feedback events' users included) is ranked, never cold start.
@@ -441,9 +484,9 @@ class TestDagRuns:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         events = {
             v: int(client.get_run(client.get_model_version("vidrec-ranker", v).run_id).data.params["data.events"])
-            for v in ("1", "4")
+            for v in ("1", str(newest + 1))
         }
-        assert events["4"] == events["1"] + 40
+        assert events[str(newest + 1)] == events["1"] + 40
 
 
 @pytest.mark.integration
