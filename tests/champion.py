@@ -19,10 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
+from movielens import movielens_frames, write_canonical
 
-from feature_repo.schema import KNOWN_DEVICES
 from vidrec import pipeline
 from vidrec.settings import Settings
 
@@ -40,35 +39,9 @@ class Champion:
 
 
 def canonical_movielens(ml_dir: Path, out_dir: Path, max_users: int | None = None) -> Path:
-    """ml-latest-small as canonical `events.parquet` + `videos.parquet` (ratings become rating events)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ratings = pd.read_csv(Path(ml_dir) / "ratings.csv")
-    if max_users:
-        ratings = ratings[ratings.userId <= max_users]
-    devices = np.array(KNOWN_DEVICES)
-    pd.DataFrame(
-        {
-            "event_id": "r" + ratings.index.astype(str),
-            "user_id": ratings.userId.astype(str),
-            "video_id": ratings.movieId.astype(str),
-            "event_ts": pd.to_datetime(ratings.timestamp, unit="s", utc=True),
-            "event_type": "rating",
-            "rating": ratings.rating.astype(float),
-            "device": devices[(ratings.userId.to_numpy() + ratings.movieId.to_numpy()) % len(devices)],
-        }
-    ).to_parquet(out_dir / "events.parquet")
-    movies = pd.read_csv(Path(ml_dir) / "movies.csv")
-    pd.DataFrame(
-        {
-            "video_id": movies.movieId.astype(str),
-            "title": movies.title,
-            "genres": movies.genres.str.split("|"),
-            # A deterministic spread of durations, so device and time-of-day rules have data to use.
-            "duration_s": 600.0 + (movies.movieId.to_numpy() * 7919 % 9000).astype(float),
-        }
-    ).to_parquet(out_dir / "videos.parquet")
-    return out_dir
+    """ml-latest-small as canonical files, with devices and video durations (see the module doc)."""
+    events, videos = movielens_frames(ml_dir, max_users, devices=True, durations=True)
+    return write_canonical(events, videos.drop(columns="tags"), out_dir)
 
 
 def build_champion(

@@ -15,37 +15,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from movielens import movielens_frames
 from toy_data import held_out_recall, holdout
 
 from models.base import NotFittedError, Recommender
 from models.interactions import Interactions
 from models.popularity import Popularity
-
-
-def movielens_frames(ml_small_dir, max_user: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """ml-latest-small's ratings as canonical events (users up to `max_user`) and its movies as videos."""
-    ratings = pd.read_csv(ml_small_dir / "ratings.csv")
-    movies = pd.read_csv(ml_small_dir / "movies.csv")
-    if max_user is not None:
-        ratings = ratings[ratings.userId <= max_user]
-    events = pd.DataFrame(
-        {
-            "user_id": ratings.userId.astype(str),
-            "video_id": ratings.movieId.astype(str),
-            "event_type": "rating",
-            "rating": ratings.rating.astype(float),
-            "event_ts": pd.to_datetime(ratings.timestamp, unit="s", utc=True),
-        }
-    )
-    videos = pd.DataFrame(
-        {
-            "video_id": movies.movieId.astype(str),
-            "title": movies.title,
-            "genres": movies.genres.str.split("|"),
-            "tags": [[] for _ in range(len(movies))],
-        }
-    )
-    return events, videos
 
 
 def small_movielens(ml_small_dir) -> tuple[Interactions, pd.DataFrame]:

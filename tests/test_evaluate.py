@@ -1,9 +1,9 @@
 """evaluate_model on a time split of the real ml-latest-small data."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
+from movielens import movielens_frames
 
 from models.base import Recommender
 from models.evaluate import evaluate_model, users_with_truth
@@ -29,19 +29,9 @@ BOUNDED = [
 
 @pytest.fixture(scope="module")
 def split(ml_small):
-    ratings = pd.read_csv(ml_small / "ratings.csv")
-    movies = pd.read_csv(ml_small / "movies.csv")
-    events = pd.DataFrame(
-        {
-            "user_id": ratings.userId.astype(str),
-            "video_id": ratings.movieId.astype(str),
-            "event_ts": pd.to_datetime(ratings.timestamp, unit="s", utc=True),
-            "event_type": "rating",
-            "rating": ratings.rating.astype(float),
-        }
-    )
+    events, videos = movielens_frames(ml_small)
     train, test = time_split(events, test_fraction=0.2)
-    data = Interactions.from_events(train, catalog=movies.movieId.astype(str), weighting="binary")
+    data = Interactions.from_events(train, catalog=videos["video_id"], weighting="binary")
     return data, test, relevant_sets(test, data)
 
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from movielens import movielens_frames
 from recommender_contract import RecommenderContract
 from toy_data import assert_sequels_near, two_communities
 
@@ -110,18 +111,8 @@ def test_nan_weights_are_refused():
 
 
 def test_fits_the_whole_small_movielens(ml_small):
-    import pandas as pd
 
-    ratings = pd.read_csv(ml_small / "ratings.csv")
-    events = pd.DataFrame(
-        {
-            "user_id": ratings.userId.astype(str),
-            "video_id": ratings.movieId.astype(str),
-            "event_type": "rating",
-            "rating": ratings.rating.astype(float),
-            "event_ts": pd.to_datetime(ratings.timestamp, unit="s", utc=True),
-        }
-    )
+    events, _ = movielens_frames(ml_small)
     data = Interactions.from_events(events, weighting="binary")
     model = ItemKNN(k_neighbors=50).fit(data)
     assert model.similarity_.getnnz(axis=1).max() <= 50

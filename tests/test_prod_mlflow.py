@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import requests
 from mlflow import MlflowClient
+from movielens import movielens_frames, write_canonical
 from services import pg_connect, temp_database
 
 from feature_repo.ingest import ingest
@@ -112,22 +113,8 @@ def settings(server, ml_small, tmp_path_factory):
     """The prod profile, MLflow at the server; a lake of the first 150 MovieLens users."""
     home = tmp_path_factory.mktemp("home")
     raw = tmp_path_factory.mktemp("raw")
-    ratings = pd.read_csv(ml_small / "ratings.csv")
-    ratings = ratings[ratings.userId <= USERS]
-    pd.DataFrame(
-        {
-            "event_id": "r" + ratings.index.astype(str),
-            "user_id": ratings.userId.astype(str),
-            "video_id": ratings.movieId.astype(str),
-            "event_ts": pd.to_datetime(ratings.timestamp, unit="s", utc=True),
-            "event_type": "rating",
-            "rating": ratings.rating,
-        }
-    ).to_parquet(raw / "events.parquet")
-    movies = pd.read_csv(ml_small / "movies.csv")
-    pd.DataFrame(
-        {"video_id": movies.movieId.astype(str), "title": movies.title, "genres": movies.genres.str.split("|")}
-    ).to_parquet(raw / "videos.parquet")
+    events, videos = movielens_frames(ml_small, USERS)
+    write_canonical(events, videos.drop(columns="tags"), raw)
 
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from movielens import movielens_frames
 
 from models.interactions import Interactions
 from models.protocols import (
@@ -19,16 +20,8 @@ from models.protocols import (
 
 @pytest.fixture(scope="module")
 def events(ml_small) -> pd.DataFrame:
-    ratings = pd.read_csv(ml_small / "ratings.csv")
-    return pd.DataFrame(
-        {
-            "user_id": ratings.userId.astype(str),
-            "video_id": ratings.movieId.astype(str),
-            "event_ts": pd.to_datetime(ratings.timestamp, unit="s", utc=True),
-            "event_type": "rating",
-            "rating": ratings.rating.astype(float),
-        }
-    )
+    events, _ = movielens_frames(ml_small)
+    return events
 
 
 def test_time_split_default_cutoff(events):

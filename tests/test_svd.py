@@ -1,9 +1,7 @@
-import time
-
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
+from movielens import movielens_frames
 from recommender_contract import RecommenderContract, small_movielens
 
 from models.interactions import Interactions
@@ -127,22 +125,10 @@ def test_seed_fixes_the_model(ml_small):
     assert not np.array_equal(a.item_factors_, c.item_factors_)
 
 
-def test_trains_on_all_of_small_movielens_in_seconds(ml_small):
-    ratings = pd.read_csv(ml_small / "ratings.csv")
-    events = pd.DataFrame(
-        {
-            "user_id": ratings.userId.astype(str),
-            "video_id": ratings.movieId.astype(str),
-            "event_type": "rating",
-            "rating": ratings.rating.astype(float),
-            "event_ts": pd.to_datetime(ratings.timestamp, unit="s", utc=True),
-        }
-    )
+def test_predicts_held_out_ratings_of_all_of_small_movielens(ml_small):
+    events, _ = movielens_frames(ml_small)
     data = Interactions.from_events(events, weighting="binary")
     train, (users, videos, truth) = hold_out_ratings(data)
-    started = time.perf_counter()
     model = SVD().fit(train)
-    elapsed = time.perf_counter() - started
-    assert elapsed < 15, f"SVD took {elapsed:.1f}s on 100k ratings"
     # Surprise's SVD reaches about 0.87 here; the global mean about 1.04.
     assert rmse(truth, model.predict(users, videos)) < 0.9

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from movielens import movielens_frames, write_canonical
 
 from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
@@ -27,22 +28,8 @@ from vidrec.settings import Settings
 def settings(ml_small, tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     raw = tmp_path_factory.mktemp("raw")
-    ratings = pd.read_csv(ml_small / "ratings.csv")
-    ratings = ratings[ratings.userId <= 200]
-    pd.DataFrame(
-        {
-            "event_id": "r" + ratings.index.astype(str),
-            "user_id": ratings.userId.astype(str),
-            "video_id": ratings.movieId.astype(str),
-            "event_ts": pd.to_datetime(ratings.timestamp, unit="s", utc=True),
-            "event_type": "rating",
-            "rating": ratings.rating,
-        }
-    ).to_parquet(raw / "events.parquet")
-    movies = pd.read_csv(ml_small / "movies.csv")
-    pd.DataFrame(
-        {"video_id": movies.movieId.astype(str), "title": movies.title, "genres": movies.genres.str.split("|")}
-    ).to_parquet(raw / "videos.parquet")
+    events, videos = movielens_frames(ml_small, 200)
+    write_canonical(events, videos.drop(columns="tags"), raw)
     mp = pytest.MonkeyPatch()
     mp.setenv("VIDREC_HOME", str(home))
     s = Settings.from_env()
