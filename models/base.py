@@ -136,7 +136,7 @@ class Recommender(abc.ABC):
     def similar_items(self, video_rows: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The k most similar videos to each given video (itself excluded), by cosine."""
         vectors = self.item_vectors()
-        normed = _normalize_rows(vectors)
+        normed = unit_rows(vectors)
         query = normed[np.asarray(video_rows, dtype=np.int64)]
         sims = query @ normed.T
         sims = sims.toarray() if sp.issparse(sims) else np.asarray(sims)
@@ -182,12 +182,13 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids.astype(np.int64), best.astype(np.float32)
 
 
-def _normalize_rows(vectors):
+def unit_rows(vectors, dtype=np.float32):
+    """Rows scaled to unit L2 norm (cosine = dot product); zero rows stay zero. Sparse stays sparse."""
     if sp.issparse(vectors):
+        vectors = sp.csr_matrix(vectors, dtype=dtype)
         norms = np.sqrt(np.asarray(vectors.multiply(vectors).sum(axis=1))).ravel()
-        norms[norms == 0] = 1.0
-        return sp.diags(1.0 / norms) @ vectors
-    vectors = np.asarray(vectors, dtype=np.float32)
+        scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        return sp.csr_matrix(sp.diags(scale.astype(dtype)) @ vectors)
+    vectors = np.asarray(vectors, dtype=dtype)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return vectors / norms
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)

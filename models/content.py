@@ -17,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from feature_repo.text import ENCODERS, encode_texts, video_text
-from models.base import Recommender, _normalize_rows
+from models.base import Recommender, unit_rows
 from models.interactions import Interactions
 
 ContentVectors: TypeAlias = np.ndarray | sp.csr_matrix
@@ -122,14 +122,14 @@ class ContentBased(Recommender):
                 "none of the interaction matrix's video ids is in the videos frame: "
                 "check that both use the same ids (and the same type, e.g. str)"
             )
-        self.vectors_ = _normalize_rows(align_vectors(vectors, self.catalog_ids, data.video_ids))
+        self.vectors_ = unit_rows(align_vectors(vectors, self.catalog_ids, data.video_ids))
         if sp.issparse(self.vectors_):
             self.vectors_ = sp.csr_matrix(self.vectors_, dtype=np.float32)
         self.profiles_ = weighted_mean_profiles(data.matrix, self.vectors_)
 
     def score(self, user_rows: np.ndarray) -> np.ndarray:
         self._require()
-        profiles = _normalize_rows(self.profiles_[np.asarray(user_rows, dtype=np.int64)])
+        profiles = unit_rows(self.profiles_[np.asarray(user_rows, dtype=np.int64)])
         sims = profiles @ self.vectors_.T
         sims = sims.toarray() if sp.issparse(sims) else np.asarray(sims)
         return sims.astype(np.float32, copy=False)

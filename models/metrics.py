@@ -26,6 +26,8 @@ from typing import TypeAlias
 import numpy as np
 import scipy.sparse as sp
 
+from models.base import unit_rows
+
 Truth: TypeAlias = Sequence[Iterable[int]] | sp.spmatrix
 MAP_NORMALIZATIONS = ("min_k", "relevant")
 
@@ -281,18 +283,6 @@ def _selection_matrix(recs: np.ndarray, n_items: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(rows), dtype=np.float64), (rows, recs[valid])), shape=(recs.shape[0], n_items))
 
 
-def _unit_rows(vectors: np.ndarray | sp.spmatrix) -> np.ndarray | sp.csr_matrix:
-    """Rows scaled to unit L2 norm; zero rows stay zero."""
-    if sp.issparse(vectors):
-        vectors = sp.csr_matrix(vectors, dtype=np.float64)
-        norms = np.sqrt(np.asarray(vectors.multiply(vectors).sum(axis=1))).ravel()
-        scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        return sp.csr_matrix(sp.diags(scale) @ vectors)
-    vectors = np.asarray(vectors, dtype=np.float64)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
-
-
 def _row_sq_norms(matrix: np.ndarray | sp.spmatrix) -> np.ndarray:
     if isinstance(matrix, np.ndarray):
         return np.einsum("ij,ij->i", matrix, matrix)
@@ -308,7 +298,7 @@ def list_diversity(recs: np.ndarray, item_vectors: np.ndarray | sp.spmatrix) -> 
     """
     n_items = item_vectors.shape[0]
     select = _selection_matrix(recs, n_items)
-    unit = _unit_rows(item_vectors)
+    unit = unit_rows(item_vectors, np.float64)
     sums = select @ unit  # stays sparse for sparse vectors: users x vocabulary would not fit densely
     self_sims = select @ _row_sq_norms(unit)  # 1 per video with a non-zero vector
     m = np.asarray(select.sum(axis=1)).ravel()
@@ -383,7 +373,7 @@ def personalization(recs: np.ndarray, n_items: int | None = None) -> float:
     n = select.shape[0]
     if n < 2:
         return float("nan")
-    unit = _unit_rows(select)
+    unit = unit_rows(select, np.float64)
     total = np.asarray(unit.sum(axis=0)).ravel()
     mean_cos = (float(total @ total) - n) / (n * (n - 1))
     return float(1.0 - mean_cos)

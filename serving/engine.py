@@ -35,7 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from feature_repo.schema import DEVICES
-from models.base import _normalize_rows, top_k
+from models.base import top_k, unit_rows
 from models.ranker import TREND_FEATURES, days_away
 from serving.cache import LRU
 from serving.online import (
@@ -158,14 +158,14 @@ class Engine:
         self.content_sparse = sp.issparse(self.content)
         self.genres = sp.csr_matrix(self.catalog.genres, dtype=np.float64)
         # similar: both sides L2-normalised once
-        self.content_normed = _normalize_rows(self.content)
+        self.content_normed = unit_rows(self.content)
         if sp.issparse(self.content_normed):
             self.content_normed = sp.csr_matrix(self.content_normed, dtype=np.float32)
-        self.collab_normed = sp.csr_matrix(_normalize_rows(history.T.tocsr()), dtype=np.float32)
+        self.collab_normed = sp.csr_matrix(unit_rows(history.T.tocsr()), dtype=np.float32)
         # Diversity (MMR) compares genres: a dense videos x genres block, rows L2-normalised, so a
         # request's 50 x 50 similarity costs microseconds. Without genres, the content vectors.
         if self.genres.shape[1] > 0:
-            self.diversity_vectors = np.asarray(_normalize_rows(self.genres.toarray().astype(np.float32)))
+            self.diversity_vectors = np.asarray(unit_rows(self.genres.toarray().astype(np.float32)))
         else:
             self.diversity_vectors = self.content_normed
 
@@ -551,7 +551,7 @@ def _fast_scorer(generator, data):
         return ease
     if kind == "ContentBased" and hasattr(generator, "profiles_") and sp.issparse(getattr(generator, "vectors_", None)):
         transposed = sp.csr_matrix(generator.vectors_.T)
-        profiles = sp.csr_matrix(_normalize_rows(generator.profiles_))
+        profiles = sp.csr_matrix(unit_rows(generator.profiles_))
 
         def content(row: int) -> np.ndarray:
             return (profiles[row] @ transposed).toarray()[0].astype(np.float32, copy=False)
@@ -569,4 +569,4 @@ def _genre_matrix(genres: list[str] | None, n_videos: int) -> tuple[dict[str, in
     rows = np.repeat(np.arange(n_videos), [len(gs) for gs in lists])
     cols = [vocabulary[g] for gs in lists for g in gs]
     matrix = sp.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(n_videos, len(vocabulary)))
-    return vocabulary, sp.csr_matrix(_normalize_rows(matrix))
+    return vocabulary, sp.csr_matrix(unit_rows(matrix))
