@@ -86,14 +86,3 @@ def test_co_watched_video_ranks_first():
     data = Interactions(matrix, np.array([f"u{i}" for i in range(len(rows))]), np.array(["a", "b", "c", "d"]))
     ids, _ = EASE(l2=1.0).fit(data).recommend(np.array([len(rows) - 1]), k=1)
     assert data.video_ids[ids[0, 0]] == "b"
-
-
-def holdout(data: Interactions, fraction: float = 0.2, seed: int = 0) -> tuple[Interactions, sp.csr_matrix]:
-    """Hide a random `fraction` of the interactions: (train interactions, held-out truth matrix)."""
-    coo = data.matrix.tocoo()
-    held = np.random.default_rng(seed).random(coo.nnz) < fraction
-
-    def part(mask: np.ndarray) -> sp.csr_matrix:
-        return sp.csr_matrix((coo.data[mask], (coo.row[mask], coo.col[mask])), shape=data.matrix.shape)
-
-    return Interactions(part(~held), data.user_ids, data.video_ids), part(held)
