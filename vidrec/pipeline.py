@@ -504,24 +504,10 @@ def champion_state(versions: dict[str, str], *, settings: Settings | None = None
 
 
 def reload_serving(url: str, token: str | None, timeout_s: float = 60.0) -> dict:
-    """POST <url>/reload with the bearer token; returns the service's answer."""
-    import urllib.error
-    import urllib.request
+    """POST <url>/reload with the bearer token; returns the service's answer (serving.admin_client)."""
+    from serving.admin_client import post_reload
 
-    request = urllib.request.Request(
-        url.rstrip("/") + "/reload",
-        data=b"{}",
-        method="POST",
-        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        body = exc.read().decode(errors="replace")[:500]
-        if exc.code in (401, 403):
-            raise PermissionError(f"{url}/reload refused the token (HTTP {exc.code}): {body}") from exc
-        raise RuntimeError(f"{url}/reload answered HTTP {exc.code}: {body}") from exc
+    return post_reload(url, token, timeout_s)
 
 
 # ---- vidrec_batch_recs -----------------------------------------------------------------------------
