@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from vidrec.cli import app
 
+pytestmark = pytest.mark.slow  # whole `vidrec benchmark` runs on ml-latest-small
+
 runner = CliRunner()
 MODELS = "popularity,trending,ease,two-stage"
 

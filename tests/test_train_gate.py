@@ -23,6 +23,8 @@ from models.registry import CANDIDATES_MODEL, CHALLENGER, CHAMPION, PREVIOUS, RA
 from models.train import train_and_gate
 from vidrec.settings import Settings
 
+pytestmark = pytest.mark.slow  # whole training runs with the gate, on real MovieLens
+
 
 @pytest.fixture(scope="module")
 def settings(ml_small, tmp_path_factory):
