@@ -18,6 +18,7 @@ from datetime import timedelta
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
+from feature_repo.defaults import DATASETS, DEFAULT_DATASET, DEFAULT_EMBEDDINGS, EMBEDDING_METHODS, MAX_QUARANTINE_RATE
 from vidrec.orchestration import ONLINE_FEATURES, START_DATE, default_args, interval_end
 
 
@@ -33,18 +34,9 @@ from vidrec.orchestration import ONLINE_FEATURES, START_DATE, default_args, inte
     doc_md=__doc__,
     params={
         "dataset": Param(
-            os.environ.get("VIDREC_DATASET", "movielens-small"),
+            os.environ.get("VIDREC_DATASET", DEFAULT_DATASET),
             type="string",
-            enum=[
-                "movielens-small",
-                "movielens-100k",
-                "movielens-1m",
-                "movielens-25m",
-                "movielens-32m",
-                "canonical",
-                "synthetic",
-                "none",
-            ],
+            enum=[*DATASETS, "none"],
             description="Dataset to ingest ('none': only the feedback log).",
         ),
         "data_dir": Param(
@@ -54,16 +46,16 @@ from vidrec.orchestration import ONLINE_FEATURES, START_DATE, default_args, inte
         ),
         "include_feedback": Param(True, type="boolean", description="Also ingest <VIDREC_HOME>/feedback."),
         "max_quarantine_rate": Param(
-            0.05,
+            MAX_QUARANTINE_RATE,
             type="number",
             minimum=0,
             maximum=1,
             description="Fail validation when a table quarantines more than this share of its rows.",
         ),
         "embeddings": Param(
-            os.environ.get("VIDREC_EMBEDDINGS", "minilm"),
+            os.environ.get("VIDREC_EMBEDDINGS", DEFAULT_EMBEDDINGS),
             type="string",
-            enum=["minilm", "tfidf", "none"],
+            enum=[*EMBEDDING_METHODS, "none"],
             description="Video content embeddings.",
         ),
         "snapshots": Param(

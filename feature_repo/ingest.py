@@ -20,11 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feature_repo import schema
+from feature_repo.defaults import CHUNK_ROWS
 from feature_repo.lake import EventCommit, Lake
 from feature_repo.sources import Source
 from feature_repo.validation import Validated, validate_events, validate_users, validate_videos
 
-DEFAULT_CHUNK_ROWS = 1_000_000
+DEFAULT_CHUNK_ROWS = CHUNK_ROWS
 # Staged events: canonical columns plus arrival order, provenance and the partition key.
 STAGED_EVENTS = schema.EVENTS.append(pa.field("_seq", pa.int64())).append(pa.field("_file", pa.string()))
 STAGED_EVENTS = STAGED_EVENTS.append(pa.field("_row", pa.int64())).append(pa.field("event_date", pa.string()))

@@ -35,8 +35,15 @@ DAY = "2026-01-31"  # the day after the synthetic platform's last event
 NEXT_DAY = "2026-02-01"
 HEAVY = ("pandas", "numpy", "mlflow", "feast", "torch", "xgboost", "duckdb", "sklearn", "bentoml")
 # What of vidrec's own a DAG file imports at parse time: the DAGs' shared definitions (start date,
-# retries, assets) and the training defaults its Params show, both standard library only.
-PARSE_TIME_MODULES = {"vidrec", "vidrec.orchestration", "models", "models.config"}
+# retries, assets) and the defaults its Params show, all standard library only.
+PARSE_TIME_MODULES = {
+    "vidrec",
+    "vidrec.orchestration",
+    "models",
+    "models.config",
+    "feature_repo",
+    "feature_repo.defaults",
+}
 # Few, fast generators. On this small synthetic platform popularity is hard to beat, so the first
 # model's margin over it is waived: these tests are about the orchestration, not model quality
 # (tests/test_train_gate.py covers the gate itself).

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from feature_repo.defaults import CHUNK_ROWS, DATASETS, DEFAULT_DATASET, DEFAULT_EMBEDDINGS, EMBEDDING_METHODS
 from models.config import DEFAULT_GENERATORS, GENERATORS, PROTOCOLS, GatePolicy, RankerConfig, TrainConfig
 from vidrec.settings import Settings, SettingsError
 
@@ -66,10 +67,8 @@ def ingest(
     ctx: typer.Context,
     dataset: Annotated[
         str,
-        typer.Option(
-            help="movielens-small|movielens-100k|movielens-1m|movielens-25m|movielens-32m|canonical|synthetic|none (only the feedback log)"
-        ),
-    ] = "movielens-small",
+        typer.Option(help=f"{'|'.join(DATASETS)}|none (only the feedback log)"),
+    ] = DEFAULT_DATASET,
     data_dir: Annotated[
         Path | None, typer.Option(help="Folder with the dataset's files (else the cache, downloading MovieLens)")
     ] = None,
@@ -77,7 +76,7 @@ def ingest(
     feedback: Annotated[
         bool, typer.Option(help="Also ingest the serving feedback log (<home>/feedback) when it holds events")
     ] = True,
-    chunk_rows: Annotated[int, typer.Option(min=1000, help="Event rows validated at a time")] = 1_000_000,
+    chunk_rows: Annotated[int, typer.Option(min=1000, help="Event rows validated at a time")] = CHUNK_ROWS,
 ) -> None:
     """Load a dataset, validate it, quarantine bad rows, and merge it into the lake.
 
@@ -169,7 +168,7 @@ def generate(
 @app.command()
 def benchmark(
     ctx: typer.Context,
-    dataset: Annotated[str, typer.Option(help="Dataset name, as for `vidrec ingest`")] = "movielens-small",
+    dataset: Annotated[str, typer.Option(help="Dataset name, as for `vidrec ingest`")] = DEFAULT_DATASET,
     data_dir: Annotated[Path | None, typer.Option(help="Folder with the dataset's files")] = None,
     protocol: Annotated[
         str,
@@ -264,7 +263,7 @@ def tune(
     generator: Annotated[
         str, typer.Option(help="Generator(s) to tune, comma-separated (als, bpr, ease, item-cf, user-cf, svd, ...)")
     ],
-    dataset: Annotated[str, typer.Option(help="Dataset name, as for `vidrec benchmark`")] = "movielens-small",
+    dataset: Annotated[str, typer.Option(help="Dataset name, as for `vidrec benchmark`")] = DEFAULT_DATASET,
     data_dir: Annotated[Path | None, typer.Option(help="Folder with the dataset's files")] = None,
     protocol: Annotated[
         str, typer.Option(help="The benchmark protocol whose train part is searched (its validation split follows it)")
@@ -512,7 +511,9 @@ def features(
     as_of: Annotated[
         list[str] | None, typer.Option(help="Explicit as-of time (UTC, repeatable); overrides --freq/--periods")
     ] = None,
-    embeddings: Annotated[str, typer.Option(help="Video content embeddings: minilm | tfidf | none")] = "minilm",
+    embeddings: Annotated[
+        str, typer.Option(help="Video content embeddings: minilm | tfidf | none")
+    ] = DEFAULT_EMBEDDINGS,
     end: Annotated[
         str | None, typer.Option(help="Materialize up to this time (UTC; default: the newest as-of time)")
     ] = None,
@@ -531,7 +532,7 @@ def features(
         settings = replace(settings, lake_dir=lake_dir.resolve())
     if freq not in ("D", "W"):
         fail(f"--freq must be D or W, not {freq!r}")
-    if embeddings not in ("minilm", "tfidf", "none"):
+    if embeddings not in (*EMBEDDING_METHODS, "none"):
         fail(f"--embeddings must be minilm, tfidf or none, not {embeddings!r}")
     started: dict[str, float] = {}
 

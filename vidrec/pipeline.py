@@ -24,6 +24,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from feature_repo.defaults import CHUNK_ROWS, DEFAULT_EMBEDDINGS, EMBEDDING_METHODS
 from feature_repo.schema import utc_time
 from vidrec.meter import StageMeter
 from vidrec.settings import Settings
@@ -89,7 +90,7 @@ def ingest_sources(
     report_path: str,
     *,
     include_feedback: bool = True,
-    chunk_rows: int = 1_000_000,
+    chunk_rows: int = CHUNK_ROWS,
     progress: ProgressFactory | None = None,
     settings: Settings | None = None,
 ) -> dict:
@@ -283,8 +284,8 @@ def compute_video_embeddings(method: str, *, settings: Settings | None = None) -
 
     if method == "none":
         return {"method": "none", "table": None}
-    if method not in ("minilm", "tfidf"):
-        raise ValueError(f"unknown embedding method {method!r}: expected minilm, tfidf or none")
+    if method not in EMBEDDING_METHODS:
+        raise ValueError(f"unknown embedding method {method!r}: expected {', '.join(EMBEDDING_METHODS)} or none")
     from feature_repo.transforms.embeddings import compute_embeddings
 
     settings = settings or Settings.from_env()
@@ -332,7 +333,7 @@ def features_job(
     freq: str = "D",
     *,
     as_of: list[str] | None = None,
-    embeddings: str = "minilm",
+    embeddings: str = DEFAULT_EMBEDDINGS,
     materialize_end: str | None = None,
     step: Callable[[str, dict | None], None] | None = None,
     settings: Settings | None = None,

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from feature_repo.defaults import DATASETS
 from feature_repo.sources.base import DataFileError, EventChunk, MissingColumnError, Source
 from feature_repo.sources.canonical import CanonicalFiles
 from feature_repo.sources.download import ARCHIVES, DownloadError, fetch
 from feature_repo.sources.movielens import MovieLens100k, MovieLensCsv, MovieLensDat
-
-DATASETS = ("movielens-small", "movielens-100k", "movielens-1m", "movielens-25m", "movielens-32m",
-            "canonical", "synthetic")  # fmt: skip
 
 
 def movielens_layout(name: str, folder: Path) -> Source:

@@ -21,10 +21,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from feature_repo.defaults import EMBEDDING_METHODS
 from feature_repo.lake import Lake, write_parquet_atomic
 
 TABLE = "video_embeddings"
-METHODS = ("minilm", "tfidf")
+METHODS = EMBEDDING_METHODS
 EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 
 
