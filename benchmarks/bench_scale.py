@@ -3,7 +3,7 @@
     generate   `vidrec generate`-equivalent synthetic platform (users, videos, events with sessions)
     ingest     validation + lake (feature_repo.ingest)
     features   feature tables, TF-IDF video embeddings, feast apply, materialize (vidrec.pipeline.features_job)
-    train      `vidrec train` with its defaults (models.train.train_and_gate): its own stages are
+    train      `vidrec train` with its defaults (models.lifecycle.train.train_and_gate): its own stages are
                printed below the table (generators per window, ranker rows and training, evaluation)
     batch      the vidrec_batch_recs precompute (vidrec.pipeline.precompute_recommendations) for the
                users active in the last 30 days, streamed into the SQLite precomputed store
@@ -69,8 +69,8 @@ elif stage == "features":
     run = features_job(None, 52, "W", embeddings="tfidf", settings=settings)
     out = {"as_of_times": len(run["transform"]["as_of"])}
 elif stage == "train":
-    from models.config import TrainConfig
-    from models.train import train_and_gate
+    from models.lifecycle.config import TrainConfig
+    from models.lifecycle.train import train_and_gate
     result = train_and_gate(settings, TrainConfig(), dataset="synthetic", progress=lambda m: print(m, file=sys.stderr, flush=True))
     row = result.table.loc["two-stage"]
     out = {"ndcg_at_10": float(row["ndcg_at_10"]), "eval_users": float(row["n_users"]),
@@ -88,7 +88,7 @@ elif stage == "batch":
 elif stage == "serve":
     from datetime import datetime, timezone
     import numpy as np
-    from models import registry, tracking
+    from models.lifecycle import registry, tracking
     from serving.engine import Engine
     tracking.configure(settings)
     champion = registry.load_champion()

@@ -2,7 +2,7 @@
 ### vidrec_training: train, evaluate, register, gate, promote or block (weekly, or by hand)
 
 `check_data` (the lake must be the one `vidrec_features` last validated) -> `train_and_gate`
-(`models.train.train_and_gate` on the events before the data interval's end: candidate
+(`models.lifecycle.train.train_and_gate` on the events before the data interval's end: candidate
 generators, XGBoost ranker, evaluation of every model on the same held-out window, MLflow run
 and registered versions, gate against the champion; a passed gate moves the `champion` alias)
 -> `promote_or_block`, which follows one branch:
@@ -24,7 +24,7 @@ from datetime import timedelta
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
-from models.config import DEFAULT_GENERATORS, GENERATORS, PROTOCOLS, GatePolicy, RankerConfig, TrainConfig
+from models.lifecycle.config import DEFAULT_GENERATORS, GENERATORS, PROTOCOLS, GatePolicy, RankerConfig, TrainConfig
 from vidrec.orchestration import CHAMPION, START_DATE, default_args, interval_end
 
 
@@ -84,7 +84,7 @@ from vidrec.orchestration import CHAMPION, START_DATE, default_args, interval_en
         "ranker": Param(
             {},
             type="object",
-            description='XGBoost ranker hyperparameters (models.config.RankerConfig fields), e.g. {"max_depth": 6}.',
+            description='XGBoost ranker hyperparameters (models.lifecycle.config.RankerConfig fields), e.g. {"max_depth": 6}.',
         ),
         "max_queries_per_window": Param(
             RankerConfig.max_queries_per_window,
@@ -112,7 +112,7 @@ from vidrec.orchestration import CHAMPION, START_DATE, default_args, interval_en
             {},
             type="object",
             description="Gate: largest allowed drop per guard metric against the champion, "
-            'e.g. {"coverage_at_10": 0.05} (empty: the defaults of models.config.GatePolicy).',
+            'e.g. {"coverage_at_10": 0.05} (empty: the defaults of models.lifecycle.config.GatePolicy).',
         ),
         "shuffle_labels": Param(
             TrainConfig.shuffle_labels,

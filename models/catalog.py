@@ -23,7 +23,7 @@ def generator_factories(
     `minilm`: precomputed MiniLM vectors aligned with `videos` rows, so the content model and the
     diversity metric share one encoding pass.
     `tuned`: {generator: {parameter: value}} applied over the settings below (a dataset's saved
-    search result, `models.tuning.tuned_params`); an unknown generator or parameter is a ValueError.
+    search result, `models.lifecycle.tuning.tuned_params`); an unknown generator or parameter is a ValueError.
     """
 
     def popularity():

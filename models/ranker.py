@@ -25,10 +25,10 @@ import xgboost as xgb
 
 from feature_repo.schema import DEVICES
 from models.base import BATCH_USERS
-from models.config import RankerConfig
 from models.content import weighted_mean_profiles
 from models.hybrid import HybridUnion
 from models.interactions import Interactions
+from models.lifecycle.config import RankerConfig
 from models.popularity import decayed_counts
 
 # Horizons of the recent-activity features. One trending list has one horizon; which one

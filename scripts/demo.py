@@ -132,7 +132,7 @@ def dag_test(dag_id: str, date: str, conf: dict, env: dict[str, str]) -> str:
 def print_training_result() -> None:
     from mlflow import MlflowClient
 
-    from models import registry, tracking
+    from models.lifecycle import registry, tracking
     from vidrec.settings import Settings
 
     tracking.configure(Settings.from_env())

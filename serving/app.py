@@ -36,7 +36,7 @@ import mlflow
 import numpy as np
 
 from feature_repo.schema import utc_time
-from models import registry
+from models.lifecycle import registry
 from serving import ab
 from serving.breaker import CircuitBreaker
 from serving.cache import LRU

@@ -73,7 +73,7 @@ def train_champion(
     """`train_models` on the lake there (a new version every call), then promoted (or a challenger)."""
     from mlflow import MlflowClient
 
-    from models import registry, tracking
+    from models.lifecycle import registry, tracking
 
     params = {
         "generators": list(generators),

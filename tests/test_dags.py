@@ -40,7 +40,8 @@ PARSE_TIME_MODULES = {
     "vidrec",
     "vidrec.orchestration",
     "models",
-    "models.config",
+    "models.lifecycle",
+    "models.lifecycle.config",
     "feature_repo",
     "feature_repo.defaults",
 }
@@ -245,7 +246,7 @@ class Platform:
     def registry(self) -> dict:
         from mlflow import MlflowClient
 
-        from models import registry
+        from models.lifecycle import registry
 
         uri = f"sqlite:///{self.home / 'mlflow.db'}"
         if not (self.home / "mlflow.db").exists():
@@ -418,7 +419,7 @@ class TestDagRuns:
         assert 0 < len(first["video_ids"]) <= 20 and len(first["scores"]) == len(first["video_ids"])
         # The champion is refit on every event: every user active in the window gets a list.
         from feature_repo.lake import Lake
-        from models.batch import active_users
+        from models.lifecycle.batch import active_users
 
         end = pd.Timestamp(DAY, tz="UTC")
         with platform.settings() as s:

@@ -1,4 +1,4 @@
-"""The stage functions behind the DAG tasks (vidrec.pipeline, models.batch), without Airflow.
+"""The stage functions behind the DAG tasks (vidrec.pipeline, models.lifecycle.batch), without Airflow.
 
 Real lake, real ingest, on a small seeded synthetic platform.
 """
@@ -15,7 +15,7 @@ from feature_repo.ingest import ingest
 from feature_repo.lake import Lake, lake_as_of
 from feature_repo.sources import open_source
 from feature_repo.synthetic import SyntheticConfig, generate
-from models.batch import active_users
+from models.lifecycle.batch import active_users
 from vidrec import pipeline
 from vidrec.settings import Settings
 

@@ -19,12 +19,12 @@ from feature_repo.lake import Lake
 from feature_repo.sources import open_source
 from feature_repo.synthetic import SyntheticConfig, generate
 from feature_repo.text import tfidf_vectors, video_text
-from models import batch
-from models.config import RankerConfig, TrainConfig
 from models.ease import EASE
 from models.interactions import LEARNING_TYPES
+from models.lifecycle import batch
+from models.lifecycle.config import RankerConfig, TrainConfig
+from models.lifecycle.train import evaluate_all, fit_union, held_out_sample, split_windows
 from models.ranker import QUERY_COLUMN
-from models.train import evaluate_all, fit_union, held_out_sample, split_windows
 from models.two_stage import Requests, TwoStage, labeled_chunks, train_on_windows, window_queries
 
 # Two-stage nDCG@10 of a ranker trained on half the queries of each window may differ from the

@@ -368,7 +368,7 @@ class TestRetrainThroughTheRestApi:
     def test_training_run_promotes_a_champion(self, platform):
         from mlflow import MlflowClient
 
-        from models import registry
+        from models.lifecycle import registry
 
         created = platform.airflow.trigger("vidrec_training", TRAIN_CONF)
         run_id = created["dag_run_id"]
@@ -397,7 +397,7 @@ class TestRetrainThroughTheRestApi:
     def test_a_bad_param_fails_the_run_visibly_and_the_champion_stays(self, platform):
         from mlflow import MlflowClient
 
-        from models import registry
+        from models.lifecycle import registry
 
         uri = platform.databases["mlflow"]
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -29,10 +29,10 @@ from services import pg_connect, temp_database
 from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
 from feature_repo.sources import open_source
-from models import registry, tracking
-from models.config import GatePolicy, TrainConfig
-from models.registry import CANDIDATES_MODEL, CHALLENGER, CHAMPION, PREVIOUS, RANKER_MODEL
-from models.train import train_and_gate
+from models.lifecycle import registry, tracking
+from models.lifecycle.config import GatePolicy, TrainConfig
+from models.lifecycle.registry import CANDIDATES_MODEL, CHALLENGER, CHAMPION, PREVIOUS, RANKER_MODEL
+from models.lifecycle.train import train_and_gate
 from vidrec.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -31,7 +31,7 @@ from feature_repo import store as feast_store
 from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
 from feature_repo.sources import open_source
-from models import registry, tracking
+from models.lifecycle import registry, tracking
 from models.two_stage import Requests, ranking_frame
 from serving import ab, precomputed
 from serving.app import RecommenderApp

@@ -17,10 +17,10 @@ from movielens import movielens_frames, write_canonical
 from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
 from feature_repo.sources import open_source
-from models import registry
-from models.config import GatePolicy, TrainConfig
-from models.registry import CANDIDATES_MODEL, CHALLENGER, CHAMPION, PREVIOUS, RANKER_MODEL
-from models.train import train_and_gate
+from models.lifecycle import registry
+from models.lifecycle.config import GatePolicy, TrainConfig
+from models.lifecycle.registry import CANDIDATES_MODEL, CHALLENGER, CHAMPION, PREVIOUS, RANKER_MODEL
+from models.lifecycle.train import train_and_gate
 from vidrec.settings import Settings
 
 pytestmark = pytest.mark.slow  # whole training runs with the gate, on real MovieLens
@@ -167,7 +167,7 @@ def test_rollback_restores_previous_and_can_be_undone(runs):
 
 def test_rollback_without_previous_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("VIDREC_HOME", str(tmp_path))
-    from models import tracking
+    from models.lifecycle import tracking
 
     tracking.configure(Settings.from_env())
     with pytest.raises(registry.RegistryError, match="nothing to roll back to"):
@@ -176,7 +176,7 @@ def test_rollback_without_previous_fails_clearly(tmp_path, monkeypatch):
 
 def test_time_protocol_learns_from_rolling_label_windows(settings):
     """Last in this module: it trains (and may promote) one more model."""
-    from models.train import split_windows
+    from models.lifecycle.train import split_windows
 
     events = Lake(settings.lake_dir).read_events(columns=["user_id", "video_id", "event_type", "rating", "event_ts"])
     one = split_windows(events, TrainConfig(label_windows=1))
@@ -210,7 +210,7 @@ def test_time_protocol_learns_from_rolling_label_windows(settings):
 
 def test_guards_block_a_gain_that_costs_too_much_coverage():
     """A challenger better on nDCG whose lists collapse onto a few videos: the coverage guard stops it."""
-    from models.significance import PerUser
+    from models.lifecycle.significance import PerUser
 
     rng = np.random.default_rng(0)
     users = np.array([f"u{i:03d}" for i in range(300)])

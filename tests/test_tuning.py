@@ -14,10 +14,10 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from models import registry
-from models.benchmark import split_events
 from models.catalog import generator_factories, init_params
-from models.tuning import (
+from models.lifecycle import registry
+from models.lifecycle.benchmark import split_events
+from models.lifecycle.tuning import (
     SEARCH_SPACES,
     VALIDATION_METRIC,
     default_params,

@@ -8,10 +8,10 @@ import pytest
 from recommender_contract import movielens_frames
 
 from feature_repo.text import tfidf_vectors, video_text
-from models.config import RankerConfig
 from models.hybrid import HybridUnion
 from models.interactions import Interactions
 from models.item_cf import ItemKNN
+from models.lifecycle.config import RankerConfig
 from models.popularity import Popularity, Trending
 from models.protocols import rolling_time_splits
 from models.ranker import QUERY_COLUMN, TREND_FEATURES, CatalogSide, days_away, last_active

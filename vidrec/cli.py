@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from feature_repo.defaults import CHUNK_ROWS, DATASETS, DEFAULT_DATASET, DEFAULT_EMBEDDINGS, EMBEDDING_METHODS
-from models.config import DEFAULT_GENERATORS, GENERATORS, PROTOCOLS, GatePolicy, RankerConfig, TrainConfig
+from models.lifecycle.config import DEFAULT_GENERATORS, GENERATORS, PROTOCOLS, GatePolicy, RankerConfig, TrainConfig
 from vidrec.settings import Settings, SettingsError
 
 app = typer.Typer(help="vidrec: video recommendations, from raw events to a served model.", no_args_is_help=True)
@@ -195,7 +195,7 @@ def benchmark(
 ) -> None:
     """Train every candidate generator on one split, print the metrics table, write results and recs."""
     from feature_repo.sources import DataFileError, DownloadError
-    from models.benchmark import BenchmarkData, load_dataset, read_split, run_benchmark, split_events
+    from models.lifecycle.benchmark import BenchmarkData, load_dataset, read_split, run_benchmark, split_events
 
     settings: Settings = ctx.obj
     if protocol not in PROTOCOLS:
@@ -232,7 +232,7 @@ def benchmark(
 
 def _tuned_params(dataset: str) -> dict[str, dict] | None:
     """The dataset's tuned params ({generator: params}), saying which are used; None without a file."""
-    from models.tuning import read_tuned, tuned_path
+    from models.lifecycle.tuning import read_tuned, tuned_path
 
     path = tuned_path(dataset)
     try:
@@ -249,7 +249,7 @@ def _tuned_params(dataset: str) -> dict[str, dict] | None:
 
 
 def _required_tuned(dataset: str) -> dict[str, dict]:
-    from models.tuning import require_tuned
+    from models.lifecycle.tuning import require_tuned
 
     try:
         return require_tuned(dataset)
@@ -279,8 +279,8 @@ def tune(
 ) -> None:
     """Search generators' hyperparameters (Optuna TPE) on a validation split of the train part; save the best."""
     from feature_repo.sources import DataFileError, DownloadError
-    from models.benchmark import load_dataset, split_events
-    from models.tuning import tunable, tune_generator, tuned_path
+    from models.lifecycle.benchmark import load_dataset, split_events
+    from models.lifecycle.tuning import tunable, tune_generator, tuned_path
 
     settings: Settings = ctx.obj
     if protocol not in PROTOCOLS:
@@ -479,7 +479,7 @@ def promote(
     """Move the `champion` alias: roll back to `previous`, or promote given versions by hand."""
     from mlflow import MlflowClient
 
-    from models import registry, tracking
+    from models.lifecycle import registry, tracking
 
     settings: Settings = ctx.obj
     tracking.configure(settings)

@@ -188,7 +188,7 @@ def validate_ingest(report_path: str, max_quarantine_rate: float, *, settings: S
     fingerprint as validated (`<home>/lake_validation.json`), which training checks.
     """
     from feature_repo.lake import Lake
-    from models.tracking import lake_fingerprint
+    from models.lifecycle.tracking import lake_fingerprint
 
     settings = settings or Settings.from_env()
     report = json.loads(Path(report_path).read_text())
@@ -369,7 +369,7 @@ def features_job(
 def check_lake_validated(*, settings: Settings | None = None) -> dict:
     """Refuse to train on a lake that changed since its last passed validation (or failed it)."""
     from feature_repo.lake import Lake
-    from models.tracking import lake_fingerprint
+    from models.lifecycle.tracking import lake_fingerprint
 
     settings = settings or Settings.from_env()
     path = settings.home / VALIDATION_FILE
@@ -392,10 +392,10 @@ def check_lake_validated(*, settings: Settings | None = None) -> dict:
 
 
 def train_config(params: dict):
-    """A `TrainConfig` from the DAG's Params or the CLI's options (`models.config.train_config`),
+    """A `TrainConfig` from the DAG's Params or the CLI's options (`models.lifecycle.config.train_config`),
     with `tuned_for` read from the dataset's saved tuning (`models/tuned/<dataset>.json`)."""
-    from models.config import train_config as config_from
-    from models.tuning import require_tuned
+    from models.lifecycle.config import train_config as config_from
+    from models.lifecycle.tuning import require_tuned
 
     tuned = require_tuned(params["tuned_for"]) if params.get("tuned_for") else {}
     return config_from({**params, "tuned": tuned})
@@ -409,7 +409,7 @@ def train_models(
     progress: Callable[[str], None] | None = None,
     settings: Settings | None = None,
 ) -> dict:
-    """Train generators + ranker on the events before `end`, evaluate, register, gate (models.train).
+    """Train generators + ranker on the events before `end`, evaluate, register, gate (models.lifecycle.train).
 
     Idempotent: a finished MLflow run with the same key (the training data's fingerprint and the
     configuration) is reused instead of registering new versions, unless `params['force_retrain']`.
@@ -419,8 +419,8 @@ def train_models(
     from mlflow import MlflowClient
 
     from feature_repo.lake import Lake, lake_as_of
-    from models import registry, tracking
-    from models.train import train_and_gate
+    from models.lifecycle import registry, tracking
+    from models.lifecycle.train import train_and_gate
 
     settings = settings or Settings.from_env()
     config = train_config(params)
@@ -495,7 +495,7 @@ def champion_state(versions: dict[str, str], *, settings: Settings | None = None
     """Whether `versions` hold the `champion` alias now (raises NotReady when the champion moved on)."""
     from mlflow import MlflowClient
 
-    from models import registry, tracking
+    from models.lifecycle import registry, tracking
 
     tracking.configure(settings or Settings.from_env())
     champion = registry.champion_versions(MlflowClient())
@@ -532,7 +532,7 @@ def precompute_recommendations(
     from mlflow import MlflowClient
 
     from feature_repo.lake import Lake
-    from models import batch, registry, tracking
+    from models.lifecycle import batch, registry, tracking
     from serving.config import ServingConfig
     from serving.precomputed import write_recommendation_batches
 
@@ -549,7 +549,7 @@ def precompute_recommendations(
     users = batch.active_users(Lake(settings.lake_dir), end_time - timedelta(days=active_days), end_time)
     lookup = None
     if champion.feature_service:
-        from models.train import feast_lookup
+        from models.lifecycle.train import feast_lookup
 
         lookup = feast_lookup(settings, champion.feature_service)
     known, unknown = batch.known_rows(champion.system, users)

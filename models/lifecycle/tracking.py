@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-from models.registry import EXPERIMENT  # noqa: E402
+from models.lifecycle.registry import EXPERIMENT  # noqa: E402
 from vidrec.settings import Settings  # noqa: E402
 
 

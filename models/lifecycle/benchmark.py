@@ -25,10 +25,11 @@ from feature_repo.lake import Lake, write_parquet_atomic
 from feature_repo.sources import open_source
 from models.base import Recommender
 from models.catalog import generator_factories
-from models.config import PROTOCOLS
 from models.evaluate import evaluate_model, users_with_truth
 from models.hybrid import HybridUnion
 from models.interactions import LEARNING_TYPES, Interactions, epoch_seconds
+from models.lifecycle.config import PROTOCOLS
+from models.lifecycle.significance import Interval, PerUser, paired_intervals
 from models.metrics import per_user_ndcg
 from models.protocols import (
     rating_triples,
@@ -39,7 +40,6 @@ from models.protocols import (
     time_split,
     user_time_split,
 )  # fmt: skip
-from models.significance import Interval, PerUser, paired_intervals
 
 TWO_STAGE = "two-stage"
 SPLIT_COLUMNS = ["user_id", "video_id", "rating", "timestamp"]
@@ -141,7 +141,7 @@ def two_stage_model(data: BenchmarkData, train_events: pd.DataFrame, protocol: s
     No Feast features here: the benchmark compares models on the split alone (`vidrec train`
     adds them).
     """
-    from models.config import DEFAULT_GENERATORS, TrainConfig
+    from models.lifecycle.config import DEFAULT_GENERATORS, TrainConfig
     from models.ranker import CatalogSide
     from models.two_stage import Requests, TwoStage, TwoStageRecommender, train_on_windows
 
@@ -184,7 +184,7 @@ def run_benchmark(
 ) -> list[dict]:
     """Fit every generator on `data.train`, evaluate on `data.test`, write recs and results.
 
-    `tuned`: {generator: params} over the catalog's settings (`models.tuning.tuned_params`).
+    `tuned`: {generator: params} over the catalog's settings (`models.lifecycle.tuning.tuned_params`).
 
     `encoder` (minilm | tfidf) embeds the catalog for intra-list diversity.
     """

@@ -102,7 +102,7 @@ class TrainConfig:
     # Bounds evaluation time and memory on large platforms; far above ml-latest-small's windows.
     max_eval_users: int | None = 20_000
     use_feast: bool = True
-    # {generator: params} over the catalog's settings, e.g. `models.tuning.tuned_params(dataset)`.
+    # {generator: params} over the catalog's settings, e.g. `models.lifecycle.tuning.tuned_params(dataset)`.
     tuned: dict[str, dict] = field(default_factory=dict)
     ranker: RankerConfig = field(default_factory=RankerConfig)
     gate: GatePolicy = field(default_factory=GatePolicy)

@@ -54,7 +54,7 @@ VALIDATION_METRIC = f"validation_{METRIC}"
 # The inner stratified split draws with a seed of its own, so it is not the outer draw's twin.
 VALIDATION_SEED_OFFSET = 1
 TUNED_DIR_ENV = "VIDREC_TUNED_DIR"
-PACKAGE_TUNED_DIR = Path(__file__).resolve().parent / "tuned"
+PACKAGE_TUNED_DIR = Path(__file__).resolve().parents[1] / "tuned"
 
 SearchSpace = Callable[[Any], dict[str, Any]]  # optuna.Trial -> constructor params
 
@@ -307,7 +307,7 @@ class Holdout:
 
 
 def _split_to_events(split: pd.DataFrame) -> pd.DataFrame:
-    # models.benchmark.split_to_events, inlined: benchmark imports the catalog, which imports this.
+    # models.lifecycle.benchmark.split_to_events, inlined: benchmark imports the catalog, which imports this.
     return split.assign(event_type="rating", event_ts=pd.to_datetime(split["timestamp"], unit="s", utc=True))
 
 
@@ -408,7 +408,7 @@ def tune_generator(
     def build(params: Mapping[str, Any]):
         return generator_factories(videos, tuned={generator: dict(params)})[generator]()
 
-    from models import tracking
+    from models.lifecycle import tracking
     from vidrec.settings import Settings
 
     tracking.configure(settings or Settings.from_env())

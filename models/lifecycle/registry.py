@@ -23,8 +23,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from models.config import GatePolicy
-from models.significance import Interval, PerUser, paired_intervals
+from models.lifecycle.config import GatePolicy
+from models.lifecycle.significance import Interval, PerUser, paired_intervals
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ def load_champion(alias: str = CHAMPION) -> Champion:
 def finished_run(client: MlflowClient, key_tag: str, key: str) -> dict | None:
     """The newest run tagged `key_tag = key` that reached its gate decision and registered both
     models: its id, versions, decision and two-stage nDCG@10 (what a reused training returns)."""
-    from models.tracking import metric_name
+    from models.lifecycle.tracking import metric_name
 
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:

@@ -16,7 +16,7 @@ are then left out, because snapshots as of any one time would contain test event
 
 The gate compares the challenger with the champion (refit on the same events, scored on the same
 users) or, for a first model, with the better of popularity and trending, by a paired bootstrap
-interval over users (models/significance.py). What is registered and served is the same
+interval over users (models/lifecycle/significance.py). What is registered and served is the same
 configuration refit on every event, so that every user with history is known.
 """
 
@@ -37,14 +37,15 @@ from mlflow import MlflowClient
 
 from feature_repo.lake import Lake
 from feature_repo.text import tfidf_vectors, video_text
-from models import registry, tracking
 from models.base import Recommender
 from models.catalog import generator_factories
-from models.config import NON_PERSONALIZED, PROTOCOLS, TrainConfig
 from models.content import align_vectors
 from models.evaluate import evaluate_model, users_with_truth
 from models.hybrid import HybridUnion
 from models.interactions import LEARNING_TYPES, Interactions
+from models.lifecycle import registry, tracking
+from models.lifecycle.config import NON_PERSONALIZED, PROTOCOLS, TrainConfig
+from models.lifecycle.significance import PerUser
 from models.metrics import list_diversity, ndcg_at_k, per_user_ndcg
 from models.protocols import (
     ROLLING_ORIGINS,
@@ -57,7 +58,6 @@ from models.protocols import (
     user_time_split,
 )  # fmt: skip
 from models.ranker import CatalogSide, FeatureLookup, RankerModel, TrainingRows
-from models.significance import PerUser
 from models.two_stage import Requests, TwoStage, TwoStageRecommender, prefetch_features, train_on_windows
 from vidrec.meter import StageMeter
 from vidrec.settings import Settings
