@@ -2,9 +2,10 @@
 (SQLite), features materialized into Feast's SQLite online store, and `bentoml serve` on a free
 127.0.0.1 port, called with `bentoml.SyncHTTPClient` and raw HTTP.
 
-Order matters within this module (one server, one registry): read-only checks first, then the
-feedback log across a restart, the online store going away and coming back, and last the
-registry moving (hot reload) and an A/B test between the two versions.
+One server and one registry per module: read-only checks first, then the feedback log across a
+restart, the online store going away and coming back, and last the registry moving (hot reload)
+and an A/B test between two versions. Each test leaves the champion as it found it, and what a
+test needs comes from a fixture (`second_version`), so any test also runs alone.
 """
 
 from __future__ import annotations
@@ -409,13 +410,23 @@ def _eventually(check, timeout: float = 30.0) -> bool:
 # ---- the registry moves: hot reload, then an A/B test ------------------------------------------------
 
 
-def test_reload_picks_up_a_newly_promoted_model(champion, server):
-    settings = champion.settings
+@pytest.fixture(scope="module")
+def second_version(champion) -> dict[str, str]:
+    """Another version, trained by the pipeline without Feast on two generators, left a challenger."""
     ranker = {"n_estimators": 10, "early_stopping_rounds": None}
-    new = train_champion(
-        settings, champion.end, generators=("popularity", "trending"), ranker=ranker, use_feast=False
-    ).versions
+    trained = train_champion(
+        champion.settings, champion.end, generators=("popularity", "trending"), ranker=ranker, use_feast=False,
+        promote=False,
+    )  # fmt: skip
+    return trained.versions
+
+
+def test_reload_picks_up_a_newly_promoted_model(champion, server, second_version):
+    settings = champion.settings
+    new = second_version
     assert new != champion.versions
+    tracking.configure(settings)
+    registry.promote(MlflowClient(), new)
 
     def serving_new() -> bool:
         bodies = [post(server, "/recommend", {"user_id": "1"}).json() for _ in range(6)]
@@ -445,13 +456,11 @@ def test_reload_picks_up_a_newly_promoted_model(champion, server):
     )
 
 
-def test_ab_split_between_champion_and_challenger(champion):
+def test_ab_split_between_champion_and_challenger(champion, second_version):
     tracking.configure(champion.settings)
-    client = MlflowClient()
-    previous = {m: registry.alias_version(client, m, registry.PREVIOUS) for m in registry.MODELS}
-    registry.mark_challenger(client, previous)
+    registry.mark_challenger(MlflowClient(), second_version)
     app = local_app(champion, challenger_share=0.5, experiment="ranker-v2-test")
-    assert app.state.versions() == {"champion": champion.versions, "challenger": previous}
+    assert app.state.versions() == {"champion": champion.versions, "challenger": second_version}
     counts = {"champion": 0, "challenger": 0}
     for i in range(60):
         user = str(i + 1)
