@@ -110,3 +110,22 @@ def test_module_entry_point_knows_every_command():
     proc = subprocess.run([*VIDREC, "features", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "--embeddings" in proc.stdout
+
+
+def test_ingest_validates_and_train_refuses_a_lake_that_failed(tmp_path):
+    """`vidrec ingest` is the DAG's ingest + validate: too many quarantined rows fail it (exit 2,
+    naming the table), and `vidrec train`, like the training DAG, refuses that lake."""
+    data = tmp_path / "logs"
+    data.mkdir()
+    rows = [
+        {"event_id": f"e{i}", "user_id": "" if i % 2 else f"u{i}", "video_id": "v1", "event_ts": "2026-01-01T10:00:00Z",
+         "event_type": "watch"}
+        for i in range(10)
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_csv(data / "events.csv", index=False)
+    pd.DataFrame([{"video_id": "v1", "title": "One"}]).to_csv(data / "videos.csv", index=False)
+    result = runner.invoke(app, ["ingest", "--dataset", "canonical", "--data-dir", str(data), "--no-feedback"])
+    assert result.exit_code == 2, result.output
+    assert "events quarantined 5 of 10 rows" in result.output and "missing_user_id: 5" in result.output
+    train = runner.invoke(app, ["train", "--no-feast", "--generators", "popularity"])
+    assert train.exit_code == 2 and "the last validation of the lake failed" in train.output, train.output

@@ -14,7 +14,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from feature_repo.defaults import CHUNK_ROWS, DATASETS, DEFAULT_DATASET, DEFAULT_EMBEDDINGS, EMBEDDING_METHODS
+from feature_repo.defaults import (
+    CHUNK_ROWS,
+    DATASETS,
+    DEFAULT_DATASET,
+    DEFAULT_EMBEDDINGS,
+    EMBEDDING_METHODS,
+    MAX_QUARANTINE_RATE,
+)
 from models.lifecycle.config import DEFAULT_GENERATORS, GENERATORS, PROTOCOLS, GatePolicy, RankerConfig, TrainConfig
 from vidrec.settings import Settings, SettingsError
 
@@ -77,15 +84,19 @@ def ingest(
         bool, typer.Option(help="Also ingest the serving feedback log (<home>/feedback) when it holds events")
     ] = True,
     chunk_rows: Annotated[int, typer.Option(min=1000, help="Event rows validated at a time")] = CHUNK_ROWS,
+    max_quarantine_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fail when a table quarantines more than this share of its rows")
+    ] = MAX_QUARANTINE_RATE,
 ) -> None:
     """Load a dataset, validate it, quarantine bad rows, and merge it into the lake.
 
-    The same stage as the vidrec_features DAG's ingest task (vidrec.pipeline.ingest_sources).
+    The vidrec_features DAG's ingest and validate tasks (vidrec.pipeline.ingest_sources and
+    validate_ingest): a passed validation is what `vidrec train` (like the training DAG) checks.
     """
     from datetime import UTC, datetime
 
     from feature_repo.sources import DownloadError
-    from vidrec.pipeline import ingest_sources, run_dir
+    from vidrec.pipeline import ValidationFailed, ingest_sources, run_dir, validate_ingest
 
     settings: Settings = ctx.obj
     if lake_dir:
@@ -110,6 +121,11 @@ def ingest(
             fail(f"{source['role']} {source['dataset']} not ingested: {source['error']}")
         print_summary(source)
     print_lake(report)
+    try:
+        validate_ingest(str(report_path), max_quarantine_rate, settings=settings)
+    except ValidationFailed as exc:
+        fail(str(exc))
+    console.print(f"[green]validated[/]: no table quarantined more than {max_quarantine_rate:.1%} of its rows")
 
 
 def print_summary(source: dict) -> None:
@@ -401,6 +417,9 @@ def train(
     as_of: Annotated[
         str | None, typer.Option(help="Train on the events before this time (UTC; default: now, the whole lake)")
     ] = None,
+    require_validated_lake: Annotated[
+        bool, typer.Option(help="Refuse a lake that changed since its last passed validation (`vidrec ingest`)")
+    ] = True,
     force: Annotated[
         bool, typer.Option("--force", help="Train even when a run with the same data and configuration exists")
     ] = False,
@@ -413,7 +432,7 @@ def train(
     """
     from datetime import UTC, datetime
 
-    from vidrec.pipeline import NotReady, train_models
+    from vidrec.pipeline import NotReady, ValidationFailed, check_lake_validated, train_config, train_models
 
     settings: Settings = ctx.obj
     params = {
@@ -423,6 +442,12 @@ def train(
         "baseline_gain": baseline_gain, "shuffle_labels": shuffle_labels, "dataset": dataset,
         "tuned_for": tuned_for, "force_retrain": force, "seed": seed,
     }  # fmt: skip
+    try:
+        train_config(params)  # a bad option fails before anything else is looked at
+        if require_validated_lake:
+            check_lake_validated(settings=settings)
+    except (ValueError, ValidationFailed) as exc:
+        fail(str(exc))
     end = as_of or datetime.now(UTC).isoformat()
     with progress_bar("train", None) as advance:
         try:

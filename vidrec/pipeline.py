@@ -375,7 +375,7 @@ def check_lake_validated(*, settings: Settings | None = None) -> dict:
     path = settings.home / VALIDATION_FILE
     if not path.exists():
         raise ValidationFailed(
-            f"the lake at {settings.lake_dir} was never validated: run the vidrec_features DAG first"
+            f"the lake at {settings.lake_dir} was never validated: run the vidrec_features DAG or `vidrec ingest` first"
         )
     record = json.loads(path.read_text())
     if record["status"] != "passed":
