@@ -25,7 +25,6 @@ from feature_repo.lake import EventCommit, Lake
 from feature_repo.sources import Source
 from feature_repo.validation import Validated, validate_events, validate_users, validate_videos
 
-DEFAULT_CHUNK_ROWS = CHUNK_ROWS
 # Staged events: canonical columns plus arrival order, provenance and the partition key.
 STAGED_EVENTS = schema.EVENTS.append(pa.field("_seq", pa.int64())).append(pa.field("_file", pa.string()))
 STAGED_EVENTS = STAGED_EVENTS.append(pa.field("_row", pa.int64())).append(pa.field("event_date", pa.string()))
@@ -79,7 +78,7 @@ def source_key(source: Source) -> str:
 def ingest(
     source: Source,
     lake: Lake,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int = CHUNK_ROWS,
     progress: Callable[[int], None] | None = None,
 ) -> IngestSummary:
     """Validate `source` and merge it into `lake`; `progress(n)` is told of each chunk's rows."""

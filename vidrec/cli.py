@@ -617,17 +617,16 @@ def batch(
     ] = None,
 ) -> None:
     """Precompute the champion's top-N for recently active users (the vidrec_batch_recs DAG's task)."""
-    import pandas as pd
-
     from feature_repo.lake import Lake
+    from feature_repo.transforms import default_as_of_times
     from vidrec.pipeline import NotReady, precompute_recommendations
 
     settings: Settings = ctx.obj
-    if end is None:
-        events = Lake(settings.lake_dir).read_events(columns=["event_ts"])
-        if events.empty:
+    if end is None:  # the midnight after the lake's last event, as `vidrec features` takes it
+        newest = default_as_of_times(Lake(settings.lake_dir), freq="D", periods=1)
+        if not newest:
             fail(f"the lake at {settings.lake_dir} holds no events: run `vidrec ingest` first")
-        end = (pd.Timestamp(events["event_ts"].max()).floor("D") + pd.Timedelta(days=1)).isoformat()
+        end = newest[-1].isoformat()
     try:
         result = precompute_recommendations(
             end, active_days=active_days, top_n=top_n, store_url=store_url, settings=settings

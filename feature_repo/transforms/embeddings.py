@@ -25,7 +25,6 @@ from feature_repo.defaults import EMBEDDING_METHODS
 from feature_repo.lake import Lake, write_parquet_atomic
 
 TABLE = "video_embeddings"
-METHODS = EMBEDDING_METHODS
 EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 
 
@@ -55,8 +54,8 @@ def embedding_table(videos: pd.DataFrame, vectors: np.ndarray) -> pa.Table:
 
 def encode(texts: list[str], method: str, tfidf_dims: int = 64, seed: int = 0) -> np.ndarray:
     """Dense vectors for `texts` with the models' encoders."""
-    if method not in METHODS:
-        raise ValueError(f"unknown embedding method {method!r}: expected one of {', '.join(METHODS)}")
+    if method not in EMBEDDING_METHODS:
+        raise ValueError(f"unknown embedding method {method!r}: expected one of {', '.join(EMBEDDING_METHODS)}")
     from feature_repo.text import minilm_vectors, tfidf_vectors
 
     if method == "minilm":
