@@ -15,10 +15,15 @@ devices; without wrk a bounded asyncio httpx client runs instead. Two server con
                online row, builds the features and ranks >= 200 candidates with the ranker
     cache off  every request also scores the whole catalog with every generator
 
+Every answer's slate goes to the impression log (serving.impressions) as in production; one more
+run of the first cache configuration with VIDREC_LOG_IMPRESSIONS=0 measures what that logging
+costs: the p50 with logging on over the p50 with it off, at each concurrency (target: <= 1.10).
+
 Prints p50/p95/p99 latency and requests/s per configuration and concurrency and writes
 benchmarks/results/serving.json.
 
     python benchmarks/bench_serving.py [--duration 15] [--connections 4 32] [--workers 2] [--cache on off]
+                                       [--impressions on off]
 
 The first run builds the champion into benchmarks/results/serving-home (a few minutes); later runs
 reuse it (--rebuild to start over).
@@ -222,6 +227,10 @@ def main() -> None:
     parser.add_argument(
         "--cache", nargs="+", choices=["on", "off"], default=["on", "off"], help="candidate cache configurations"
     )
+    parser.add_argument(
+        "--impressions", nargs="+", choices=["on", "off"], default=["on", "off"],
+        help="impression logging: 'off' adds a run of the first cache configuration without it",
+    )  # fmt: skip
     parser.add_argument("--online-store", choices=["sqlite", "redis"], default="sqlite",
                         help="sqlite: the local profile; redis: the prod profile (Redis + PostgreSQL)")  # fmt: skip
     parser.add_argument("--redis", default="127.0.0.1:6379", help="Redis for --online-store redis")
@@ -264,7 +273,10 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
 
     rows = []
     checked = {}
-    for cache in args.cache:
+    configurations = [(cache, "on") for cache in args.cache] if "on" in args.impressions else []
+    if "off" in args.impressions:
+        configurations.append((args.cache[0], "off"))
+    for cache, impressions in configurations:
         env = {
             **store_env,
             "VIDREC_HOME": str(home),
@@ -272,12 +284,14 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
             "VIDREC_PRECOMPUTED_URL": "off",
             "VIDREC_RELOAD_POLL_S": "30",
             "VIDREC_CANDIDATE_CACHE": "5000" if cache == "on" else "0",
+            "VIDREC_LOG_IMPRESSIONS": "1" if impressions == "on" else "0",
         }
         with ServerProcess(
-            env=env, log_path=RESULTS / f"serving-server-{args.online_store}-cache-{cache}.log"
+            env=env, log_path=RESULTS / f"serving-server-{args.online_store}-cache-{cache}-imp-{impressions}.log"
         ) as server:
             checked = check_requests(server.url, users)
-            print(f"[candidate cache {cache}] server ready at {server.url}; {checked}", flush=True)
+            label = f"candidate cache {cache}, impressions {impressions}"
+            print(f"[{label}] server ready at {server.url}; {checked}", flush=True)
             # Warm up both workers (lazy imports, allocator growth; with the cache on, fills it).
             (run_wrk(server.url, users, 8, 4, 1) if client == "wrk" else run_httpx(server.url, users, 8, 4))
             for connections in args.connections:
@@ -287,9 +301,12 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
                     )
                 else:
                     result = run_httpx(server.url, users, connections, args.duration)
-                rows.append({"candidate_cache": cache, "connections": connections, "client": client, **result})
+                rows.append(
+                    {"candidate_cache": cache, "impressions": impressions, "connections": connections,
+                     "client": client, **result}
+                )  # fmt: skip
                 print(
-                    f"[candidate cache {cache}] {connections:>3} connections: {result['requests_per_s']:7.1f} req/s  "
+                    f"[{label}] {connections:>3} connections: {result['requests_per_s']:7.1f} req/s  "
                     f"p50 {result['p50_ms']:6.2f} ms  p95 {result['p95_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
                     f"max {result['max_ms']:7.2f} ms  errors {result['errors']}",
                     flush=True,
@@ -304,15 +321,29 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
         "champion": champion,
         **checked,
         "results": rows,
+        "impression_logging_p50_ratio": impression_cost(rows),
     }
     out.write_text(json.dumps(report, indent=2))
     print(
-        "\n| candidate cache | connections | req/s | p50 ms | p95 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|"
+        "\n| candidate cache | impressions | connections | req/s | p50 ms | p95 ms | p99 ms | errors |\n"
+        "|---|---|---|---|---|---|---|---|"
     )
     for r in rows:
         print(
-            f"| {r['candidate_cache']} | {r['connections']} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
+            f"| {r['candidate_cache']} | {r['impressions']} | {r['connections']} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
         )
+    for connections, ratio in report["impression_logging_p50_ratio"].items():
+        print(f"impression logging on/off, p50 at {connections} connections: {ratio:.3f} (target <= 1.10)")
+
+
+def impression_cost(rows: list[dict]) -> dict[str, float]:
+    """p50 with impression logging over p50 without, per concurrency, for the same cache setting."""
+    off = {(r["candidate_cache"], r["connections"]): r["p50_ms"] for r in rows if r["impressions"] == "off"}
+    return {
+        str(r["connections"]): round(r["p50_ms"] / off[(r["candidate_cache"], r["connections"])], 3)
+        for r in rows
+        if r["impressions"] == "on" and (r["candidate_cache"], r["connections"]) in off
+    }
 
 
 if __name__ == "__main__":

@@ -73,6 +73,29 @@ EVENTS = pa.schema(
     ]
 )
 
+# What the service showed: one row per (answer, slot), written by serving.impressions into
+# `<feedback dir>/impressions/<day>/<batch>.parquet`. `position` is the 1-based rank shown;
+# `model_versions` the served versions as JSON. The canonical loader turns each row into an
+# `impression` event, so impressions reach the lake (and the ranker's negatives) on ingest.
+IMPRESSIONS = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("user_id", pa.string()),
+        ("video_id", pa.string()),
+        ("position", pa.int32()),
+        ("variant", pa.string()),
+        ("experiment", pa.string()),
+        ("model_versions", pa.string()),
+        ("served_from", pa.string()),
+        ("device", pa.string()),
+        ("event_ts", _TS),
+    ]
+)
+# Feedback batches keep, beside the canonical columns, the answer a click or watch responds to
+# (both null when the client did not say); the canonical loader drops them on ingest.
+ATTRIBUTION_COLUMNS = (("request_id", pa.string()), ("position", pa.int32()))
+FEEDBACK_EVENTS = pa.schema([*EVENTS, *(pa.field(n, t) for n, t in ATTRIBUTION_COLUMNS)])
+
 TABLES: dict[str, pa.Schema] = {"users": USERS, "videos": VIDEOS, "events": EVENTS}
 ID_COLUMN = {"users": "user_id", "videos": "video_id", "events": "event_id"}
 

@@ -9,6 +9,7 @@ lives in each worker process:
     online         Feast online reads (one user row per request) behind a circuit breaker
     precomputed    the batch DAG's lists (serving.precomputed), used when fresh
     feedback       the durable feedback log (serving.feedback)
+    impressions    every answer's slate, buffered and written in the background (serving.impressions)
 
 `recommend` flow: A/B variant -> a fresh precomputed list if there is one -> else the user's
 online row -> known user: candidates, features, ranker (real time); unknown user: cold start;
@@ -20,6 +21,9 @@ Reloads: a poller thread checks the registry every `poll_seconds` for moved alia
 Feast registry for a newer materialization of the video features, and rebuilds what changed;
 `reload()` (the token-protected endpoint) does it at once and touches a marker file that the
 other workers' pollers watch, so every worker follows.
+
+Every answer carries a `request_id`; its slate goes to the impression log, and feedback events
+that send the id back are checked against it (the experiment report joins them for real).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import hmac
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -43,6 +48,7 @@ from serving.cache import LRU
 from serving.config import ServingConfig
 from serving.engine import Engine, RankSources, Suggestions
 from serving.feedback import FeedbackLog
+from serving.impressions import ImpressionLog, RequestIds, impression_rows
 from serving.online import OnlineFeatures, StoreUnavailable, VideoTable, parse_video_list
 from serving.precomputed import PrecomputedStore, open_store
 from serving.rerank import minmax, reason, rerank
@@ -55,6 +61,7 @@ from serving.schemas import (
     SimilarResponse,
     SimilarVideo,
     StatusResponse,
+    UnattributedEvent,
 )
 
 log = logging.getLogger("vidrec.serving")
@@ -64,6 +71,8 @@ RECENT_SEEN_USERS = 50_000
 RECENT_SEEN_S = 24 * 3600.0  # the online store's recent-activity view has caught up by then
 RESPONSE_CACHE_S = 3600.0  # how old a response may be to answer for the user in degraded mode
 CACHED_ITEMS = 50
+RECENT_SLATES = 100_000  # answers whose slate this worker keeps, to check a feedback event's position
+RECENT_SLATES_S = 6 * 3600.0
 MARKER = "reload-requested"
 
 
@@ -88,6 +97,19 @@ class State:
 
     def versions(self) -> dict[str, dict[str, str]]:
         return {variant: engine.versions for variant, engine in self.engines.items()}
+
+
+def _ignore(*_: object) -> None:
+    pass
+
+
+@dataclass
+class Observers:
+    """Hooks the HTTP layer sets to count what happens (Prometheus counters in serving.service)."""
+
+    impressions: Callable[[str, int], None] = _ignore  # (variant, slots shown)
+    clicks: Callable[[str, int], None] = _ignore  # (variant, attributed clicks)
+    impressions_dropped: Callable[[int], None] = _ignore
 
 
 @dataclass
@@ -116,6 +138,18 @@ class RecommenderApp:
             except Exception as exc:  # a missing store must not stop the service
                 self.precomputed_breaker.failure(exc)
         self.feedback_log = FeedbackLog(config.feedback_dir, self._known_videos)
+        self.observe = Observers()
+        self.request_ids = RequestIds.shared(settings.home)
+        self.impressions = (
+            ImpressionLog(
+                config.feedback_dir,
+                max_rows=config.impression_buffer,
+                on_dropped=lambda n: self.observe.impressions_dropped(n),
+            )
+            if config.log_impressions
+            else None
+        )
+        self.slates = LRU(RECENT_SLATES, ttl_s=RECENT_SLATES_S)
         self.responses = LRU(config.response_cache_size, ttl_s=RESPONSE_CACHE_S)
         self.recent_seen = LRU(RECENT_SEEN_USERS, ttl_s=RECENT_SEEN_S)
         self._reload_lock = threading.Lock()
@@ -270,6 +304,9 @@ class RecommenderApp:
         self._marker_seen = self._marker_mtime()
 
     def start_polling(self) -> None:
+        """Start the background threads: the registry poller and the impression writer."""
+        if self.impressions is not None:
+            self.impressions.start()
         if self._poller is not None:
             return
         self._poller = threading.Thread(target=self._poll, name="vidrec-registry-poller", daemon=True)
@@ -277,6 +314,8 @@ class RecommenderApp:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.impressions is not None:
+            self.impressions.close()
 
     def _poll(self) -> None:
         last_registry = time.monotonic()
@@ -442,18 +481,7 @@ class RecommenderApp:
                 served_from,
                 degraded,
             )
-        return RecommendResponse(
-            user_id=user_id,
-            items=items,
-            variant=variant,
-            experiment=self.config.experiment,
-            model_versions=engine.versions,
-            served_from=served_from,
-            degraded=degraded,
-            candidates=len(listing.rows),
-            device=device,
-            timestamp=ts,
-        )
+        return self._answer(user_id, items, variant, engine, served_from, degraded, len(listing.rows), device, ts)
 
     def fallback(
         self,
@@ -470,15 +498,43 @@ class RecommenderApp:
         ts = utc_time(timestamp)
         engine = state.engines[ab.CHAMPION]
         listing = engine.popular_for(engine.user_row(user_id), engine.rows_of(exclude or []))
+        items = self._personalize(engine, listing, None, k, device, ts)
+        return self._answer(user_id, items, ab.CHAMPION, engine, "popular", True, len(listing.rows), device, ts)
+
+    def _answer(
+        self,
+        user_id: str,
+        items: list[RecommendedVideo],
+        variant: str,
+        engine: Engine,
+        served_from: str,
+        degraded: bool,
+        candidates: int,
+        device: str,
+        ts: datetime,
+    ) -> RecommendResponse:
+        """The response, with a fresh request id; its slate queued as impressions (never blocks)."""
+        request_id = self.request_ids.new(variant)
+        video_ids = [item.video_id for item in items]
+        self.slates.put(request_id, video_ids)
+        if self.impressions is not None and video_ids:
+            self.impressions.record(
+                impression_rows(
+                    request_id, user_id, video_ids, variant, self.config.experiment, engine.versions,
+                    served_from, device, ts,
+                )
+            )  # fmt: skip
+            self.observe.impressions(variant, len(video_ids))
         return RecommendResponse(
+            request_id=request_id,
             user_id=user_id,
-            items=self._personalize(engine, listing, None, k, device, ts),
-            variant=ab.CHAMPION,
+            items=items,
+            variant=variant,
             experiment=self.config.experiment,
             model_versions=engine.versions,
-            served_from="popular",
-            degraded=True,
-            candidates=len(listing.rows),
+            served_from=served_from,
+            degraded=degraded,
+            candidates=candidates,
             device=device,
             timestamp=ts,
         )
@@ -559,8 +615,44 @@ class RecommenderApp:
             )
         return SimilarResponse(video_id=video_id, items=items, model_versions=engine.versions)
 
+    def attribution(self, event: dict) -> tuple[str | None, str | None]:
+        """(variant, None) when the event names an answer of this service, else (None, why not).
+
+        The id itself says whether this deployment issued it and to which variant; the slot is
+        checked when this worker still holds the slate (the report joins every worker's log)."""
+        request_id = event.get("request_id")
+        variant, why = self.request_ids.check(request_id)
+        if variant is None:
+            return None, why
+        position, video_id = event.get("position"), event.get("video_id")
+        slate = self.slates.peek(request_id)
+        if slate is not None and position is not None and video_id is not None:
+            if position > len(slate):
+                return None, f"position {position} is past the {len(slate)} videos of request {request_id}"
+            if slate[position - 1] != video_id:
+                return (
+                    None,
+                    f"request {request_id} showed {slate[position - 1]!r} at position {position}, not {video_id!r}",
+                )
+        return variant, None
+
     def feedback(self, events: list[dict]) -> FeedbackResponse:
         result = self.feedback_log.append(events)
+        rejected = {r.index for r in result.rejected}
+        attributed, unattributed = 0, []
+        clicks: dict[str, int] = {}
+        for i, event in enumerate(events):
+            if i in rejected or event.get("request_id") is None:
+                continue
+            variant, why = self.attribution(event)
+            if variant is None:
+                unattributed.append(UnattributedEvent(index=i, request_id=str(event["request_id"]), reason=str(why)))
+                continue
+            attributed += 1
+            if event.get("event_type") == "click":
+                clicks[variant] = clicks.get(variant, 0) + 1
+        for variant, n in clicks.items():
+            self.observe.clicks(variant, n)
         # What a user just watched stops being recommended by this worker at once (the online
         # store's recent-activity view covers every worker after the next push/materialization).
         if len(result.accepted):
@@ -575,6 +667,8 @@ class RecommenderApp:
             batch_id=result.batch_id,
             accepted=len(result.accepted),
             rejected=[RejectedEvent(index=r.index, event_id=r.event_id, reasons=r.reasons) for r in result.rejected],
+            attributed=attributed,
+            unattributed=unattributed,
             log_file=str(result.log_file) if result.log_file else None,
             quarantine_file=str(result.quarantine_file) if result.quarantine_file else None,
         )

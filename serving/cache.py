@@ -31,3 +31,10 @@ class LRU(OrderedDict):
         self.hits += 1
         self.move_to_end(key)
         return found[1]
+
+    def peek(self, key):
+        """Like `fresh`, without reordering: safe to call from another thread than the writer's."""
+        found = super().get(key)
+        if found is None or (self.ttl_s is not None and time.monotonic() - found[0] > self.ttl_s):
+            return None
+        return found[1]

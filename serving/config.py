@@ -12,6 +12,8 @@ what only serving needs. Every variable is optional:
     VIDREC_PRECOMPUTED_TTL_S      freshness of a precomputed list, seconds (86400)
     VIDREC_FEEDBACK_DIR           the feedback event log (default $VIDREC_HOME/feedback)
     VIDREC_FEEDBACK_MAX_EVENTS    largest feedback batch accepted (1000)
+    VIDREC_LOG_IMPRESSIONS        1 (default) logs every answer's slate to <feedback dir>/impressions
+    VIDREC_IMPRESSION_BUFFER      impressions held in memory before new ones are dropped (200000)
     VIDREC_MMR_LAMBDA             relevance weight of the diversity re-rank, 0..1 (0.8; 1 = off)
     VIDREC_TRENDING_BOOST         weight of the trending boost (0.05)
     VIDREC_FRESH_BOOST            weight of the freshness boost (0.05)
@@ -55,6 +57,15 @@ def _int(name: str, default: int, low: int = 0) -> int:
     return int(value)
 
 
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw not in ("0", "1", "true", "false", "yes", "no"):
+        raise SettingsError(f"{name}={raw!r} is not a flag: use 1 or 0")
+    return raw in ("1", "true", "yes")
+
+
 @dataclass(frozen=True)
 class RerankConfig:
     """Post-ranking personalization (see serving.rerank)."""
@@ -91,6 +102,8 @@ class ServingConfig:
     precomputed_url: str | None = None
     precomputed_ttl_s: float = 86_400.0
     feedback_dir: Path = Path(".vidrec/feedback")
+    log_impressions: bool = True
+    impression_buffer: int = 200_000
     store_retry_s: float = 5.0
     response_cache_size: int = 20_000
     candidate_cache_size: int = 5000
@@ -113,11 +126,13 @@ class ServingConfig:
             precomputed_url=None if precomputed.lower() in ("", "off", "none") else precomputed,
             precomputed_ttl_s=_float("VIDREC_PRECOMPUTED_TTL_S", 86_400.0, 0.0),
             feedback_dir=Path(os.environ.get("VIDREC_FEEDBACK_DIR", settings.home / "feedback")).resolve(),
+            log_impressions=_flag("VIDREC_LOG_IMPRESSIONS", True),
+            impression_buffer=_int("VIDREC_IMPRESSION_BUFFER", 200_000, 1),
             store_retry_s=_float("VIDREC_STORE_RETRY_S", 5.0, 0.0),
             response_cache_size=_int("VIDREC_RESPONSE_CACHE", 20_000, 0),
             candidate_cache_size=_int("VIDREC_CANDIDATE_CACHE", 5000, 0),
             candidate_cache_s=_float("VIDREC_CANDIDATE_CACHE_S", 300.0, 0.0),
-            log_assignments=os.environ.get("VIDREC_LOG_ASSIGNMENTS", "1") not in ("0", "false", "no"),
+            log_assignments=_flag("VIDREC_LOG_ASSIGNMENTS", True),
             rerank=RerankConfig(
                 mmr_lambda=_float("VIDREC_MMR_LAMBDA", 0.8, 0.0, 1.0),
                 trending_boost=_float("VIDREC_TRENDING_BOOST", 0.05, 0.0),

@@ -2,7 +2,8 @@
 
 Layout (a canonical-format folder: `vidrec ingest --dataset canonical --data-dir <root>` reads it):
 
-    <root>/events/<YYYY-MM-DD>/<batch_id>.parquet        accepted events, canonical schema
+    <root>/events/<YYYY-MM-DD>/<batch_id>.parquet        accepted events: the canonical columns plus
+                                                         request_id and position (schema.FEEDBACK_EVENTS)
     <root>/quarantine/<YYYY-MM-DD>/<batch_id>.parquet    rejected rows: raw values as text, `reason`,
                                                          `batch_id`, `batch_index`
 
@@ -33,6 +34,8 @@ from feature_repo.sources.base import with_canonical_columns
 from feature_repo.sources.canonical import content_event_ids
 from feature_repo.validation import validate_events
 
+ATTRIBUTION = [name for name, _ in schema.ATTRIBUTION_COLUMNS]  # which answer an event responds to
+
 
 @dataclass(frozen=True)
 class Rejection:
@@ -44,7 +47,7 @@ class Rejection:
 @dataclass(frozen=True)
 class FeedbackResult:
     batch_id: str
-    accepted: pd.DataFrame  # canonical rows written
+    accepted: pd.DataFrame  # rows written: canonical columns + request_id, position
     rejected: list[Rejection]
     log_file: Path | None
     quarantine_file: Path | None
@@ -67,12 +70,19 @@ class FeedbackLog:
         if missing.any():
             raw.loc[missing, "event_id"] = content_event_ids(raw[missing])
         checked = validate_events(raw, self.known_videos(), now)
+        attribution = pd.DataFrame.from_records(events, columns=ATTRIBUTION).iloc[checked.accepted_rows]
+        accepted = checked.accepted.assign(**{c: attribution[c].to_numpy() for c in ATTRIBUTION})
         day = now.strftime("%Y-%m-%d")
         log_file = quarantine_file = None
         with self._lock:
-            if len(checked.accepted):
+            if len(accepted):
                 log_file = self.events_dir / day / f"{batch_id}.parquet"
-                write_parquet_atomic(schema.to_arrow(checked.accepted, "events"), log_file, durable=True)
+                table = pa.Table.from_pandas(
+                    accepted[schema.FEEDBACK_EVENTS.names].astype({"position": "Int32"}),
+                    schema=schema.FEEDBACK_EVENTS,
+                    preserve_index=False,
+                )
+                write_parquet_atomic(table, log_file, durable=True)
             if len(checked.rejected):
                 quarantine_file = self.quarantine_dir / day / f"{batch_id}.parquet"
                 rejected = checked.rejected.assign(batch_id=batch_id, batch_index=checked.rejected_rows.astype("int64"))
@@ -88,7 +98,7 @@ class FeedbackLog:
             )
             for i, r in zip(checked.rejected_rows, checked.rejected["reason"], strict=True)
         ]
-        return FeedbackResult(batch_id, checked.accepted, rejections, log_file, quarantine_file)
+        return FeedbackResult(batch_id, accepted, rejections, log_file, quarantine_file)
 
     def batches(self) -> list[Path]:
         return sorted(self.events_dir.glob("*/*.parquet"))
@@ -97,4 +107,7 @@ class FeedbackLog:
         files = self.batches()
         if not files:
             return schema.empty_frame("events")
-        return pa.concat_tables([pq.read_table(p, schema=schema.EVENTS) for p in files]).to_pandas()
+        # Batches written before attribution was logged lack its columns: read them as nulls.
+        return pa.concat_tables(
+            [pq.read_table(p).select(schema.EVENTS.names).cast(schema.EVENTS) for p in files]
+        ).to_pandas()

@@ -60,6 +60,9 @@ class FeedbackEvent(_Input):
     device: Annotated[StrictStr, Field(max_length=32)] | None = None
     session_id: Annotated[StrictStr, Field(max_length=256)] | None = None
     text: Annotated[StrictStr, Field(max_length=4096)] | None = None
+    # The /recommend answer this event responds to, and the slot (1-based rank) it was shown in.
+    request_id: Annotated[StrictStr, Field(max_length=64)] | None = None
+    position: Annotated[StrictInt, Field(ge=1, le=MAX_K)] | None = None
 
 
 class FeedbackRequest(_Input):
@@ -83,6 +86,7 @@ class RecommendedVideo(BaseModel):
 
 
 class RecommendResponse(BaseModel):
+    request_id: str  # send it back with the feedback events this answer causes (serving.impressions)
     user_id: str
     items: list[RecommendedVideo]
     variant: str
@@ -115,10 +119,18 @@ class RejectedEvent(BaseModel):
     reasons: list[str]
 
 
+class UnattributedEvent(BaseModel):
+    index: int  # position in the batch; the event itself is accepted
+    request_id: str
+    reason: str
+
+
 class FeedbackResponse(BaseModel):
     batch_id: str
     accepted: int
     rejected: list[RejectedEvent]
+    attributed: int  # accepted events whose request_id is an answer of this service
+    unattributed: list[UnattributedEvent]  # accepted, but their request_id does not name an answer
     log_file: str | None
     quarantine_file: str | None
 

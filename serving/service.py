@@ -3,11 +3,12 @@
 Endpoints (all POST with a JSON body, except the probes and metrics):
 
     /recommend   {user_id, k (1..100), context: {device, timestamp}, exclude: [video_id]}
-                 -> ranked videos with score, sources, reason; model versions; A/B variant;
-                    served_from; degraded
+                 -> request_id; ranked videos with score, sources, reason; model versions;
+                    A/B variant; served_from; degraded (the slate goes to the impression log)
     /similar     {video_id, k} -> similar videos (content + collaborative); unknown video: 404
-    /feedback    {events: [canonical event, ...]} (at most 1000) -> accepted count, rejected rows
-                 with reasons; accepted rows are on disk (fsync'd) before the answer
+    /feedback    {events: [canonical event + request_id, position, ...]} (at most 1000) -> accepted
+                 count, rejected rows with reasons, attribution to answers; accepted rows are on
+                 disk (fsync'd) before the answer
     /reload      header `Authorization: Bearer $VIDREC_RELOAD_TOKEN` -> reload now (all workers)
     /status      {} -> what is loaded, store health, A/B split
     GET /livez /healthz (liveness), /readyz (models loaded and online store reachable: 200 or 503),
@@ -31,7 +32,7 @@ import os
 import bentoml
 from starlette.responses import JSONResponse
 
-from serving.app import NotReady, RecommenderApp, Unauthorized, UnknownVideo
+from serving.app import NotReady, Observers, RecommenderApp, Unauthorized, UnknownVideo
 from serving.config import ServingConfig
 from serving.guard import RequestGuard
 from serving.schemas import (
@@ -100,6 +101,19 @@ class _Metrics:
         self.errors = Counter(
             "vidrec_errors", "Requests answered by a fallback after an unexpected error", ["endpoint"]
         )
+        # CTR live in Prometheus/Grafana: rate(vidrec_clicks_total) / rate(vidrec_impressions_total) per variant.
+        self.impressions = Counter("vidrec_impressions", "Videos shown in /recommend answers", ["variant"])
+        self.clicks = Counter("vidrec_clicks", "Clicks sent to /feedback with a request_id of an answer", ["variant"])
+        self.impressions_dropped = Counter(
+            "vidrec_impressions_dropped", "Impressions not logged (buffer full or the disk refused the write)"
+        )
+
+    def observers(self) -> Observers:
+        return Observers(
+            impressions=lambda variant, n: self.impressions.labels(variant).inc(n),
+            clicks=lambda variant, n: self.clicks.labels(variant).inc(n),
+            impressions_dropped=self.impressions_dropped.inc,
+        )
 
 
 @bentoml.service(
@@ -116,6 +130,7 @@ class Vidrec:
         logging.getLogger("vidrec").setLevel(os.environ.get("VIDREC_LOG_LEVEL", "INFO").upper())
         self.app = RecommenderApp(ServingConfig.from_env())
         self.metrics = _Metrics()
+        self.app.observe = self.metrics.observers()
         self.app.load()
         self.app.start_polling()
 

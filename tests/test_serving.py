@@ -11,6 +11,7 @@ test needs comes from a fixture (`second_version`), so any test also runs alone.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import bentoml
 import httpx
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from bentoml.exceptions import BentoMLException
@@ -347,10 +349,73 @@ def test_feedback_is_durable_across_a_restart_and_ingestible(champion, server):
 
     lake = Lake(champion.settings.lake_dir)
     summary = ingest(open_source("canonical", champion.settings.home / "feedback", champion.settings.cache_dir), lake)
-    assert summary.tables["events"].accepted == 3
     ingested = lake.read_events()
-    assert {"fb-1", "fb-2"} <= set(ingested["event_id"])
+    shown = int((ingested["event_type"] == "impression").sum())  # the log also holds every answer's slate
+    assert summary.tables["events"].accepted == 3 + shown and shown > 0
+    assert {"fb-1", "fb-2"} <= set(ingested["event_id"]) and (ingested["user_id"] == "brand-new").sum() == 1
     assert ingested.loc[ingested["event_id"] == "fb-1", "device"].iloc[0] == "tv"
+
+
+def _impressions_of(champion, request_id: str, timeout: float = 10.0) -> pd.DataFrame:
+    """The impression rows of one answer, once the background writer has flushed them."""
+    deadline = time.monotonic() + timeout
+    folder = champion.settings.home / "feedback" / "impressions"
+    while time.monotonic() < deadline:
+        files = sorted(folder.glob("*/*.parquet")) if folder.is_dir() else []
+        if files:
+            rows = pa.concat_tables([pq.read_table(f) for f in files]).to_pandas()
+            found = rows[rows["request_id"] == request_id]
+            if len(found):
+                return found.sort_values("position")
+        time.sleep(0.2)
+    raise AssertionError(f"no impressions of {request_id} under {folder} after {timeout} s")
+
+
+def test_answers_are_logged_as_impressions_and_feedback_is_attributed(champion, server):
+    answer = post(server, "/recommend", {"user_id": "6", "k": 5, "context": {"device": "tv"}}).json()
+    request_id, shown = answer["request_id"], [i["video_id"] for i in answer["items"]]
+    assert len(request_id) == 32 and len(shown) == 5
+    rows = _impressions_of(champion, request_id)
+    assert rows["video_id"].tolist() == shown and rows["position"].tolist() == [1, 2, 3, 4, 5]
+    assert set(rows["variant"]) == {"champion"} and set(rows["experiment"]) == {"ranker-ab"}
+    assert set(rows["device"]) == {"tv"} and json.loads(rows["model_versions"].iloc[0]) == answer["model_versions"]
+
+    now = pd.Timestamp.now(tz="UTC").isoformat()
+    click = {"user_id": "6", "video_id": shown[1], "event_ts": now, "event_type": "click"}
+    events = [
+        {**click, "request_id": request_id, "position": 2},
+        {**click, "event_type": "watch", "watch_time_s": 600.0, "request_id": request_id, "position": 2},
+        {**click, "request_id": "not-a-request"},
+        {**click, "request_id": "0" * 32},
+        {**click},  # no request id: accepted, simply not attributed to an answer
+    ]
+    body = post(server, "/feedback", {"events": events}).json()
+    assert body["accepted"] == 5 and body["attributed"] == 2
+    assert [(u["index"], u["reason"].split(" ")[0]) for u in body["unattributed"]] == [(2, "malformed"), (3, "unknown")]
+    stored = pq.read_table(body["log_file"]).to_pandas()
+    assert stored["request_id"].tolist()[:2] == [request_id, request_id] and stored["position"].tolist()[:2] == [2, 2]
+    assert post(server, "/feedback", {"events": [{**click, "position": 0}]}).status_code == 400
+
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'vidrec_impressions_total{variant="champion"}' in metrics
+    assert 'vidrec_clicks_total{variant="champion"} 1.0' in metrics
+
+
+def test_attribution_checks_the_slot_when_the_worker_holds_the_slate(champion):
+    app = local_app(champion)
+    answer = app.recommend("7", 3, "desktop", AT)
+    first, second = (i.video_id for i in answer.items[:2])
+    now = pd.Timestamp.now(tz="UTC").isoformat()
+    event = {"user_id": "7", "event_ts": now, "event_type": "click", "request_id": answer.request_id}
+    result = app.feedback([{**event, "video_id": second, "position": 1}, {**event, "video_id": first, "position": 9}])
+    assert result.attributed == 0
+    assert "showed" in result.unattributed[0].reason and "past the 3 videos" in result.unattributed[1].reason
+    assert app.feedback([{**event, "video_id": first, "position": 1}]).attributed == 1
+    fallback = app.fallback("7", 3)
+    assert fallback.request_id != answer.request_id and app.request_ids.check(fallback.request_id) == ("champion", None)
+    assert app.impressions.pending() == 6  # both answers queued (this app's writer thread is not started)
+    app.stop()
+    assert app.impressions.pending() == 0 and app.impressions.written == 6
 
 
 def test_feedback_hides_what_was_just_watched(champion):

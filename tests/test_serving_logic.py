@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
+from feature_repo import schema
 from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
 from feature_repo.schema import utc_time
@@ -26,6 +27,7 @@ from serving.breaker import CircuitBreaker
 from serving.config import RerankConfig, ServingConfig
 from serving.feedback import FeedbackLog
 from serving.guard import RequestGuard
+from serving.impressions import ImpressionLog, RequestIds, impression_rows, write_impressions
 from serving.online import parse_genre_shares, parse_video_list, request_features
 from serving.rerank import ItemSignals, context_fit, freshness, minmax, mmr_order, percentile, reason, rerank
 from vidrec.settings import Settings, SettingsError
@@ -267,6 +269,96 @@ def test_feedback_is_validated_written_durably_and_ingestible(tmp_path):
     events = lake.read_events()
     assert {"f1", "q1"} <= set(events["event_id"]) and len(events) == 4
     assert events.loc[events["event_id"] == "f1", "device"].iloc[0] == "tv"
+
+
+# ---- request ids and the impression log ---------------------------------------------------------
+
+
+def test_request_ids_name_their_variant_and_refuse_foreign_or_malformed_ids(tmp_path):
+    ids = RequestIds.shared(tmp_path)
+    other_worker = RequestIds.shared(tmp_path)  # same deployment: the key file is shared
+    issued = {ids.new(v): v for v in ab.VARIANTS for _ in range(50)}
+    assert len(issued) == 100 and all(len(i) == 32 for i in issued)
+    assert all(other_worker.check(i) == (v, None) for i, v in issued.items())
+    foreign = RequestIds.shared(tmp_path / "elsewhere").new(ab.CHAMPION)
+    variant, why = ids.check(foreign)
+    assert variant is None and why.startswith("unknown request_id")
+    for bad in ("not-an-id", "", "0" * 31, 42):
+        variant, why = ids.check(bad)
+        assert variant is None and why.startswith("malformed request_id")
+
+
+def _slate(request_id: str, user: str, n: int = 3, ts: str = "2024-03-02T08:00:00Z") -> list[dict]:
+    videos = [f"v{i}" for i in range(1, n + 1)]
+    return impression_rows(request_id, user, videos, ab.CHAMPION, "exp", {"m": "1"}, "realtime", "tv", pd.Timestamp(ts))
+
+
+def test_impression_log_writes_batches_and_counts_what_it_cannot_keep(tmp_path):
+    dropped = []
+    log = ImpressionLog(tmp_path / "feedback", flush_rows=1000, max_rows=5, on_dropped=dropped.append)
+    log.record(_slate("r1", "u1"))
+    log.record(_slate("r2", "u2"))  # 6 rows > 5: the last one does not fit
+    assert log.pending() == 5 and dropped == [1]
+    result = log.flush()
+    assert result.written == 5 and log.pending() == 0
+    table = pq.read_table(result.path)
+    assert table.schema.equals(schema.IMPRESSIONS)
+    rows = table.to_pandas()
+    assert rows["position"].tolist() == [1, 2, 3, 1, 2]
+    assert (rows["model_versions"] == '{"m": "1"}').all() and not list(tmp_path.rglob("*.tmp"))
+
+    # A disk that refuses the write: rows are dropped and counted, nothing raises.
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the log folder should be")
+    broken = ImpressionLog(blocked, on_dropped=dropped.append)
+    broken.record(_slate("r3", "u3"))
+    assert broken.flush().dropped == 3 and broken.dropped == 3 and dropped[-1] == 3
+
+    # The background writer flushes within a second; close() writes what is left.
+    live = ImpressionLog(tmp_path / "live", flush_s=0.1)
+    live.start()
+    live.record(_slate("r4", "u4"))
+    deadline = time.monotonic() + 5
+    while live.written < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert live.written == 3
+    live.record(_slate("r5", "u5"))
+    live.close()
+    assert live.written == 6 and live.pending() == 0
+
+
+def test_feedback_keeps_attribution_and_impressions_reach_the_lake_once(tmp_path):
+    root = tmp_path / "feedback"
+    log = FeedbackLog(root, lambda: ["v1", "v2", "v3"])
+    now = pd.Timestamp("2024-03-02T09:00:00Z")
+    click = {"user_id": "u1", "video_id": "v2", "event_ts": "2024-03-02T08:00:05Z", "event_type": "click"}
+    result = log.append([{**click, "request_id": "r1", "position": 2}, {**click, "event_type": "play"}], now=now)
+    stored = pq.read_table(result.log_file)
+    assert stored.schema.equals(schema.FEEDBACK_EVENTS)
+    assert stored.column("request_id").to_pylist() == ["r1", None] and stored.column("position").to_pylist() == [
+        2,
+        None,
+    ]
+    write_impressions(root, _slate("r1", "u1"), now=now)
+
+    source_dir = tmp_path / "catalog"
+    source_dir.mkdir()
+    pd.DataFrame({"video_id": ["v1", "v2", "v3"], "title": ["One", "Two", "Three"]}).to_parquet(
+        source_dir / "videos.parquet"
+    )
+    pd.DataFrame(
+        {"user_id": ["u0"], "video_id": ["v1"], "event_ts": ["2024-02-01T00:00:00Z"], "event_type": ["watch"]}
+    ).to_parquet(source_dir / "events.parquet")
+    lake = Lake(tmp_path / "lake")
+    ingest(open_source("canonical", source_dir, tmp_path / "cache"), lake)
+    ingest(open_source("canonical", root, tmp_path / "cache"), lake)
+    again = ingest(open_source("canonical", root, tmp_path / "cache"), lake)  # re-running adds nothing
+    events = lake.read_events()
+    shown = events[events["event_type"] == "impression"].sort_values("event_id")
+    assert shown["event_id"].tolist() == ["imp:r1:1", "imp:r1:2", "imp:r1:3"]
+    assert shown["video_id"].tolist() == ["v1", "v2", "v3"] and (shown["device"] == "tv").all()
+    assert len(events) == 6 and again.events.new == 0 and again.events.unchanged == 5
+    assert "request_id" not in events.columns  # the lake keeps the canonical columns
 
 
 # ---- breaker, guard, config ------------------------------------------------------------------------

@@ -4,6 +4,11 @@ A folder holds `users.{parquet,csv}` and `videos.{parquet,csv}` (each optional: 
 bring only events) and the events as `events.{parquet,csv}` or an `events/` folder of such
 files. CSV values stay strings here; list columns (genres, tags) are `|`-separated in CSV.
 Rows without an `event_id` get one derived from their content, so a re-ingest maps to the same id.
+
+The service's log folder (serving.feedback, serving.impressions) is such a folder with one more:
+`impressions/`, the slates it showed (schema.IMPRESSIONS). Each impression row becomes a canonical
+`impression` event with id `imp:<request_id>:<position>`, so re-ingesting the log adds nothing and
+the ranker gets what was shown and not clicked as negatives.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from feature_repo.sources.base import (
 )
 
 SUFFIXES = (".parquet", ".csv")
+IMPRESSIONS = "impressions"  # the service's impression log folder
 
 
 def table_files(location: Path, table: str) -> list[Path]:
@@ -82,11 +88,15 @@ class CanonicalFiles(Source):
             raise DataFileError(self.location, "is not a folder with canonical users/videos/events files")
 
     def files(self) -> list[Path]:
-        return [p for table in schema.TABLES for p in table_files(self.location, table)]
+        return [p for table in schema.TABLES for p in table_files(self.location, table)] + self.impression_files()
+
+    def impression_files(self) -> list[Path]:
+        folder = self.location / IMPRESSIONS
+        return sorted(p for p in folder.glob("*/*.parquet") if not p.name.startswith(".")) if folder.is_dir() else []
 
     def check(self) -> None:
-        if not table_files(self.location, "events"):
-            raise DataFileError(self.location, "holds no events.parquet, events.csv or events/ folder")
+        if not table_files(self.location, "events") and not self.impression_files():
+            raise DataFileError(self.location, "holds no events.parquet, events.csv, events/ or impressions/ folder")
         for table in schema.TABLES:
             for path in table_files(self.location, table):
                 require_columns(path, columns_of(path), table)
@@ -109,7 +119,7 @@ class CanonicalFiles(Source):
         return videos
 
     def event_rows(self) -> int | None:
-        paths = table_files(self.location, "events")
+        paths = table_files(self.location, "events") + self.impression_files()
         if all(p.suffix == ".parquet" for p in paths):
             return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
         return None
@@ -124,3 +134,23 @@ class CanonicalFiles(Source):
                     frame.loc[missing, "event_id"] = content_event_ids(frame[missing])
                 yield EventChunk(frame, path, first)
                 first += len(raw)
+        for path in self.impression_files():
+            first = 0
+            for raw in read_table_chunks(path, chunk_rows):
+                yield EventChunk(impression_events(raw), path, first)
+                first += len(raw)
+
+
+def impression_events(impressions: pd.DataFrame) -> pd.DataFrame:
+    """Impression log rows (schema.IMPRESSIONS) as canonical `impression` events."""
+    frame = pd.DataFrame(
+        {
+            "event_id": "imp:" + impressions["request_id"].astype(str) + ":" + impressions["position"].astype(str),
+            "user_id": impressions["user_id"],
+            "video_id": impressions["video_id"],
+            "event_ts": impressions["event_ts"],
+            "event_type": "impression",
+            "device": impressions["device"],
+        }
+    )
+    return with_canonical_columns(frame, "events")
