@@ -2,7 +2,8 @@
 ### vidrec_features: raw data -> lake -> features -> Feast (daily)
 
 `ingest` (the dataset named by the Params, plus the serving feedback log `<VIDREC_HOME>/feedback`
-when it holds events) -> `validate` (an unreadable file, or a quarantine rate above
+when it holds events or impressions: shown slates become `impression` events, the ranker's
+negatives) -> `validate` (an unreadable file, or a quarantine rate above
 `max_quarantine_rate`, fails the run here: nothing downstream runs and training refuses the
 lake) -> `transform` (feature tables as of the data interval's end) and `embeddings` ->
 `feast_apply` -> `materialize` (online store up to the interval's end).

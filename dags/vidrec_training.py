@@ -119,6 +119,12 @@ from vidrec.orchestration import CHAMPION, START_DATE, default_args, interval_en
             type="boolean",
             description="Sanity check: train on shuffled labels (must be blocked).",
         ),
+        "engagement_check": Param(
+            GatePolicy.engagement_check,
+            type="boolean",
+            description="Gate: also simulate viewers (truth: EASE on every event); a significant loss of "
+            "simulated watch time per session blocks the promotion (see gate_report.json).",
+        ),
         "seed": Param(TrainConfig.seed, type="integer"),
         "dataset": Param("lake", type="string", description="Name recorded with the MLflow run."),
         "require_validated_lake": Param(

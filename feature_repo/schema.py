@@ -115,10 +115,18 @@ def empty_frame(table: str) -> pd.DataFrame:
     return TABLES[table].empty_table().to_pandas()
 
 
-def to_arrow(df: pd.DataFrame, table: str) -> pa.Table:
-    """Cast a canonical frame to the table's Arrow schema (column order and types enforced)."""
-    schema = TABLES[table]
-    return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+def to_arrow(df: pd.DataFrame, table: str | pa.Schema) -> pa.Table:
+    """Cast a frame to a table's Arrow schema (a canonical table's name, or a schema such as
+    IMPRESSIONS): column order and types enforced. Timestamps are floored to the stored
+    microseconds, so a client's nanosecond time is kept (to the microsecond), not an error."""
+    schema = TABLES[table] if isinstance(table, str) else table
+    frame = df[schema.names]
+    stamps = [
+        f.name for f in schema if pa.types.is_timestamp(f.type) and isinstance(frame[f.name].dtype, pd.DatetimeTZDtype)
+    ]
+    if stamps:
+        frame = frame.assign(**{name: frame[name].dt.floor("us") for name in stamps})
+    return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
 
 
 # ---- time: every timestamp is UTC ------------------------------------------------------------------

@@ -614,12 +614,12 @@ class _Simulator:
         n = len(watched)
 
         duration = self.world.video_duration_s[slots.video[watched]]
-        completion = _completion(affinity[watched], duration, rng)
-        like, dislike = _reactions(affinity[watched], completion, rng)
+        fraction = completion(affinity[watched], duration, rng)
+        like, dislike = reactions(affinity[watched], fraction, rng)
         rated = rng.random(n) < _P_RATING
-        rating = _rating(affinity[watched], completion, rng)
+        rating = _rating(affinity[watched], fraction, rng)
         comment = rng.random(n) < _P_COMMENT
-        share = rng.random(n) < _P_SHARE_BASE + _P_SHARE_COMPLETION * completion
+        share = rng.random(n) < _P_SHARE_BASE + _P_SHARE_COMPLETION * fraction
 
         def follow_up(
             step: str, type_name: str, rows: np.ndarray, gap_us: np.ndarray | None = None, **values: np.ndarray
@@ -629,7 +629,7 @@ class _Simulator:
                 gap_us = _seconds_to_us(rng.uniform(*_FOLLOW_UP_GAP_S[step], size=len(rows)))
             return _draft(slots.session[rows], order, type_name, slots.video[rows], gap_us, **values)
 
-        watch_time_s = duration * completion
+        watch_time_s = duration * fraction
         watch_gap_us = _seconds_to_us(watch_time_s + _WATCH_END_S)
         comment_text = self.first_comment + rng.integers(0, len(_COMMENTS), size=comment.sum())
         return _concat(
@@ -710,7 +710,7 @@ _EVENT_TYPE_NAMES = pa.array(schema.EVENT_TYPES, pa.string())
 _DEVICE_NAMES = pa.array(schema.DEVICES, pa.string())
 
 
-def _completion(affinity: np.ndarray, duration_s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def completion(affinity: np.ndarray, duration_s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Share of the video watched: Beta with a mean rising with affinity, falling with length."""
     length = np.log(duration_s / 600.0)
     mean = _sigmoid(_COMPLETION_BIAS + _COMPLETION_SLOPE * affinity - _COMPLETION_LENGTH_PENALTY * length)
@@ -719,7 +719,7 @@ def _completion(affinity: np.ndarray, duration_s: np.ndarray, rng: np.random.Gen
     return np.clip(beta, 0.0, 1.0)
 
 
-def _reactions(affinity: np.ndarray, completion: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def reactions(affinity: np.ndarray, completion: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """At most one of like (high affinity and completion) or dislike (low) per watch."""
     p_like = _sigmoid(_LIKE_BIAS + _LIKE_AFFINITY * affinity + _LIKE_COMPLETION * completion)
     p_dislike = _sigmoid(_DISLIKE_BIAS + _DISLIKE_AFFINITY * affinity + _DISLIKE_COMPLETION * completion)

@@ -77,11 +77,7 @@ class FeedbackLog:
         with self._lock:
             if len(accepted):
                 log_file = self.events_dir / day / f"{batch_id}.parquet"
-                table = pa.Table.from_pandas(
-                    accepted[schema.FEEDBACK_EVENTS.names].astype({"position": "Int32"}),
-                    schema=schema.FEEDBACK_EVENTS,
-                    preserve_index=False,
-                )
+                table = schema.to_arrow(accepted.astype({"position": "Int32"}), schema.FEEDBACK_EVENTS)
                 write_parquet_atomic(table, log_file, durable=True)
             if len(checked.rejected):
                 quarantine_file = self.quarantine_dir / day / f"{batch_id}.parquet"

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
 
 from feature_repo import schema
 from feature_repo.lake import write_parquet_atomic
@@ -140,7 +139,7 @@ def write_impressions(root: Path, rows: list[dict], now: pd.Timestamp | None = N
     now = now or pd.Timestamp.now(tz="UTC")
     frame = pd.DataFrame.from_records(rows, columns=schema.IMPRESSIONS.names)
     frame["event_ts"] = schema.utc_series(frame["event_ts"])
-    table = pa.Table.from_pandas(frame, schema=schema.IMPRESSIONS, preserve_index=False)
+    table = schema.to_arrow(frame, schema.IMPRESSIONS)
     path = Path(root) / "impressions" / now.strftime("%Y-%m-%d") / f"{uuid.uuid4().hex}.parquet"
     write_parquet_atomic(table, path, durable=True)
     return path

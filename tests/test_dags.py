@@ -30,7 +30,7 @@ from vidrec import pipeline
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DAGS = ROOT / "dags"
-DAG_IDS = ("vidrec_features", "vidrec_training", "vidrec_batch_recs")
+DAG_IDS = ("vidrec_features", "vidrec_training", "vidrec_batch_recs", "vidrec_experiment_report")
 DAY = "2026-01-31"  # the day after the synthetic platform's last event
 NEXT_DAY = "2026-02-01"
 HEAVY = ("pandas", "numpy", "mlflow", "feast", "torch", "xgboost", "duckdb", "sklearn", "bentoml")
@@ -165,6 +165,14 @@ def test_batch_graph_runs_daily_and_after_a_promotion(parsed):
     assert dag["timetable"] == "AssetOrTimeSchedule"
     assert dag["schedule_assets"] == ["vidrec_champion"]
     assert dag["cron"] == "0 2 * * *" and dag["interval_s"] == 86400
+
+
+def test_experiment_report_graph_runs_daily_with_params(parsed):
+    assert graph(parsed, "vidrec_experiment_report") == {"report": ["champion_promoted"], "champion_promoted": []}
+    dag = parsed["dags"]["vidrec_experiment_report"]
+    assert dag["cron"] == "0 3 * * *" and not dag["catchup"]
+    assert dag["params"] == ["challenger_share", "experiment", "promote_if_winning", "significance", "window_days"]
+    assert dag["tasks"]["champion_promoted"]["outlets"] == ["vidrec_champion"]  # only a promotion emits it
 
 
 def test_every_task_retries_with_exponential_backoff(parsed):

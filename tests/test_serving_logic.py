@@ -331,7 +331,8 @@ def test_feedback_keeps_attribution_and_impressions_reach_the_lake_once(tmp_path
     root = tmp_path / "feedback"
     log = FeedbackLog(root, lambda: ["v1", "v2", "v3"])
     now = pd.Timestamp("2024-03-02T09:00:00Z")
-    click = {"user_id": "u1", "video_id": "v2", "event_ts": "2024-03-02T08:00:05Z", "event_type": "click"}
+    # A client clock with nanoseconds is kept to the stored microsecond, not an error.
+    click = {"user_id": "u1", "video_id": "v2", "event_ts": "2024-03-02T08:00:05.123456789Z", "event_type": "click"}
     result = log.append([{**click, "request_id": "r1", "position": 2}, {**click, "event_type": "play"}], now=now)
     stored = pq.read_table(result.log_file)
     assert stored.schema.equals(schema.FEEDBACK_EVENTS)

@@ -20,7 +20,8 @@ from feature_repo.sources import open_source
 from models.lifecycle import registry
 from models.lifecycle.config import GatePolicy, TrainConfig
 from models.lifecycle.registry import CANDIDATES_MODEL, CHALLENGER, CHAMPION, PREVIOUS, RANKER_MODEL
-from models.lifecycle.train import train_and_gate
+from models.lifecycle.train import train_and_gate, with_engagement
+from vidrec import pipeline
 from vidrec.settings import Settings
 
 pytestmark = pytest.mark.slow  # whole training runs with the gate, on real MovieLens
@@ -53,13 +54,18 @@ def runs(settings):
 
     first      the full system, no champion yet: judged against the best of popularity/trending
     identical  the same configuration again: no difference on any user, blocked
-    shuffled   the ranker trained on shuffled labels: blocked
+    shuffled   the ranker trained on shuffled labels, with the engagement check: blocked
     weak       a popularity-only system: worse, blocked; then promoted by hand in the registry
     better     the full system against that popularity champion: promoted
     """
     first = train_and_gate(settings, stratified(FULL))
     identical = train_and_gate(settings, stratified(FULL))
-    shuffled = train_and_gate(settings, stratified(FULL, shuffle_labels=True))
+    # With the engagement check: simulated viewers (truth: EASE on every event) also judge it.
+    shuffled = train_and_gate(
+        settings,
+        stratified(FULL, shuffle_labels=True, gate=GatePolicy(engagement_check=True, engagement_users=150)),
+        engagement=pipeline.engagement_checker(settings),
+    )
     weak = train_and_gate(settings, stratified(["popularity"]))
     registry.promote(MlflowClient(), weak.versions)  # a reviewer promotes by hand, as in the MLflow UI
     better = train_and_gate(settings, stratified(FULL))
@@ -99,6 +105,27 @@ def test_shuffled_labels_are_blocked_and_champion_stays(runs):
     report = json.loads(mlflow.artifacts.load_text(f"runs:/{shuffled.run_id}/gate_report.json"))  # strict JSON
     assert report["promoted"] is False and report["versions"] == shuffled.versions
     assert report["intervals"]["ndcg_at_10"]["high"] < 0.05 and report["n_users"] > 100
+
+
+def test_the_engagement_check_plays_simulated_viewers_and_reports_them(runs):
+    shuffled = runs["shuffled"]
+    found = shuffled.decision.engagement
+    assert found is not None and found["metric"] == "watch_time_per_session" and found["users"] > 50
+    assert found["diff"] < 0 and found["low"] <= found["diff"] <= found["high"]  # viewers watch less of it
+    assert any(r.startswith("engagement: simulated watch_time_per_session") for r in shuffled.decision.reasons)
+    report = json.loads(mlflow.artifacts.load_text(f"runs:/{shuffled.run_id}/gate_report.json"))
+    assert report["engagement"]["verdict"] == found["verdict"] and "favours" in report["engagement"]["caveat"]
+    assert runs["first"].decision.engagement is None  # off by default
+
+
+def test_a_significant_engagement_loss_blocks_a_promotion():
+    passed = registry.GateDecision(True, ["ndcg better"], {}, {}, "champion", GatePolicy())
+    figures = {"metric": "watch_time_per_session", "champion": 700.0, "challenger": 500.0, "diff": -200.0,
+               "low": -300.0, "high": -100.0, "users": 300}  # fmt: skip
+    blocked = with_engagement(passed, {**figures, "verdict": "challenger worse"})
+    assert not blocked.promoted and blocked.reasons[-1].endswith("challenger worse: blocked")
+    unclear = with_engagement(passed, {**figures, "high": 10.0, "verdict": "inconclusive"})
+    assert unclear.promoted and unclear.engagement["verdict"] == "inconclusive"
 
 
 def test_weaker_model_is_blocked_as_worse(runs):

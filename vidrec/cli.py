@@ -409,6 +409,10 @@ def train(
     shuffle_labels: Annotated[
         bool, typer.Option(help="Sanity check: train the ranker on shuffled labels (must be blocked)")
     ] = TrainConfig.shuffle_labels,
+    engagement_check: Annotated[
+        bool,
+        typer.Option(help="Gate: simulated viewers too; a significant loss of watch time per session blocks"),
+    ] = GatePolicy.engagement_check,
     dataset: Annotated[str, typer.Option(help="Name recorded with the run")] = "lake",
     tuned_for: Annotated[
         str | None,
@@ -440,6 +444,7 @@ def train(
         "label_windows": label_windows, "max_queries_per_window": max_queries_per_window,
         "max_eval_users": max_eval_users, "min_test_users": min_test_users, "min_gain": min_gain,
         "baseline_gain": baseline_gain, "shuffle_labels": shuffle_labels, "dataset": dataset,
+        "engagement_check": engagement_check,
         "tuned_for": tuned_for, "force_retrain": force, "seed": seed,
     }  # fmt: skip
     try:
@@ -637,6 +642,128 @@ def batch(
         f"{result['users_written']:,} of {result['active_users']:,} active users written to {result['store']} "
         f"({result['rows']:,} rows, champion {result['versions']}, {result['unknown_to_champion']:,} unknown to it; "
         f"{result['seconds']} s, peak {result['peak_rss_mb']} MiB)"
+    )
+
+
+experiment_app = typer.Typer(help="A/B experiments: the engagement report of a running test.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("report")
+def experiment_report(
+    ctx: typer.Context,
+    experiment: Annotated[
+        str | None, typer.Option(help="Experiment name (default: the service's VIDREC_AB_EXPERIMENT)")
+    ] = None,
+    days: Annotated[float, typer.Option(min=0.001, help="Window: this many days before --end")] = 7.0,
+    end: Annotated[str | None, typer.Option(help="End of the window, UTC ISO time (default: now)")] = None,
+    significance: Annotated[float, typer.Option(min=0.0001, max=0.5, help="Significance level of the verdicts")] = 0.05,
+    share: Annotated[
+        float | None,
+        typer.Option(help="Challenger share the test ran with (default: $VIDREC_AB_CHALLENGER_SHARE)"),
+    ] = None,
+    log_dir: Annotated[
+        Path | None, typer.Option(help="The service's log folder (default: its VIDREC_FEEDBACK_DIR)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for report.json and the plots")] = None,
+    promote_if_winning: Annotated[
+        bool, typer.Option(help="Move `champion` to the challenger when it wins and no guard metric loses")
+    ] = False,
+) -> None:
+    """CTR, watch time and session length per variant, with intervals, p-values and a verdict."""
+    from models.lifecycle import experiments, registry
+    from vidrec.pipeline import experiment_report as run_report
+
+    settings: Settings = ctx.obj
+    try:
+        result = run_report(
+            experiment,
+            end=end,
+            window_days=days,
+            significance=significance,
+            challenger_share=share,
+            promote_if_winning=promote_if_winning,
+            out_dir=str(out) if out else None,
+            log_dir=str(log_dir) if log_dir else None,
+            on_report=lambda report: console.print(experiments.report_table(report)),
+            settings=settings,
+        )
+    except (ValueError, registry.RegistryError) as exc:  # experiments.NoImpressions is a ValueError
+        fail(str(exc))
+    console.print(
+        f"decision: [bold]{result['decision']}[/]  ({result['report']}; MLflow run {result['mlflow_run_id']})"
+    )
+    if result["promoted"]:
+        console.print(f"promoted the challenger {result['promoted']}; previous champion {result['previous']}")
+
+
+@app.command()
+def simulate(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Option(help="The running service")] = "http://127.0.0.1:3000",
+    offline: Annotated[
+        bool, typer.Option("--offline", help="No server: the registry's champion/challenger, loaded here")
+    ] = False,
+    audience: Annotated[str, typer.Option(help="synthetic | movielens (whose truth is a model: see the caveat)")] = (
+        "synthetic"
+    ),
+    users: Annotated[int, typer.Option(min=1)] = 200,
+    sessions: Annotated[int, typer.Option(min=1, help="Sessions per user")] = 3,
+    k: Annotated[int, typer.Option(min=1, max=100, help="Videos asked for per slate")] = 10,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Users simulated at once")] = 4,
+    seed: int = 0,
+    experiment: Annotated[str | None, typer.Option(help="Experiment name (default: the service's)")] = None,
+    share: Annotated[
+        float | None, typer.Option(help="Challenger share, --offline only (the service has its own)")
+    ] = None,
+    log_dir: Annotated[Path | None, typer.Option(help="--offline: where the logs go (default: the service's)")] = None,
+    world_seed: Annotated[int, typer.Option(help="synthetic: the seed the platform was generated with")] = 42,
+    world_users: Annotated[int, typer.Option(min=1, help="synthetic: its --users")] = 2_000,
+    world_videos: Annotated[int, typer.Option(min=1, help="synthetic: its --videos")] = 1_000,
+) -> None:
+    """Viewers whose tastes are known watch what the recommender shows; their clicks and watches
+    go to the service's logs, for `vidrec experiment report`."""
+    from serving.simulation import TargetError
+    from vidrec.pipeline import NotReady, simulate_audience
+
+    settings: Settings = ctx.obj
+    if share is not None and not offline:
+        fail("--share applies to --offline only: the service splits by its VIDREC_AB_CHALLENGER_SHARE")
+    try:
+        with progress_tasks() as progress:
+            result = simulate_audience(
+                url=None if offline else url,
+                audience=audience,
+                users=users,
+                sessions_per_user=sessions,
+                k=k,
+                concurrency=concurrency,
+                seed=seed,
+                experiment=experiment,
+                challenger_share=share,
+                log_dir=str(log_dir) if log_dir else None,
+                world_seed=world_seed,
+                world_users=world_users,
+                world_videos=world_videos,
+                progress=progress,
+                settings=settings,
+            )
+    except (NotReady, ValueError, OSError, TargetError) as exc:
+        fail(str(exc))
+    if result.get("caveat"):
+        err_console.print(f"[yellow]note:[/] {result['caveat']}")
+    table = Table(box=box.SIMPLE_HEAD, title=f"simulated against {result['target']} (seed {seed})")
+    for column in ("variant", "users", "sessions", "slates", "impressions", "clicks", "ctr", "watch time h", "likes"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for variant, c in result["per_variant"].items():
+        table.add_row(
+            variant, f"{c['users']:,}", f"{c['sessions']:,}", f"{c['slates']:,}", f"{c['impressions']:,}",
+            f"{c['clicks']:,}", f"{c['ctr']:.4f}", f"{c['watch_time_s'] / 3600:.1f}", f"{c['likes']:,}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"next: vidrec experiment report --experiment {result['experiment']} --days 2"
+        + (" --log-dir " + str(log_dir) if log_dir else "")
     )
 
 

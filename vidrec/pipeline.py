@@ -115,7 +115,9 @@ def ingest_sources(
         planned.append(("dataset", dataset, path))
     feedback = feedback_dir(settings)
     if include_feedback:
-        if (feedback / "events").is_dir() and any((feedback / "events").rglob("*.parquet")):
+        if any(
+            any((feedback / log).rglob("*.parquet")) for log in ("events", "impressions") if (feedback / log).is_dir()
+        ):
             planned.append(("feedback", "canonical", feedback))
         else:
             log.info("no feedback events under %s: only the dataset is ingested", feedback)
@@ -447,9 +449,11 @@ def train_models(
             **{k: str(v) for k, v in (run_tags or {}).items()},
         }
         dataset = str(params.get("dataset") or "lake")
+        snapshot_settings = replace(settings, lake_dir=snapshot)
         result = train_and_gate(
-            replace(settings, lake_dir=snapshot), config, dataset=dataset, progress=progress, run_tags=tags
-        )
+            snapshot_settings, config, dataset=dataset, progress=progress, run_tags=tags,
+            engagement=engagement_checker(snapshot_settings),
+        )  # fmt: skip
     table = result.table
     row = table.loc["two-stage"] if "two-stage" in table.index else {}
     return {
@@ -471,6 +475,32 @@ def train_models(
         "as_of": end_time.isoformat(),
         "champion": registry.champion_versions(client),
     }
+
+
+def engagement_checker(settings: Settings):
+    """The gate's simulated A/B check (serving.simulation.engagement_check), for train_and_gate:
+    viewers whose truth is EASE on every event of the lake (snapshot) it trains on."""
+
+    def check(champion: tuple, challenger: tuple, users, start, policy) -> dict:
+        from feature_repo.lake import Lake
+        from serving import simulation
+
+        lake = Lake(settings.lake_dir)
+        audience = simulation.movielens_audience(
+            lake.read_events(columns=["user_id", "video_id", "event_type", "rating", "event_ts"]),
+            lake.read_table("videos"),
+        )
+
+        def servable(pair: tuple):
+            system, lookup = pair
+            return system if lookup is None else pair
+
+        return simulation.engagement_check(
+            servable(champion), servable(challenger), audience, users, start,
+            n_users=policy.engagement_users, alpha=1.0 - policy.confidence, seed=policy.seed,
+        )  # fmt: skip
+
+    return check
 
 
 # The held-out figures a training run reports per model (the MLflow run has all of them).
@@ -571,3 +601,194 @@ def precompute_recommendations(
         "seconds": round(record.seconds, 1),
         "peak_rss_mb": round(record.peak_rss_bytes / 2**20),
     }
+
+
+# ---- vidrec_experiment_report ------------------------------------------------------------------------
+
+
+def experiment_report(
+    experiment: str | None = None,
+    *,
+    end: str | None = None,
+    window_days: float = 7.0,
+    significance: float = 0.05,
+    challenger_share: float | None = None,
+    promote_if_winning: bool = False,
+    out_dir: str | None = None,
+    log_dir: str | None = None,
+    on_report: Callable | None = None,
+    settings: Settings | None = None,
+) -> dict:
+    """The A/B report of `experiment` (default: the service's VIDREC_AB_EXPERIMENT) over the
+    `window_days` before `end` (default: now), from the service's impression and feedback logs.
+
+    Writes report.json and plots (models.lifecycle.experiments) to `out_dir` (default: this run's
+    folder), logs them to MLflow experiment `vidrec-experiments`, and with `promote_if_winning`
+    moves `champion` to the challenger when the report says promote (`previous` keeps the old
+    champion for `vidrec promote --rollback`). Raises experiments.NoImpressions when there is
+    nothing to report, ValueError for a bad argument.
+    """
+    from mlflow import MlflowClient
+
+    from models.lifecycle import experiments, registry, tracking
+    from serving.config import ServingConfig
+
+    settings = settings or Settings.from_env()
+    serving = ServingConfig.from_env(settings)
+    experiment = experiment or serving.experiment
+    share = serving.challenger_share if challenger_share is None else challenger_share
+    if not 0.0 < share < 1.0:
+        raise ValueError(
+            f"challenger share {share} is not inside (0, 1): set VIDREC_AB_CHALLENGER_SHARE as the service "
+            "had it, or pass the share the experiment ran with"
+        )
+    if window_days <= 0:
+        raise ValueError(f"window_days must be positive, got {window_days}")
+    end_time = utc_time(end)
+    start_time = end_time - timedelta(days=window_days)
+    logs = experiments.read_logs(Path(log_dir) if log_dir else serving.feedback_dir, experiment, start_time, end_time)
+    report = experiments.analyze(logs, share, alpha=significance)
+    if on_report is not None:
+        on_report(report)
+    out = Path(out_dir) if out_dir else run_dir(settings, "vidrec_experiment_report", end_time) / experiment
+    paths = experiments.write_report(report, out)
+    tracking.configure(settings)
+    run_id = experiments.log_to_mlflow(report, paths, settings.mlflow_uri)
+    result = {
+        "experiment": experiment,
+        "window": [start_time.isoformat(), end_time.isoformat()],
+        "decision": report.decision(),
+        "report": str(out / "report.json"),
+        "files": [str(p) for p in paths],
+        "mlflow_run_id": run_id,
+        "promoted": None,
+        "previous": None,
+    }
+    if promote_if_winning and report.decision() == "promote":
+        client = MlflowClient()
+        served = experiments.served_versions(logs, "challenger")
+        current = {model: registry.alias_version(client, model, registry.CHALLENGER) for model in registry.MODELS}
+        if served != current:
+            raise registry.RegistryError(
+                f"the experiment's challenger served {served}, but the `challenger` alias is now {current}: "
+                "not promoting a model the experiment did not measure"
+            )
+        result["previous"] = registry.promote(client, current)
+        result["promoted"] = current
+    return result
+
+
+def simulate_audience(
+    *,
+    url: str | None = "http://127.0.0.1:3000",
+    audience: str = "synthetic",
+    users: int = 200,
+    sessions_per_user: int = 3,
+    k: int = 10,
+    concurrency: int = 4,
+    seed: int = 0,
+    experiment: str | None = None,
+    challenger_share: float | None = None,
+    log_dir: str | None = None,
+    world_seed: int = 42,
+    world_users: int = 2_000,
+    world_videos: int = 1_000,
+    progress: ProgressFactory | None = None,
+    settings: Settings | None = None,
+) -> dict:
+    """Simulated viewers against the live service at `url` (it logs what they do like real
+    traffic), or with `url=None` against the registry's champion and challenger loaded here,
+    writing the same logs under `log_dir` (default: the service's feedback folder).
+
+    `audience`: `synthetic` (the world `vidrec generate --seed world_seed` draws; its tastes are
+    the truth) or `movielens` (truth: a model fitted on all of the lake's events; see its caveat).
+    """
+    from serving import simulation
+    from serving.config import ServingConfig
+
+    settings = settings or Settings.from_env()
+    serving = ServingConfig.from_env(settings)
+    experiment = experiment or serving.experiment
+    if audience == "synthetic":
+        from feature_repo.synthetic import SyntheticConfig
+
+        viewers = simulation.synthetic_audience(
+            SyntheticConfig(n_users=world_users, n_videos=world_videos, seed=world_seed)
+        )
+    elif audience == "movielens":
+        from feature_repo.lake import Lake
+
+        lake = Lake(settings.lake_dir)
+        viewers = simulation.movielens_audience(
+            lake.read_events(columns=["user_id", "video_id", "event_type", "rating", "event_ts"]),
+            lake.read_table("videos"),
+        )
+    else:
+        raise ValueError(f"audience must be synthetic or movielens, got {audience!r}")
+    if users < 1 or sessions_per_user < 1 or not 1 <= k <= 100 or concurrency < 1:
+        raise ValueError("users, sessions_per_user and concurrency must be >= 1, and k in 1..100")
+    share = serving.challenger_share if challenger_share is None else challenger_share
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"challenger share must be in [0, 1], got {share}")
+    # The timeline ends now: the service refuses future events, and the report's window ends now.
+    start = simulation.latest_start(sessions_per_user)
+    if url:
+        target = simulation.HttpTarget(url)
+    else:
+        target = _offline_target(experiment, share, Path(log_dir) if log_dir else serving.feedback_dir, start, settings)
+    users = min(users, len(viewers.user_ids))
+    try:
+        summary = simulation.simulate(
+            viewers,
+            target,
+            users=users,
+            sessions_per_user=sessions_per_user,
+            k=k,
+            concurrency=concurrency,
+            seed=seed,
+            start=start,
+            progress=_each_one(progress("simulate", users)) if progress else None,
+        )
+    finally:
+        if url:
+            target.close()
+    return {
+        **summary.as_dict(),
+        "experiment": experiment,
+        "target": url or "offline",
+        "caveat": viewers.caveat,
+        "window_start": start.isoformat(),
+    }
+
+
+def _each_one(advance: Callable[[int], None]) -> Callable[[int], None]:
+    """`simulate` reports users done so far; a progress bar advances by what is new."""
+    return lambda done: advance(1)
+
+
+def _offline_target(experiment: str, share: float, log_root: Path, as_of, settings: Settings):
+    from mlflow import MlflowClient
+
+    from models.lifecycle import registry, tracking
+    from serving import simulation
+
+    tracking.configure(settings)
+    client = MlflowClient()
+    if registry.champion_versions(client) is None:
+        raise NotReady("no champion in the MLflow registry yet: train one first (vidrec train)")
+    aliases = {"champion": registry.CHAMPION}
+    if share > 0:
+        if any(registry.alias_version(client, m, registry.CHALLENGER) is None for m in registry.MODELS):
+            raise NotReady("a challenger share was given but no model holds the `challenger` alias")
+        aliases["challenger"] = registry.CHALLENGER
+    loaded = {variant: registry.load_champion(alias) for variant, alias in aliases.items()}
+    systems = {}
+    for variant, champion in loaded.items():
+        systems[variant] = champion.system
+        if champion.feature_service:  # its ranker reads Feast features: look them up as the service does
+            from models.lifecycle.train import feast_lookup
+
+            systems[variant] = simulation.FeatureRanked(
+                champion.system, feast_lookup(settings, champion.feature_service), as_of
+            )
+    return simulation.OfflineTarget(systems, experiment, share, log_root, {v: c.versions for v, c in loaded.items()})

@@ -67,6 +67,10 @@ class GatePolicy:
     guards: metric -> largest allowed drop: the interval's lower end must not fall below -drop.
     baseline_gain: a first model is judged the same way against the best non-personalized
       baseline (popularity or trending, whichever scores higher on the same users).
+    engagement_check: also play simulated viewers (`serving.simulation.engagement_check`: truth is
+      EASE on every event) against challenger and champion; a significant loss of simulated watch
+      time per session blocks the promotion. Off by default: it adds minutes and its truth favours
+      EASE-like models.
     """
 
     primary: str = "ndcg_at_10"
@@ -78,6 +82,8 @@ class GatePolicy:
     confidence: float = 0.95
     n_boot: int = 2000
     seed: int = 0
+    engagement_check: bool = False
+    engagement_users: int = 300  # simulated viewers, drawn from the held-out users
 
     def metrics(self) -> list[str]:
         return [self.primary, *self.guards]
@@ -141,6 +147,7 @@ def train_config(params: dict) -> TrainConfig:
     gate = GatePolicy(
         min_gain=float(params.get("min_gain", GatePolicy.min_gain)),
         baseline_gain=float(params.get("baseline_gain", GatePolicy.baseline_gain)),
+        engagement_check=bool(params.get("engagement_check", GatePolicy.engagement_check)),
         **({"guards": {str(k): float(v) for k, v in params["guards"].items()}} if params.get("guards") else {}),
     )
     return TrainConfig(

@@ -51,6 +51,7 @@ class GateDecision:
     against: str  # "champion", or "baseline (<name>)" for a first model
     policy: GatePolicy
     intervals: dict[str, Interval] = field(default_factory=dict)
+    engagement: dict | None = None  # the simulated A/B check's figures, when the policy asks for it
 
     @property
     def n_users(self) -> int:

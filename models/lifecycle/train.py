@@ -27,7 +27,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mlflow
@@ -44,7 +44,7 @@ from models.evaluate import evaluate_model, users_with_truth
 from models.hybrid import HybridUnion
 from models.interactions import LEARNING_TYPES, Interactions
 from models.lifecycle import registry, tracking
-from models.lifecycle.config import NON_PERSONALIZED, PROTOCOLS, TrainConfig
+from models.lifecycle.config import NON_PERSONALIZED, PROTOCOLS, GatePolicy, TrainConfig
 from models.lifecycle.significance import PerUser
 from models.metrics import list_diversity, ndcg_at_k, per_user_ndcg
 from models.protocols import (
@@ -306,9 +306,14 @@ def train_and_gate(
     dataset: str = "lake",
     progress: Callable[[str], None] | None = None,
     run_tags: dict[str, str] | None = None,
+    engagement: EngagementCheck | None = None,
 ) -> TrainResult:
     """The whole run: windows, generators, ranker, evaluation, gate, then the served refit,
-    MLflow and the registry. `run_tags` are set on the MLflow run when it starts."""
+    MLflow and the registry. `run_tags` are set on the MLflow run when it starts. `engagement`:
+    the simulated A/B check `config.gate.engagement_check` asks for (vidrec.pipeline passes
+    `serving.simulation`'s; this layer cannot import it)."""
+    if config.gate.engagement_check and engagement is None:
+        raise ValueError("the gate's engagement check needs a simulator: train through vidrec.pipeline.train_models")
     step = progress or (lambda message: log.info(message))
     meter = StageMeter(report=lambda summary: step(f"  done: {summary}"))
     lake = Lake(settings.lake_dir)
@@ -405,7 +410,9 @@ def train_and_gate(
                 if pd.notna(value):
                     mlflow.log_metric(tracking.metric_name(model, metric), float(value))
         _log_artifacts(table, evaluation.curves, ranker, rows)
-        del system, eval_union, eval_catalog  # the served refit below needs the memory
+        # The served refit below needs the memory; the engagement check needs this system.
+        challenger_system = (system, lookup) if config.gate.engagement_check else None
+        del system, eval_union, eval_catalog
 
         step("gate against the champion on the same users")
         challenger = evaluation.per_user["two-stage"]
@@ -434,7 +441,8 @@ def train_and_gate(
                 champion_eval = evaluate_all(
                     champion_system.union, champion_system, test, champion_requests, champion_lookup, config.k
                 )
-                del champion_system
+                if challenger_system is None:
+                    del champion_system
             reference_row = gate_metrics(champion_eval.table.loc["two-stage"])
             for metric, value in reference_row.items():
                 if value is not None and pd.notna(value):
@@ -442,7 +450,21 @@ def train_and_gate(
             decision = registry.decide(
                 challenger, champion_eval.per_user["two-stage"], "champion", config.gate, challenger_row, reference_row
             )
-        del champion
+            if challenger_system is not None:
+                with meter.stage("engagement check (simulated viewers)"):
+                    step("engagement check: simulated viewers, champion vs challenger")
+                    found = engagement(
+                        (champion_system, champion_lookup), challenger_system,
+                        np.sort(test["user_id"].astype(str).unique()),
+                        # Sessions start where the held-out window does (or after the last event).
+                        windows.test_start if windows.test_start is not None else events["event_ts"].max(),
+                        config.gate,
+                    )  # fmt: skip
+                decision = with_engagement(decision, found)
+                del champion_system
+        if config.gate.engagement_check and decision.engagement is None:
+            decision.reasons.append("engagement check skipped: there is no champion it could be compared with")
+        del champion, challenger_system
         step(f"gate: {decision.summary()}")
 
         with meter.stage("generators refit on every event (served)"):
@@ -468,6 +490,27 @@ def train_and_gate(
         )
         mlflow.log_metrics(meter.metrics())
         return TrainResult(run.info.run_id, versions, decision, table, meter.records)
+
+
+# (champion, challenger) as (system, Feast lookup), the held-out users, the window start, the
+# policy -> figures of simulated watch time per session (serving.simulation.engagement_check).
+EngagementCheck = Callable[[tuple, tuple, np.ndarray, pd.Timestamp, GatePolicy], dict]
+
+
+def with_engagement(decision: registry.GateDecision, found: dict) -> registry.GateDecision:
+    """The decision with the engagement check's figures; a significant loss blocks the promotion."""
+    words = (
+        f"engagement: simulated {found['metric']} {found['challenger']:.1f} vs {found['champion']:.1f} "
+        f"({found['diff']:+.1f}, CI {found['low']:+.1f} to {found['high']:+.1f}, {found['users']} simulated users): "
+        f"{found['verdict']}"
+    )
+    worse = found["verdict"] == "challenger worse"
+    return replace(
+        decision,
+        promoted=decision.promoted and not worse,
+        reasons=[*decision.reasons, words + (": blocked" if worse else "")],
+        engagement=found,
+    )
 
 
 def gate_metrics(row: pd.Series | dict) -> dict[str, float]:
