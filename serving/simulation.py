@@ -332,6 +332,16 @@ class FeatureRanked:
             return self.system.rank(fixed, k, self.lookup)
 
 
+def registered_system(champion, settings, as_of: pd.Timestamp) -> RankingSystem:
+    """A model loaded from the registry (`models.lifecycle.registry.load_champion`) as a system to
+    serve offline: with the Feast lookup of its feature service when its ranker reads one."""
+    if not champion.feature_service:
+        return champion.system
+    from models.lifecycle.train import feast_lookup
+
+    return FeatureRanked(champion.system, feast_lookup(settings, champion.feature_service), as_of)
+
+
 class OfflineTarget:
     """Fitted systems in process, A/B split like the service, writing the service's logs.
 

@@ -441,6 +441,41 @@ class TestDagRuns:
         assert set(again) == set(batched.seen)
         assert all(again[k]["video_ids"] == batched.seen[k]["video_ids"] for k in again)
 
+    def test_experiment_report_dag_reports_a_simulated_ab_test(self, platform, trained):
+        """Simulated viewers of the synthetic world (its truth) split between the champion and a
+        popularity challenger, logged offline to their own folder; the DAG reports on them."""
+        from models.lifecycle import registry, tracking
+        from models.popularity import Popularity
+        from serving import simulation
+
+        logs = platform.home / "experiment-logs"
+        with platform.settings() as s:
+            tracking.configure(s)
+            champion = registry.load_champion()
+            start = pd.Timestamp("2026-01-29", tz="UTC")
+            popular = simulation.GeneratorSystem(Popularity().fit(champion.system.data))
+            target = simulation.OfflineTarget(
+                {"champion": simulation.registered_system(champion, s, start), "challenger": popular}, "dag-ab", 0.5,
+                logs,
+                {"champion": champion.versions, "challenger": {"popularity": "baseline"}},
+            )  # fmt: skip
+            audience = simulation.synthetic_audience(SyntheticConfig(n_users=300, n_videos=200, seed=7))
+            simulation.simulate(audience, target, users=300, sessions_per_user=2, seed=3, start=start)
+        env = {"VIDREC_FEEDBACK_DIR": str(logs)}
+        conf = {"experiment": "dag-ab", "window_days": 2, "challenger_share": 0.5}
+        code, states, log = platform.run("vidrec_experiment_report", DAY, conf, env=env)
+        assert code == 0, log[-6000:]
+        assert_states(states, {"report": "success", "champion_promoted": "skipped"}, log)
+        report = json.loads(
+            next((platform.home / "runs" / "vidrec_experiment_report").rglob("report.json")).read_text()
+        )
+        assert report["experiment"] == "dag-ab" and report["srm"]["flagged"] is False
+        assert report["counts"]["users"] == 300 and set(report["metrics"]) >= {"ctr", "session_length"}
+        assert f"dag-ab: decision {report['decision']} (MLflow run" in log
+        # No traffic in the window: the report is skipped and says why.
+        code, states, log = platform.run("vidrec_experiment_report", DAY, {**conf, "experiment": "none"}, env=env)
+        assert code == 0 and states["report"] == "skipped" and "no impressions" in log, log[-6000:]
+
     def test_features_dag_ingests_the_feedback_log(self, platform, fed_back):
         assert fed_back.code == 0 and set(fed_back.states.values()) == {"success"}, fed_back.log[-6000:]
         assert fed_back.seen["after"] == fed_back.seen["before"] + 40

@@ -782,13 +782,5 @@ def _offline_target(experiment: str, share: float, log_root: Path, as_of, settin
             raise NotReady("a challenger share was given but no model holds the `challenger` alias")
         aliases["challenger"] = registry.CHALLENGER
     loaded = {variant: registry.load_champion(alias) for variant, alias in aliases.items()}
-    systems = {}
-    for variant, champion in loaded.items():
-        systems[variant] = champion.system
-        if champion.feature_service:  # its ranker reads Feast features: look them up as the service does
-            from models.lifecycle.train import feast_lookup
-
-            systems[variant] = simulation.FeatureRanked(
-                champion.system, feast_lookup(settings, champion.feature_service), as_of
-            )
+    systems = {variant: simulation.registered_system(c, settings, as_of) for variant, c in loaded.items()}
     return simulation.OfflineTarget(systems, experiment, share, log_root, {v: c.versions for v, c in loaded.items()})
