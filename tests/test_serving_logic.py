@@ -438,6 +438,12 @@ def test_serving_config_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("VIDREC_AB_CHALLENGER_SHARE", "2")
     with pytest.raises(SettingsError, match="VIDREC_AB_CHALLENGER_SHARE"):
         ServingConfig.from_env(Settings.from_env())
+    monkeypatch.setenv("VIDREC_AB_CHALLENGER_SHARE", "0.5")
+    monkeypatch.setenv("VIDREC_LOG_IMPRESSIONS", "0")
+    assert ServingConfig.from_env(Settings.from_env()).log_impressions is False
+    monkeypatch.setenv("VIDREC_LOG_IMPRESSIONS", "sometimes")
+    with pytest.raises(SettingsError, match="VIDREC_LOG_IMPRESSIONS"):
+        ServingConfig.from_env(Settings.from_env())
 
 
 def test_bentofile_names_the_service():
