@@ -56,7 +56,8 @@ from vidrec.orchestration import CHAMPION, START_DATE, default_args, interval_en
             list(DEFAULT_GENERATORS),
             type="array",
             items={"type": "string", "enum": list(GENERATORS)},
-            description="Candidate generators to train.",
+            examples=list(GENERATORS),  # the trigger form shows a pick list of every generator
+            description="Candidate generators to train (pick any; the default set is preselected).",
         ),
         "per_source_k": Param(
             TrainConfig.per_source_k,
@@ -170,8 +171,20 @@ def vidrec_training():
 
     @task.branch
     def promote_or_block(result: dict) -> str:
-        """Follow the gate: champion_promoted or gate_blocked (the other branch is skipped)."""
+        """Follow the gate: champion_promoted or gate_blocked; a reused training (same data, same
+        Params) changes nothing: `unchanged` (the other branches are skipped, no asset event)."""
+        if result["reused"]:
+            return "unchanged"
         return "champion_promoted" if result["promoted"] else "gate_blocked"
+
+    @task
+    def unchanged(result: dict) -> dict:
+        """Nothing new to train on: no version registered, nothing promoted, serving left alone."""
+        print(
+            f"unchanged: the data and Params match MLflow run {result['run_id']} (versions {result['versions']}); "
+            f"champion stays {result.get('champion')}. Set force_retrain to train anyway."
+        )
+        return {"champion": result.get("champion"), "run_id": result["run_id"]}
 
     @task
     def gate_blocked(result: dict) -> dict:
@@ -223,7 +236,7 @@ def vidrec_training():
     result = train_and_gate(check_data())
     branch = promote_or_block(result)
     promoted = champion_promoted(result)
-    branch >> [promoted, gate_blocked(result)]
+    branch >> [promoted, gate_blocked(result), unchanged(result)]
     reload_serving(promoted)
 
 

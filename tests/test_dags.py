@@ -144,10 +144,11 @@ def test_features_graph(parsed):
 def test_training_graph(parsed):
     assert graph(parsed, "vidrec_training") == {
         "check_data": ["train_and_gate"],
-        "train_and_gate": ["champion_promoted", "gate_blocked", "promote_or_block"],
-        "promote_or_block": ["champion_promoted", "gate_blocked"],
+        "train_and_gate": ["champion_promoted", "gate_blocked", "promote_or_block", "unchanged"],
+        "promote_or_block": ["champion_promoted", "gate_blocked", "unchanged"],
         "champion_promoted": ["reload_serving"],
         "gate_blocked": [],
+        "unchanged": [],
         "reload_serving": [],
     }
     dag = parsed["dags"]["vidrec_training"]
@@ -397,7 +398,10 @@ class TestDagRuns:
         code, states, log = platform.run("vidrec_training", DAY, TRAIN_CONF)
         assert code == 0, log[-6000:]
         assert "reusing MLflow run" in log
-        assert states["champion_promoted"] == "success"
+        # Nothing new: nothing promoted, no vidrec_champion event (so no batch run), serving untouched.
+        assert_states(states, {"unchanged": "success", "champion_promoted": "skipped", "gate_blocked": "skipped",
+                               "reload_serving": "skipped"}, log)  # fmt: skip
+        assert "unchanged: the data and Params match MLflow run" in log and "champion stays" in log
         assert platform.registry()["versions"] == before["versions"]
 
     def test_blocked_gate_skips_promotion_and_reload(self, platform, trained):
