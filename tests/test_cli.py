@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -129,3 +130,72 @@ def test_ingest_validates_and_train_refuses_a_lake_that_failed(tmp_path):
     assert "events quarantined 5 of 10 rows" in result.output and "missing_user_id: 5" in result.output
     train = runner.invoke(app, ["train", "--no-feast", "--generators", "popularity"])
     assert train.exit_code == 2 and "the last validation of the lake failed" in train.output, train.output
+
+
+def _wait_for_running_run(home, timeout: float = 120.0):
+    """The MLflow run a training process opened, once it is RUNNING (tracking: $VIDREC_HOME/mlflow.db).
+    Read with sqlite3 until it exists: a second MLflow client would race the process creating the tables."""
+    import sqlite3
+    import time
+
+    from mlflow import MlflowClient
+
+    db = home / "mlflow.db"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                found = conn.execute("SELECT run_uuid FROM runs WHERE status = 'RUNNING'").fetchone()
+        except sqlite3.Error:  # not created yet, or its tables are being created
+            found = None
+        if found:
+            client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+            return client, client.get_run(found[0])
+        time.sleep(0.2)
+    raise AssertionError("no RUNNING MLflow run appeared")
+
+
+def test_a_killed_training_leaves_no_mlflow_run_running(tmp_path):
+    """SIGTERM (what Airflow sends when a task is marked failed or killed) closes the run as KILLED;
+    a run left RUNNING by a hard kill (SIGKILL) is closed by the task's next attempt."""
+    import os
+    import signal
+
+    from vidrec import pipeline
+
+    out = tmp_path / "synthetic"
+    generated = runner.invoke(
+        app, ["generate", "--out", str(out), "--users", "150", "--videos", "80", "--events", "15000"]
+    )
+    assert generated.exit_code == 0
+    assert runner.invoke(app, ["ingest", "--dataset", "synthetic", "--data-dir", str(out)]).exit_code == 0
+    home = tmp_path / "home"
+    env = {**os.environ, "VIDREC_HOME": str(home), "VIDREC_CACHE_DIR": str(tmp_path / "cache")}
+    options = ["train", "--protocol", "user-time", "--no-feast", "--generators", "popularity,trending,item-cf"]
+    proc = subprocess.Popen([*VIDREC, *options], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client, run = _wait_for_running_run(home)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, output
+    assert "training stopped by SIGTERM" in output
+    stopped = client.get_run(run.info.run_id)
+    assert stopped.info.status == "KILLED" and stopped.data.tags["vidrec.killed"] == "stopped by SIGTERM while training"
+
+    # A hard kill leaves the run RUNNING; the next attempt of the same Airflow task run closes it.
+    params = {"protocol": "user-time", "use_feast": False, "generators": ["popularity", "trending", "item-cf"]}
+    script = (
+        "import sys, json; from vidrec import pipeline; "
+        "pipeline.train_models(json.loads(sys.argv[1]), sys.argv[2], run_tags={'airflow.run_id': 'manual__try'})"
+    )
+    end = "2030-01-01T00:00:00+00:00"
+    hard = subprocess.Popen([sys.executable, "-c", script, json.dumps(params), end], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    client, orphan = _wait_for_running_run(home)
+    hard.kill()
+    hard.wait(timeout=60)
+    assert client.get_run(orphan.info.run_id).info.status == "RUNNING"
+    result = pipeline.train_models(params, end, run_tags={"airflow.run_id": "manual__try"})
+    assert result["reused"] is False
+    closed = client.get_run(orphan.info.run_id)
+    assert closed.info.status == "KILLED" and closed.data.tags["vidrec.killed"] == "closed by the next attempt"
+    assert client.get_run(result["run_id"]).info.status == "FINISHED"

@@ -436,7 +436,14 @@ def train(
     """
     from datetime import UTC, datetime
 
-    from vidrec.pipeline import NotReady, ValidationFailed, check_lake_validated, train_config, train_models
+    from vidrec.pipeline import (
+        NotReady,
+        TrainingStopped,
+        ValidationFailed,
+        check_lake_validated,
+        train_config,
+        train_models,
+    )
 
     settings: Settings = ctx.obj
     params = {
@@ -461,6 +468,8 @@ def train(
             )
         except (FileNotFoundError, ValueError, NotReady) as exc:
             fail(str(exc))
+        except TrainingStopped:
+            fail("training stopped by SIGTERM: nothing registered; its MLflow run is marked KILLED", code=143)
     if result["reused"]:
         console.print(
             f"training data and configuration unchanged: reusing MLflow run {result['run_id']} (--force to train anyway)"

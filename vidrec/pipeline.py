@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,6 +43,69 @@ ProgressFactory = Callable[[str, int | None], Callable[[int], None]]
 
 class ValidationFailed(RuntimeError):
     """The data of a run must not go further: the message says which file or table and why."""
+
+
+class TrainingStopped(BaseException):
+    """The training process got SIGTERM (Airflow marking the task failed or killing it, `kill`):
+    a BaseException, so no `except Exception` on the way swallows it."""
+
+
+@contextmanager
+def _closing_runs_on_sigterm(client, run_key: str) -> Iterator[None]:
+    """Turn SIGTERM into TrainingStopped while training, and mark the MLflow runs this training
+    opened KILLED on the way out: Airflow 3 only calls the operator's on_kill on SIGTERM and
+    kills the process later, which left the run RUNNING forever. Airflow's own handler still runs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def stop(signum, frame):
+        if callable(previous):
+            previous(signum, frame)
+        raise TrainingStopped("stopped by SIGTERM")
+
+    signal.signal(signal.SIGTERM, stop)
+    began_ms = int(time.time() * 1000)
+    try:
+        yield
+    except TrainingStopped:
+        why = "stopped by SIGTERM while training"
+        closed = _close_runs(client, run_key, ("RUNNING", "FAILED"), why, since_ms=began_ms)
+        log.warning("training stopped by SIGTERM: MLflow run(s) %s marked KILLED", closed)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _close_runs(
+    client,
+    run_key: str,
+    statuses: tuple[str, ...],
+    why: str,
+    airflow_run_id: str | None = None,
+    since_ms: int = 0,
+) -> list[str]:
+    """Mark KILLED the runs of `vidrec` tagged with this run key (and Airflow run), in `statuses`,
+    started at or after `since_ms`."""
+    from models.lifecycle import registry
+
+    experiment = client.get_experiment_by_name(registry.EXPERIMENT)
+    if experiment is None:
+        return []
+    query = f"tags.`{RUN_KEY_TAG}` = '{run_key}'"
+    if airflow_run_id is not None:
+        query += f" and tags.`airflow.run_id` = '{airflow_run_id}'"
+    closed = []
+    for run in client.search_runs([experiment.experiment_id], filter_string=query):
+        if run.info.status in statuses and run.info.start_time >= since_ms:
+            client.set_tag(run.info.run_id, "vidrec.killed", why)
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    return closed
 
 
 class NotReady(LookupError):
@@ -438,6 +503,11 @@ def train_models(
         key = hashlib.sha256(
             json.dumps({"data": fingerprint, "config": config.params()}, sort_keys=True, default=str).encode()
         ).hexdigest()[:32]
+        airflow_run = (run_tags or {}).get("airflow.run_id")
+        if airflow_run:  # an earlier attempt of this task was killed hard (SIGKILL): close its run
+            stale = _close_runs(client, key, ("RUNNING",), "closed by the next attempt", str(airflow_run))
+            if stale:
+                log.warning("marked KILLED the MLflow run(s) %s that an earlier attempt left RUNNING", stale)
         if not params.get("force_retrain"):
             found = registry.finished_run(client, RUN_KEY_TAG, key)
             if found is not None:
@@ -450,10 +520,11 @@ def train_models(
         }
         dataset = str(params.get("dataset") or "lake")
         snapshot_settings = replace(settings, lake_dir=snapshot)
-        result = train_and_gate(
-            snapshot_settings, config, dataset=dataset, progress=progress, run_tags=tags,
-            engagement=engagement_checker(snapshot_settings),
-        )  # fmt: skip
+        with _closing_runs_on_sigterm(client, key):
+            result = train_and_gate(
+                snapshot_settings, config, dataset=dataset, progress=progress, run_tags=tags,
+                engagement=engagement_checker(snapshot_settings),
+            )  # fmt: skip
     table = result.table
     row = table.loc["two-stage"] if "two-stage" in table.index else {}
     return {
