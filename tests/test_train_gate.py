@@ -156,7 +156,15 @@ def test_better_model_is_promoted_over_a_popularity_champion(runs):
     assert run.data.tags["gate.decision"] == "promoted"
     assert "PROMOTED" in run.data.tags["mlflow.note.content"]
     assert run.data.metrics["gate.ndcg_at_10.low"] > 0
-    assert "two-stage.ndcg_at_10" in run.data.metrics and "ease.ndcg_at_10" in run.data.metrics
+    assert "two-stage.ndcg_at_10" in run.data.metrics and "ease.ndcg_at_10" not in run.data.metrics
+    # Every evaluated model is a nested run with its metrics under plain names (MLflow's compare view).
+    children = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{better.run_id}'"
+    )
+    by_model = {c.data.tags["vidrec.model"]: c for c in children}
+    assert set(by_model) == set(better.table.index) and {"two-stage", "ease", "popularity"} <= set(by_model)
+    for model, child in by_model.items():
+        assert child.data.metrics["ndcg_at_10"] == pytest.approx(better.table.loc[model, "ndcg_at_10"])
     assert "data.fingerprint" in run.data.params
     artifacts = {a.path for a in client.list_artifacts(better.run_id, "plots")}
     assert {"plots/metrics_by_model.png", "plots/ndcg_at_k.png", "plots/ranker_importance.png"} <= artifacts
@@ -250,3 +258,28 @@ def test_guards_block_a_gain_that_costs_too_much_coverage():
     assert not decision.promoted and decision.intervals["ndcg_at_10"].low > 0
     assert decision.intervals["coverage_at_10"].diff < -0.5 and "guard coverage_at_10" in decision.summary()
     assert registry.decide(challenger, champion, "champion", GatePolicy(guards={}, n_boot=300)).promoted
+
+
+def _strict_json(text: str):
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_json_artifact_of_a_run_is_strict_json(runs):
+    """NaN/Infinity are not JSON: every .json a training run logs (gate report, tables, model
+    metadata) must parse with a strict parser, for the MLflow UI and for any client."""
+    client = MlflowClient()
+    for name in ("first", "shuffled", "better"):
+        run_id = runs[name].run_id
+        pending, checked = [""], 0
+        while pending:
+            folder = pending.pop()
+            for item in client.list_artifacts(run_id, folder or None):
+                if item.is_dir:
+                    pending.append(item.path)
+                elif item.path.endswith(".json"):
+                    _strict_json(mlflow.artifacts.load_text(f"runs:/{run_id}/{item.path}"))
+                    checked += 1
+        assert checked >= 1, name

@@ -65,6 +65,22 @@ def metric_name(model: str, metric: str) -> str:
     return f"{model}.{metric}"
 
 
+def log_model_runs(table: pd.DataFrame, params: dict[str, dict]) -> dict[str, str]:
+    """One nested run per evaluated model (under the active run) with its held-out metrics under
+    their plain names and its hyperparameters: MLflow's compare view then lines the models up.
+    Returns model -> run id."""
+    ids = {}
+    for model, row in table.iterrows():
+        with mlflow.start_run(
+            run_name=str(model), nested=True, tags={"vidrec.kind": "model", "vidrec.model": str(model)}
+        ) as child:
+            mlflow.log_metrics({str(m): float(v) for m, v in row.items() if pd.notna(v)})
+            if params.get(model):
+                mlflow.log_params(params[model])
+            ids[str(model)] = child.info.run_id
+    return ids
+
+
 def plot_metrics_by_model(table: pd.DataFrame, metrics: list[str], path: Path) -> Path:
     """Grouped bars: one group per metric, one bar per model."""
     shown = [m for m in metrics if m in table.columns]

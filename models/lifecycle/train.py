@@ -405,10 +405,12 @@ def train_and_gate(
                 f"evaluation on the held-out window: {judged:,} users judged ({config.protocol} protocol, {len(test):,} events)"
             )
         table = evaluation.table
-        for model, row in table.iterrows():
-            for metric, value in row.items():
-                if pd.notna(value):
-                    mlflow.log_metric(tracking.metric_name(model, metric), float(value))
+        # The parent keeps the two-stage system's figures (the gate's and the registry's); every
+        # model gets a nested run with its own, so MLflow's compare view lines the models up.
+        for metric, value in table.loc["two-stage"].items():
+            if pd.notna(value):
+                mlflow.log_metric(tracking.metric_name("two-stage", metric), float(value))
+        tracking.log_model_runs(table, {name: config.tuned.get(name, {}) for name in table.index})
         _log_artifacts(table, evaluation.curves, ranker, rows)
         # The served refit below needs the memory; the engagement check needs this system.
         challenger_system = (system, lookup) if config.gate.engagement_check else None
