@@ -5,8 +5,10 @@
 #   AIRFLOW_PORT (8080), MLFLOW_PORT (5000), VIDREC_HOME (./.vidrec), AIRFLOW_HOME ($VIDREC_HOME/airflow)
 #
 # The Airflow UI runs without a login (simple auth manager, everyone admin): it listens on
-# 127.0.0.1 only. The scheduler runs the DAGs on their schedules from here on; trigger one by hand
-# (with Params) from the UI's Trigger button.
+# 127.0.0.1 only, as MLflow does. (Airflow's worker log servers, ports 8793/8794, bind every
+# interface: Airflow 3 hard-codes that.) The DAGs start paused: trigger one by hand (with Params)
+# from the UI's Trigger button; unpausing one makes the scheduler run its latest interval, which
+# reuses an unchanged training (vidrec_training's `unchanged` branch) rather than retraining.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${BIN:-$ROOT/.venv/bin}"
@@ -35,8 +37,8 @@ trap 'pkill -TERM -P $MLFLOW_PID 2>/dev/null || true; kill $MLFLOW_PID 2>/dev/nu
 
 cat <<EOF
 vidrec UIs (Ctrl-C stops both):
-  Airflow  http://127.0.0.1:$AIRFLOW_PORT   DAGs vidrec_features, vidrec_training, vidrec_batch_recs
-  MLflow   http://127.0.0.1:$MLFLOW_PORT   experiment 'vidrec'; models vidrec-candidates, vidrec-ranker (log: $VIDREC_HOME/mlflow-server.log)
+  Airflow  http://127.0.0.1:$AIRFLOW_PORT   DAGs vidrec_features, vidrec_training, vidrec_batch_recs, vidrec_experiment_report (paused)
+  MLflow   http://127.0.0.1:$MLFLOW_PORT   experiments 'vidrec', 'vidrec-experiments'; models vidrec-candidates, vidrec-ranker (log: $VIDREC_HOME/mlflow-server.log)
 EOF
 cd "$ROOT"
 "$BIN/airflow" standalone

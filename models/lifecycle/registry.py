@@ -173,6 +173,12 @@ def rollback(client: MlflowClient) -> dict[str, str]:
     return previous
 
 
+ROLLBACK_HINT = (
+    "**Roll back**: `vidrec promote --rollback` moves `champion` back to the versions aliased `previous` "
+    "(or set the aliases by hand in the registry); compare the models in this run's nested runs."
+)
+
+
 def record_decision(
     client: MlflowClient, run_id: str, decision: GateDecision, versions: dict[str, str], card: str = ""
 ) -> None:
@@ -194,7 +200,7 @@ def record_decision(
                 client.log_metric(run_id, f"gate.{metric}.{part}", value)
     report = _finite({**decision.as_dict(), "versions": versions})
     client.log_text(run_id, json.dumps(report, indent=2, default=float, allow_nan=False), "gate_report.json")
-    words = f"Gate: {decision.summary()}"
+    words = f"**Gate**: {decision.summary()}\n\n{ROLLBACK_HINT}"
     client.set_tag(run_id, "mlflow.note.content", f"{card}\n\n{words}".strip())  # the run's Description
     for model, version in versions.items():
         client.set_model_version_tag(model, version, "gate.decision", verdict)
