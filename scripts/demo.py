@@ -188,7 +188,13 @@ def serve_and_recommend() -> str:
     users = precomputed_users(2)
     users += [u for u in ("1", "414", "610") if u not in users][: 4 - len(users)]
     users.append("new-user-42")
-    env = {"VIDREC_HOME": str(HOME), "VIDREC_RELOAD_TOKEN": os.environ.get("VIDREC_RELOAD_TOKEN", "vidrec-demo")}
+    env = {
+        "VIDREC_HOME": str(HOME),
+        "VIDREC_RELOAD_TOKEN": os.environ.get("VIDREC_RELOAD_TOKEN", "vidrec-demo"),
+        # The demo's own requests are not viewers: their impressions stay out of the feedback log that
+        # the next `make demo` ingests (which would change the lake and retrain).
+        "VIDREC_FEEDBACK_DIR": str(LOGS / "service-log"),
+    }
     server = ServerProcess(env=env, log_path=LOGS / "bentoml-serve.log")
     t0 = time.perf_counter()
     server.start(ready_timeout=240)
