@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo ui serve lint test test-fast bench lock clean
+.PHONY: install browser demo ui serve lint test test-fast bench lock clean
 
 install: $(STAMP)
 
@@ -15,7 +15,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(MAKE) --no-print-directory browser
 	touch $(STAMP)
+
+# The browser of the UI tests (tests/test_ui_browser.py): Debian's Chromium and ChromeDriver.
+# Without root or apt those tests are skipped, and say why.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q chromium chromium-driver >/dev/null || echo "could not install chromium: the browser tests will be skipped"; \
+	else echo "chromium + chromium-driver missing (install them as root): the browser tests will be skipped"; fi
 
 # The main job: Airflow on SQLite (.vidrec/airflow), the three DAGs in order with `airflow dags test`
 # on ml-latest-small (../shared/datasets/ml-latest-small when present, else downloaded), then the

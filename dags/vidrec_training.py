@@ -74,8 +74,8 @@ from vidrec.orchestration import CHAMPION, START_DATE, default_args, interval_en
             description="Rolling label windows the ranker learns from (time protocol; each refits the generators).",
         ),
         "tuned_for": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             description="Use the hyperparameters `vidrec tune` saved for this dataset "
             "(models/tuned/<dataset>.json, e.g. movielens-small); empty: the catalog's defaults.",
         ),
