@@ -5,10 +5,12 @@
 #   AIRFLOW_PORT (8080), MLFLOW_PORT (5000), VIDREC_HOME (./.vidrec), AIRFLOW_HOME ($VIDREC_HOME/airflow)
 #
 # The Airflow UI runs without a login (simple auth manager, everyone admin): it listens on
-# 127.0.0.1 only, as MLflow does. (Airflow's worker log servers, ports 8793/8794, bind every
-# interface: Airflow 3 hard-codes that.) The DAGs start paused: trigger one by hand (with Params)
-# from the UI's Trigger button; unpausing one makes the scheduler run its latest interval, which
-# reuses an unchanged training (vidrec_training's `unchanged` branch) rather than retraining.
+# 127.0.0.1 only, as MLflow does, and nothing else listens at all. That is why the components run
+# one by one rather than under `airflow standalone`: the scheduler and the triggerer skip their
+# worker log servers (Airflow binds those to every interface, ports 8793/8794); on one machine
+# the api-server reads the task logs from the log folder itself. The DAGs start paused: trigger
+# one by hand (with Params) from the UI's Trigger button; unpausing one makes the scheduler run
+# its latest interval, which reuses an unchanged training (vidrec_training's `unchanged` branch).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${BIN:-$ROOT/.venv/bin}"
@@ -29,11 +31,18 @@ fi
 mkdir -p "$VIDREC_HOME/mlartifacts" "$AIRFLOW_HOME"
 "$BIN/airflow" db migrate > "$AIRFLOW_HOME/db-migrate.log" 2>&1
 
+PIDS=()
+stop() {
+  for pid in "${PIDS[@]}"; do pkill -TERM -P "$pid" 2>/dev/null || true; kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop EXIT
+trap 'exit 130' INT TERM
+
 "$BIN/mlflow" server --backend-store-uri "sqlite:///$VIDREC_HOME/mlflow.db" \
   --artifacts-destination "$VIDREC_HOME/mlartifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" \
   > "$VIDREC_HOME/mlflow-server.log" 2>&1 &
-MLFLOW_PID=$!
-trap 'pkill -TERM -P $MLFLOW_PID 2>/dev/null || true; kill $MLFLOW_PID 2>/dev/null || true; wait $MLFLOW_PID 2>/dev/null || true' EXIT
+PIDS+=($!)
 
 cat <<EOF
 vidrec UIs (Ctrl-C stops both):
@@ -41,4 +50,14 @@ vidrec UIs (Ctrl-C stops both):
   MLflow   http://127.0.0.1:$MLFLOW_PORT   experiments 'vidrec', 'vidrec-experiments'; models vidrec-candidates, vidrec-ranker (log: $VIDREC_HOME/mlflow-server.log)
 EOF
 cd "$ROOT"
-"$BIN/airflow" standalone
+"$BIN/airflow" api-server --host 127.0.0.1 --port "$AIRFLOW_PORT" > "$AIRFLOW_HOME/api-server.log" 2>&1 &
+PIDS+=($!)
+"$BIN/airflow" scheduler --skip-serve-logs > "$AIRFLOW_HOME/scheduler.log" 2>&1 &
+PIDS+=($!)
+"$BIN/airflow" dag-processor > "$AIRFLOW_HOME/dag-processor.log" 2>&1 &
+PIDS+=($!)
+"$BIN/airflow" triggerer --skip-serve-logs > "$AIRFLOW_HOME/triggerer.log" 2>&1 &
+PIDS+=($!)
+echo "  logs: $AIRFLOW_HOME/{api-server,scheduler,dag-processor,triggerer}.log"
+wait -n "${PIDS[@]}"  # one component stopping stops them all
+echo "a component stopped: see its log under $AIRFLOW_HOME" >&2

@@ -173,3 +173,59 @@ def test_the_mlflow_run_page_shows_the_gate_verdict(browser, trained_store):
         WebDriverWait(browser, 90).until(lambda d: f"Gate: {verdict}" in _text(d))
         page = _text(browser)
         assert "Serves: generators refit on every event" in page  # the description says what was trained
+
+
+def test_make_ui_listens_on_loopback_only(tmp_path, browser):
+    """`make ui` (scripts/ui.sh): Airflow's components one by one and MLflow; every socket the
+    process tree listens on is on 127.0.0.1, and the Airflow UI lists the vidrec DAGs."""
+    import psutil
+
+    airflow_port, mlflow_port = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "BIN": str(BIN),
+        "VIDREC_HOME": str(tmp_path / "home"),
+        "AIRFLOW_PORT": str(airflow_port),
+        "MLFLOW_PORT": str(mlflow_port),
+    }
+    health = f"http://127.0.0.1:{airflow_port}/api/v2/monitor/health"
+    with _serving(["bash", str(ROOT / "scripts" / "ui.sh")], env, health, tmp_path / "ui.log", timeout=240):
+        _wait(lambda: httpx.get(f"http://127.0.0.1:{mlflow_port}/health", timeout=5).status_code == 200, 120)
+        browser.get(f"http://127.0.0.1:{airflow_port}/dags")
+        # The dag-processor parses the folder in its own time: the list fills once it has.
+        WebDriverWait(browser, 180).until(lambda d: "vidrec_experiment_report" in _text(d))
+        time.sleep(5)  # the scheduler and the triggerer are up by now (they would have bound their log servers)
+        launcher = next(
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if str(ROOT / "scripts" / "ui.sh") in " ".join(p.info["cmdline"] or [])
+        )
+        tree = [launcher, *launcher.children(recursive=True)]
+        listening = {
+            (c.laddr.ip, c.laddr.port) for p in tree for c in _connections(p) if c.status == psutil.CONN_LISTEN
+        }
+        assert (("127.0.0.1", airflow_port) in listening) and (("127.0.0.1", mlflow_port) in listening), listening
+        assert {ip for ip, _ in listening} <= {"127.0.0.1", "::1"}, listening
+        names = " ".join(" ".join(p.cmdline()) for p in tree if p.is_running())
+        assert "scheduler --skip-serve-logs" in names and "triggerer --skip-serve-logs" in names
+
+
+def _connections(process):
+    import psutil
+
+    try:
+        return process.net_connections(kind="inet")
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+def _wait(check, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("timed out")
