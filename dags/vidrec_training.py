@@ -102,11 +102,15 @@ from vidrec.orchestration import CHAMPION, START_DATE, default_args, interval_en
         "min_gain": Param(
             GatePolicy.min_gain,
             type="number",
+            minimum=-1,
+            maximum=1,
             description="Gate: the lower end of the 95% interval of the per-user nDCG@10 gain over the champion must reach this.",
         ),
         "baseline_gain": Param(
             GatePolicy.baseline_gain,
             type="number",
+            minimum=-1,
+            maximum=1,
             description="Gate: the same over the best of popularity and trending, for a first model.",
         ),
         "guards": Param(
@@ -126,7 +130,7 @@ from vidrec.orchestration import CHAMPION, START_DATE, default_args, interval_en
             description="Gate: also simulate viewers (truth: EASE on every event); a significant loss of "
             "simulated watch time per session blocks the promotion (see gate_report.json).",
         ),
-        "seed": Param(TrainConfig.seed, type="integer"),
+        "seed": Param(TrainConfig.seed, type="integer", minimum=0, description="Seeds the splits, samples and models."),
         "dataset": Param("lake", type="string", description="Name recorded with the MLflow run."),
         "require_validated_lake": Param(
             True, type="boolean", description="Refuse a lake that changed since vidrec_features validated it."
