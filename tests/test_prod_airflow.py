@@ -376,7 +376,8 @@ class TestRetrainThroughTheRestApi:
         run, states = platform.airflow.wait_for_run("vidrec_training", run_id)
         assert run["state"] == "success", platform.airflow.explain("vidrec_training", run_id, run, states)
         assert states == {"check_data": "success", "train_and_gate": "success", "promote_or_block": "success",
-                          "champion_promoted": "success", "gate_blocked": "skipped", "reload_serving": "skipped"}, states  # fmt: skip
+                          "champion_promoted": "success", "gate_blocked": "skipped", "unchanged": "skipped",
+                          "reload_serving": "skipped"}, states  # fmt: skip
         assert self.run_ids(platform, "vidrec_training") == [run_id]
 
         uri = platform.databases["mlflow"]
