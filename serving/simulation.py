@@ -512,7 +512,8 @@ def simulate(
 
     Session i of a user starts in [start + i * spacing, start + (i + 1) * spacing). `start`
     defaults to `latest_start(...)`, the latest start whose timeline ends by now; an HttpTarget
-    refuses a later one (the service rejects future events). `progress(n)`: n users done.
+    refuses a later one (the service rejects future events). `progress(1)` after each user, the
+    advance(n) of the stage functions' progress bars.
     """
     began = time.monotonic()
     start = latest_start(sessions_per_user, viewer) if start is None else pd.Timestamp(start).floor("us")
@@ -530,10 +531,10 @@ def simulate(
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         futures = [pool.submit(plan.run_user, int(u)) for u in chosen]
         try:
-            for done, future in enumerate(as_completed(futures), start=1):
+            for future in as_completed(futures):
                 future.result()  # a worker's error stops the run
                 if progress is not None:
-                    progress(done)
+                    progress(1)
         except BaseException:
             for f in futures:
                 f.cancel()
@@ -701,8 +702,8 @@ def _watch_slate(
 
 
 def engagement_check(
-    champion: RankingSystem | tuple[TwoStage, FeatureLookup],
-    challenger: RankingSystem | tuple[TwoStage, FeatureLookup],
+    champion: RankingSystem,
+    challenger: RankingSystem,
     audience: Audience,
     users: Sequence[str],
     start: pd.Timestamp,
@@ -714,15 +715,13 @@ def engagement_check(
     seed: int = 0,
 ) -> dict:
     """Simulated watch time per session of `challenger` vs `champion`: an offline 50/50 A/B test
-    of up to `n_users` of `users` from `start`, analysed like a real one. A (system, Feast
-    lookup) pair is ranked with features as of `start` (`FeatureRanked`). Returns the metric's
+    of up to `n_users` of `users` from `start`, analysed like a real one. Returns the metric's
     figures, interval, p-value and verdict ("challenger worse" blocks a promotion)."""
     import tempfile
 
     from models.lifecycle import experiments
 
     experiment = f"gate-seed{seed}"
-    champion, challenger = (FeatureRanked(*s, start) if isinstance(s, tuple) else s for s in (champion, challenger))
     with tempfile.TemporaryDirectory(prefix="vidrec-engagement-") as folder:
         target = OfflineTarget({ab.CHAMPION: champion, ab.CHALLENGER: challenger}, experiment, 0.5, Path(folder))
         summary = simulate(

@@ -562,9 +562,9 @@ def engagement_checker(settings: Settings):
             lake.read_table("videos"),
         )
 
-        def servable(pair: tuple):
+        def servable(pair: tuple):  # features as of the sessions' start, as the evaluation reads them
             system, lookup = pair
-            return system if lookup is None else pair
+            return system if lookup is None else simulation.FeatureRanked(system, lookup, start)
 
         return simulation.engagement_check(
             servable(champion), servable(challenger), audience, users, start,
@@ -780,6 +780,8 @@ def simulate_audience(
     settings = settings or Settings.from_env()
     serving = ServingConfig.from_env(settings)
     experiment = experiment or serving.experiment
+    if users < 1 or sessions_per_user < 1 or not 1 <= k <= 100 or concurrency < 1:
+        raise ValueError("users, sessions_per_user and concurrency must be >= 1, and k in 1..100")
     if audience == "synthetic":
         from feature_repo.synthetic import SyntheticConfig
 
@@ -796,8 +798,6 @@ def simulate_audience(
         )
     else:
         raise ValueError(f"audience must be synthetic or movielens, got {audience!r}")
-    if users < 1 or sessions_per_user < 1 or not 1 <= k <= 100 or concurrency < 1:
-        raise ValueError("users, sessions_per_user and concurrency must be >= 1, and k in 1..100")
     share = serving.challenger_share if challenger_share is None else challenger_share
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"challenger share must be in [0, 1], got {share}")
@@ -818,7 +818,7 @@ def simulate_audience(
             concurrency=concurrency,
             seed=seed,
             start=start,
-            progress=_each_one(progress("simulate", users)) if progress else None,
+            progress=progress("simulate", users) if progress else None,
         )
     finally:
         if url:
@@ -830,11 +830,6 @@ def simulate_audience(
         "caveat": viewers.caveat,
         "window_start": start.isoformat(),
     }
-
-
-def _each_one(advance: Callable[[int], None]) -> Callable[[int], None]:
-    """`simulate` reports users done so far; a progress bar advances by what is new."""
-    return lambda done: advance(1)
 
 
 def _offline_target(experiment: str, share: float, log_root: Path, as_of, settings: Settings):
