@@ -199,3 +199,47 @@ def test_a_killed_training_leaves_no_mlflow_run_running(tmp_path):
     closed = client.get_run(orphan.info.run_id)
     assert closed.info.status == "KILLED" and closed.data.tags["vidrec.killed"] == "closed by the next attempt"
     assert client.get_run(result["run_id"]).info.status == "FINISHED"
+
+
+def test_sigterm_inside_xgboost_data_callback_still_stops_and_closes_the_run(tmp_path):
+    """XGBoost's C data iterator swallows what a Python callback raises (a SIGTERM landing there,
+    as in CI once): the stop must still come out as TrainingStopped, with the run KILLED."""
+    import os
+    import signal
+
+    import numpy as np
+    import pytest
+    import xgboost
+    from mlflow import MlflowClient
+
+    from models.lifecycle import registry
+    from vidrec import pipeline
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment(registry.EXPERIMENT, artifact_location=str(tmp_path / "artifacts"))
+
+    class SignalsMidway(xgboost.DataIter):
+        def __init__(self):
+            self.batch, self.signalled = 0, False
+            super().__init__()
+
+        def next(self, input_data):
+            if self.batch == 3:
+                return False
+            if self.batch == 1 and not self.signalled:
+                self.signalled = True
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside the C callback
+            self.batch += 1
+            rng = np.random.default_rng(self.batch)
+            input_data(data=rng.random((100, 4)), label=rng.random(100))
+            return True
+
+        def reset(self):
+            self.batch = 0
+
+    with pytest.raises(pipeline.TrainingStopped):
+        with pipeline._closing_runs_on_sigterm(client, "key"):  # closes only runs opened inside
+            run = client.create_run(experiment_id, tags={pipeline.RUN_KEY_TAG: "key"})
+            xgboost.QuantileDMatrix(SignalsMidway())
+    stopped = client.get_run(run.info.run_id)
+    assert stopped.info.status == "KILLED" and stopped.data.tags["vidrec.killed"] == "stopped by SIGTERM while training"

@@ -62,8 +62,10 @@ def _closing_runs_on_sigterm(client, run_key: str) -> Iterator[None]:
         yield
         return
     previous = signal.getsignal(signal.SIGTERM)
+    stopped: list[int] = []
 
     def stop(signum, frame):
+        stopped.append(signum)
         if callable(previous):
             previous(signum, frame)
         raise TrainingStopped("stopped by SIGTERM")
@@ -72,13 +74,27 @@ def _closing_runs_on_sigterm(client, run_key: str) -> Iterator[None]:
     began_ms = int(time.time() * 1000)
     try:
         yield
-    except TrainingStopped:
-        why = "stopped by SIGTERM while training"
-        closed = _close_runs(client, run_key, ("RUNNING", "FAILED"), why, since_ms=began_ms)
-        log.warning("training stopped by SIGTERM: MLflow run(s) %s marked KILLED", closed)
-        raise
+    except BaseException as error:
+        # The raise can land in a C callback (XGBoost's data iterator), which swallows it and fails
+        # with an error of its own, or none: once SIGTERM came, any way out is the stop.
+        if not stopped:
+            raise
+        _close_on_stop(client, run_key, began_ms)
+        if isinstance(error, TrainingStopped):
+            raise
+        raise TrainingStopped("stopped by SIGTERM") from error
+    else:
+        if stopped:
+            _close_on_stop(client, run_key, began_ms)
+            raise TrainingStopped("stopped by SIGTERM")
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _close_on_stop(client, run_key: str, began_ms: int) -> None:
+    why = "stopped by SIGTERM while training"
+    closed = _close_runs(client, run_key, ("RUNNING", "FAILED"), why, since_ms=began_ms)
+    log.warning("training stopped by SIGTERM: MLflow run(s) %s marked KILLED", closed)
 
 
 def _close_runs(
