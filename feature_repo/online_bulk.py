@@ -11,7 +11,8 @@ encoded column by column with numpy into the exact bytes Feast would store:
     entity key        Feast's serialization v3 of one string join key, built directly (others: Feast's)
     SQLite            per batch, one wide row per entity into an unindexed temp table, then one
                       INSERT ... SELECT that unpivots it into Feast's row per feature (value_text
-                      included) and upserts in key order; one transaction per batch
+                      included) and upserts in key order, never over a newer stored row (Feast's
+                      SQLite store overwrites; its Redis store does not); one transaction per batch
     Redis             pipelined HMGET of the `_ts:<view>` fields, then HSETs for rows newer than what
                       is stored (Feast's rule), 10,000 commands per round trip
 
@@ -305,8 +306,10 @@ def _write_sqlite(store, view, batch: EncodedBatch) -> None:
         conn.execute(
             f"INSERT INTO {table} ({columns_sql}) SELECT * FROM ({unpivot}) WHERE true ORDER BY 1, 2 "
             "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
-            "value_text = excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts"
-        )  # `WHERE true`: SQLite's rule for an upsert whose rows come from a SELECT
+            "value_text = excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts "
+            f"WHERE excluded.event_ts >= {table}.event_ts"
+        )  # `WHERE true`: SQLite's rule for an upsert whose rows come from a SELECT. The last WHERE keeps
+        # a newer stored row (a push) from being rolled back by a batch snapshot, as Redis does.
         conn.execute(f"DROP TABLE {_STAGE}")
 
 

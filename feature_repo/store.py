@@ -41,8 +41,9 @@ PROFILE_YAML = {
 }
 PROD_REGISTRY_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/feast"
 PROD_REDIS = "localhost:6379,db=0"
-PUSH_SOURCE = "user_recent_push"
-USER_VIEWS = ("user_profile", "user_recent")
+# view -> the push source that feeds it online (feast_repo/data_sources.py)
+PUSH_SOURCES = {"user_recent": "user_recent_push", "user_session": "user_session_push"}
+USER_VIEWS = ("user_profile", "user_recent", "user_session")
 VIDEO_VIEWS = ("video_stats",)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
@@ -498,18 +499,22 @@ def online_video_features(
     return online_features([{"video_id": v} for v in video_ids], list(features), settings=settings)
 
 
-def push_user_recent(frame: pd.DataFrame, settings: Settings | None = None) -> None:
-    """Write fresh `user_recent` values (user_id, event_timestamp, created_ts, its features) online."""
+def push_online(view: str, frame: pd.DataFrame, settings: Settings | None = None, store=None) -> None:
+    """Write fresh values of a push-fed view (user_id, event_timestamp, its features) online, through
+    the view's Feast push source. Callers stamp a row no older than the one it replaces: Feast's
+    Redis store keeps the newer row, its SQLite store writes whatever comes (feature_repo.sessions)."""
     from feast.data_source import PushMode
 
-    store = feature_store(settings)
+    store = store or feature_store(settings)
     df = frame.copy()
     df["user_id"] = df["user_id"].astype(str)
     for column in ("event_timestamp", "created_ts"):
         if column in df:
             df[column] = utc_series(df[column])
+    if "created_ts" not in df:
+        df["created_ts"] = df["event_timestamp"]
     with _quiet():
-        store.push(PUSH_SOURCE, df, to=PushMode.ONLINE)
+        store.push(PUSH_SOURCES[view], df, to=PushMode.ONLINE)
 
 
 __all__ = [
@@ -526,7 +531,7 @@ __all__ = [
     "online_features",
     "online_user_features",
     "online_video_features",
-    "push_user_recent",
+    "push_online",
     "register_ranker_service",
     "repo_objects",
     "training_frame",

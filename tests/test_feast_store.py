@@ -238,9 +238,14 @@ def test_materialize_is_incremental_and_push_refreshes_online(tiny):
             "last_video_ids": ["v2"],
         }
     )
-    store.push_user_recent(fresh, settings=settings)
+    store.push_online("user_recent", fresh, settings=settings)
     online = store.online_user_features(["u3"], ["user_recent"], settings=settings)
     assert online["user_recent__events_1d"].tolist() == [3] and online["user_recent__last_video_ids"].tolist() == ["v2"]
+
+    # The latest event time wins a key: a later batch run over the older snapshot leaves the push be.
+    assert {m.view: m.mode for m in store.materialize(settings, full=True)}["user_recent"] == "full"
+    online = store.online_user_features(["u1", "u3"], ["user_recent"], settings=settings)
+    assert online["user_recent__last_video_ids"].tolist() == ["v1|v2", "v2"]
 
 
 def test_one_feature_service_per_ranker_version(tiny):

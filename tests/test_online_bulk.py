@@ -22,6 +22,7 @@ from tiny_platform import T2, T, settings_for, tiny_lake
 
 from feature_repo import online_bulk, store
 from feature_repo.lake import Lake
+from feature_repo.sessions import write_session_table
 from feature_repo.transforms import compute_features
 from feature_repo.transforms.embeddings import compute_embeddings
 
@@ -163,9 +164,9 @@ def test_sqlite_movielens_with_embeddings_equals_feast(movielens_lake, tmp_path)
     import pandas as pd
 
     feast, bulk = twin_homes(tmp_path, movielens_lake)
-    compute_features(
-        movielens_lake, [pd.Timestamp("2018-06-01", tz="UTC"), pd.Timestamp("2018-09-25", tz="UTC")], feast.features_dir
-    )
+    times = [pd.Timestamp("2018-06-01", tz="UTC"), pd.Timestamp("2018-09-25", tz="UTC")]
+    compute_features(movielens_lake, times, feast.features_dir)
+    assert write_session_table(movielens_lake, times, feast.features_dir) > 0
     compute_embeddings(movielens_lake, feast.features_dir, method="tfidf", tfidf_dims=16)
     copy_features(feast, bulk)
     for settings in (feast, bulk):
@@ -175,6 +176,7 @@ def test_sqlite_movielens_with_embeddings_equals_feast(movielens_lake, tmp_path)
     assert modes == {
         "user_profile": "initial",
         "user_recent": "initial",
+        "user_session": "initial",
         "video_embedding": "initial",
         "video_stats": "initial",
     }

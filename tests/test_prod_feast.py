@@ -135,7 +135,8 @@ def test_online_values_equal_the_latest_offline_values(served):
 def test_pushed_values_reach_redis(served):
     settings = served["settings"]
     at = T2 + pd.Timedelta(hours=1)
-    store.push_user_recent(
+    store.push_online(
+        "user_recent",
         pd.DataFrame(
             {"user_id": ["u3"], "event_timestamp": [at], "created_ts": [at], "events_1d": [3], "events_7d": [3],
              "events_30d": [3], "days_since_last_activity": [0.01], "last_video_ids": ["v2"]}
@@ -145,3 +146,6 @@ def test_pushed_values_reach_redis(served):
     forget_stores(settings)  # a fresh store (fresh Redis client) reads what the push wrote
     online = store.online_user_features(["u3"], ["user_recent"], settings=settings)
     assert online["user_recent__events_1d"].tolist() == [3] and online["user_recent__last_video_ids"].tolist() == ["v2"]
+    store.materialize(settings, full=True)  # a later batch run: the older snapshot does not win
+    online = store.online_user_features(["u3"], ["user_recent"], settings=settings)
+    assert online["user_recent__last_video_ids"].tolist() == ["v2"]

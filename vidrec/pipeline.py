@@ -342,6 +342,7 @@ def compute_feature_tables(
     import pandas as pd
 
     from feature_repo.lake import Lake
+    from feature_repo.sessions import SESSION_TABLE, write_session_table
     from feature_repo.transforms import compute_features, default_as_of_times
 
     settings = settings or Settings.from_env()
@@ -356,6 +357,10 @@ def compute_feature_tables(
         raise NotReady(f"the lake at {lake.root} has no events: ingest data first")
     rows: dict[str, int] = {}
     tables = compute_features(lake, times, settings.features_dir, progress=rows.__setitem__)
+    # The session table: each user's last session before each as-of time (its rows are what
+    # /feedback pushes between runs; feature_repo.sessions holds the rules of both).
+    rows[SESSION_TABLE] = write_session_table(lake, times, settings.features_dir)
+    tables[SESSION_TABLE] = settings.features_dir / f"{SESSION_TABLE}.parquet"
     return {"as_of": [t.isoformat() for t in times], "rows": rows, "tables": {k: str(v) for k, v in tables.items()}}
 
 

@@ -13,6 +13,7 @@ from feast.types import String, UnixTimestamp
 USER_FEATURES_TABLE = "user_features"
 VIDEO_FEATURES_TABLE = "video_features"
 VIDEO_EMBEDDINGS_TABLE = "video_embeddings"
+USER_SESSIONS_TABLE = "user_sessions"  # feature_repo.sessions.SESSION_TABLE
 TIMESTAMP_FIELD = "event_timestamp"
 CREATED_FIELD = "created_ts"
 
@@ -47,6 +48,22 @@ user_recent_push = PushSource(
     name="user_recent_push",
     batch_source=user_features_source,
     description="Fresh per-user activity, pushed online between batch runs.",
+)
+
+user_sessions_source = FileSource(
+    name="user_sessions_source",
+    path=f"{USER_SESSIONS_TABLE}.parquet",
+    timestamp_field=TIMESTAMP_FIELD,
+    created_timestamp_column=CREATED_FIELD,
+    description="feature_repo/sessions.py: each user's last session before each as-of time.",
+)
+
+# The session a viewer is in, pushed by `/feedback` with every accepted batch
+# (`feature_repo.store.push_user_rows`); the batch table backs it for backfills.
+user_session_push = PushSource(
+    name="user_session_push",
+    batch_source=user_sessions_source,
+    description="The viewer's current session, pushed online by /feedback.",
 )
 
 # What the caller knows at request time: when the request is made and on which device.

@@ -7,7 +7,9 @@ Content embeddings never expire.
 
 User features are split in two views over one table: `user_profile` (long-run tastes and
 habits, batch only) and `user_recent` (activity windows and recency, also fed by a push source
-so serving sees fresh activity between batch runs).
+so serving sees fresh activity between batch runs). `user_session` (the current session: what was
+watched, liked and disliked in it) is computed by `feature_repo.sessions` for batch runs and pushed
+by `/feedback`; serving steers candidates with it, the ranker does not read it.
 """
 
 from datetime import timedelta
@@ -19,6 +21,7 @@ from feature_repo.feast_repo import data_sources, entities
 from feature_repo.schema import KNOWN_DEVICES
 
 SNAPSHOT_TTL = timedelta(days=30)
+SESSION_TTL = timedelta(days=1)  # feature_repo.sessions.SESSION_LOOKBACK
 RECENT_TTL = timedelta(days=8)
 NO_TTL = timedelta(0)
 
@@ -65,6 +68,31 @@ user_recent = FeatureView(
     source=data_sources.user_recent_push,
     online=True,
     description="Recent activity of a user: batch snapshots, refreshed online by pushes.",
+    tags={"entity": "user", "kind": "push"},
+)
+
+user_session = FeatureView(
+    name="user_session",
+    entities=[entities.user],
+    ttl=SESSION_TTL,
+    schema=[
+        Field(name="session_started_s", dtype=Float64, description="Epoch seconds of the session's first event."),
+        Field(name="last_active_s", dtype=Float64, description="Epoch seconds of the newest event."),
+        Field(name="session_events", dtype=Int64),
+        Field(
+            name="watched_ids", dtype=String, description="Videos played/watched/rated in the session, newest first."
+        ),
+        Field(name="liked_ids", dtype=String, description="Videos liked in the session, newest first."),
+        Field(name="disliked_ids", dtype=String, description="Videos disliked in the session, newest first."),
+        Field(
+            name="genre_shares",
+            dtype=String,
+            description="'Genre:share|...' of the session's watched and liked videos.",
+        ),
+    ],
+    source=data_sources.user_session_push,
+    online=True,
+    description="The viewer's current session (30-minute gaps split sessions), pushed by /feedback.",
     tags={"entity": "user", "kind": "push"},
 )
 
