@@ -38,6 +38,7 @@ ui: $(STAMP)
 
 # The BentoML service on the `champion` models of the MLflow registry (train one first: make demo).
 serve: $(STAMP)
+	@echo "the web page: http://127.0.0.1:3000/ui"
 	$(BIN)/vidrec serve --host 127.0.0.1 --port 3000
 
 # Lint and format (ruff), and imports pointing down the layers (import-linter; pyproject.toml).

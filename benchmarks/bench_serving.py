@@ -19,6 +19,10 @@ Every answer's slate goes to the impression log (serving.impressions) as in prod
 run of the first cache configuration with VIDREC_LOG_IMPRESSIONS=0 measures what that logging
 costs: the p50 with logging on over the p50 with it off, at each concurrency (target: <= 1.10).
 
+Last, `/feedback` -> visible: for 40 users a like of their top video is posted and /recommend asked
+until the answer is steered by the session (the like pushed to the online store) and the video is
+gone; p50/p99 of that time, beside a plain /recommend round trip of the same run.
+
 Prints p50/p95/p99 latency and requests/s per configuration and concurrency and writes
 benchmarks/results/serving.json.
 
@@ -272,7 +276,8 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
               "so requests/s come out at about half of what wrk measures", flush=True)  # fmt: skip
 
     rows = []
-    checked = {}
+    checked: dict = {}
+    visibility: dict = {}
     configurations = [(cache, "on") for cache in args.cache] if "on" in args.impressions else []
     if "off" in args.impressions:
         configurations.append((args.cache[0], "off"))
@@ -311,6 +316,15 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
                     f"max {result['max_ms']:7.2f} ms  errors {result['errors']}",
                     flush=True,
                 )
+            if (cache, impressions) == configurations[-1]:
+                # Last, so the sessions these likes open do not change the load runs' work.
+                visibility = feedback_visibility(server.url, users[-40:])
+                print(
+                    f"[{label}] /feedback -> visible in /recommend: p50 {visibility['visible_p50_ms']:.1f} ms  "
+                    f"p99 {visibility['visible_p99_ms']:.1f} ms  ({visibility['visible_p50_vs_plain_recommend']:.2f}x a "
+                    f"plain /recommend, p50 {visibility['plain_recommend_p50_ms']:.1f} ms, same run)",
+                    flush=True,
+                )
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = {
         "endpoint": "POST /recommend k=10",
@@ -322,6 +336,7 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
         **checked,
         "results": rows,
         "impression_logging_p50_ratio": impression_cost(rows),
+        "feedback_visibility": visibility,
     }
     out.write_text(json.dumps(report, indent=2))
     print(
@@ -334,6 +349,42 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
         )
     for connections, ratio in report["impression_logging_p50_ratio"].items():
         print(f"impression logging on/off, p50 at {connections} connections: {ratio:.3f} (target <= 1.10)")
+
+
+def feedback_visibility(url: str, users: list[str], timeout_s: float = 5.0) -> dict:
+    """How long until a like shows: POST /feedback (a like of the user's top video), then
+    /recommend until the answer is steered by the session and the video is gone. Baseline of the
+    same run: one plain /recommend round trip of the same users."""
+    import httpx
+
+    seen, plain = [], []
+    with httpx.Client(timeout=10) as http:
+        for user in users:
+            started = time.perf_counter()
+            first = http.post(url + "/recommend", json={"user_id": user, "k": 10}).raise_for_status().json()
+            plain.append(time.perf_counter() - started)
+            video = first["items"][0]["video_id"]
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            event = {"user_id": user, "video_id": video, "event_ts": now, "event_type": "like",
+                     "request_id": first["request_id"], "position": 1}  # fmt: skip
+            started = time.perf_counter()
+            http.post(url + "/feedback", json={"events": [event]}).raise_for_status()
+            while time.perf_counter() - started < timeout_s:
+                answer = http.post(url + "/recommend", json={"user_id": user, "k": 10}).raise_for_status().json()
+                if answer["in_session"] and video not in [i["video_id"] for i in answer["items"]]:
+                    seen.append(time.perf_counter() - started)
+                    break
+            else:
+                raise SystemExit(f"a like of {video} by user {user} was not visible after {timeout_s} s")
+    quantile = lambda xs, q: sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] * 1000  # noqa: E731
+    out = {
+        "users": len(users),
+        "visible_p50_ms": round(quantile(seen, 0.5), 2),
+        "visible_p99_ms": round(quantile(seen, 0.99), 2),
+        "plain_recommend_p50_ms": round(quantile(plain, 0.5), 2),
+    }
+    out["visible_p50_vs_plain_recommend"] = round(out["visible_p50_ms"] / out["plain_recommend_p50_ms"], 2)
+    return out
 
 
 def impression_cost(rows: list[dict]) -> dict[str, float]:

@@ -43,6 +43,7 @@ SESSION_FIELDS = (
     "session_started_s",  # epoch seconds of the session's first event
     "last_active_s",  # epoch seconds of its newest event
     "session_events",
+    "updated_s",  # when the row was made (a push: the wall clock; a batch: its as-of time)
     "watched_ids",
     "liked_ids",
     "disliked_ids",
@@ -101,11 +102,12 @@ def genre_shares(video_ids: Iterable[str], genres_of: GenresOf) -> str:
     return LIST_SEPARATOR.join(f"{g}:{round(n / total, 3)}" for g, n in top)
 
 
-def fold_session(previous: dict | None, events: pd.DataFrame, genres_of: GenresOf) -> dict:
+def fold_session(previous: dict | None, events: pd.DataFrame, genres_of: GenresOf, made_at: float) -> dict:
     """The session row after `events` (one user's, any order): `previous` continued, or a new one.
 
     `previous` holds SESSION_FIELDS (e.g. the online row, without view prefixes); None or
-    empty for a user without a session. Returns SESSION_FIELDS plus `event_timestamp`.
+    empty for a user without a session; `made_at`: epoch seconds, for `updated_s`. Returns
+    SESSION_FIELDS plus `event_timestamp` (the newest event's time).
     """
     previous = dict(previous or {})
     started, last = _number(previous.get("session_started_s")), _number(previous.get("last_active_s"))
@@ -113,12 +115,12 @@ def fold_session(previous: dict | None, events: pd.DataFrame, genres_of: GenresO
     disliked = split_ids(previous.get("disliked_ids"))
     count = int(_number(previous.get("session_events")) or 0) if not math.isnan(last) else 0
     for row in _events_frame(events).itertuples(index=False):
-        at = _epoch(row.event_ts)
-        if math.isnan(last) or at - last > SESSION_GAP.total_seconds():
-            if not math.isnan(last) and at < last:
-                continue  # a late event of an earlier session does not reopen it
+        at, gap = _epoch(row.event_ts), SESSION_GAP.total_seconds()
+        if not math.isnan(started) and at < started - gap:
+            continue  # a late event of an earlier session does not reopen it
+        if math.isnan(last) or at - last > gap:
             started, last, count, watched, liked, disliked = at, at, 0, [], [], []
-        last = max(last, at)
+        started, last = min(started, at), max(last, at)
         count += 1
         video = None if pd.isna(row.video_id) else str(row.video_id)
         if video is None:
@@ -136,6 +138,7 @@ def fold_session(previous: dict | None, events: pd.DataFrame, genres_of: GenresO
         "session_started_s": started,
         "last_active_s": last,
         "session_events": count,
+        "updated_s": float(made_at),
         "watched_ids": _join_newest(watched, []),
         "liked_ids": _join_newest(liked, []),
         "disliked_ids": _join_newest(disliked, []),
@@ -144,28 +147,37 @@ def fold_session(previous: dict | None, events: pd.DataFrame, genres_of: GenresO
     }
 
 
-def fold_recent(previous: dict | None, events: pd.DataFrame, stamped: datetime | None = None) -> dict:
+def fold_recent(previous: dict | None, events: pd.DataFrame) -> dict:
     """`user_recent`'s row after `events`: counts added, last activity now, watched videos first.
 
     The day/week/month counts are those of the batch snapshot plus the new events (the next batch
-    snapshot recounts them exactly). Stamped with the newest event, or `stamped` if newer.
+    snapshot recounts them exactly). `event_timestamp`: the newest event's time.
     """
     previous = dict(previous or {})
     frame = _events_frame(events)
-    newest = frame["event_ts"].max()
-    stamp = max(t for t in (newest.to_pydatetime(), stamped) if t is not None)
     watched = frame[frame["event_type"].isin(WATCHED) & frame["video_id"].notna()]
     new_ids = [str(v) for v in reversed(watched["video_id"].tolist())]
-    counts = {
-        name: int(_number(previous.get(name)) if not math.isnan(_number(previous.get(name))) else 0) + len(frame)
-        for name in ("events_1d", "events_7d", "events_30d")
-    }
+    counts = {}
+    for name in ("events_1d", "events_7d", "events_30d"):
+        before = _number(previous.get(name))
+        counts[name] = (0 if math.isnan(before) else int(before)) + len(frame)
     return {
         **counts,
         "days_since_last_activity": 0.0,
         "last_video_ids": _join_newest(new_ids, split_ids(previous.get("last_video_ids")), RECENT_IDS),
-        "event_timestamp": stamp,
+        "event_timestamp": frame["event_ts"].max().to_pydatetime() if len(frame) else None,
     }
+
+
+def push_stamp(stored_s: float | None, now: datetime) -> datetime:
+    """The event time a pushed row carries: now, and later than the row it replaces.
+
+    Feast's Redis store keeps a stored row that is as new or newer (its SQLite store and our bulk
+    writer keep a newer one), and a batch snapshot may be stamped up to a day ahead (the midnight
+    after its last event); the online read gives stored times in whole seconds, hence the +1 s.
+    """
+    floor = datetime.fromtimestamp(float(stored_s) + 1.0, UTC) if stored_s else None
+    return max(now, floor) if floor is not None else now
 
 
 def unprefixed(row: dict, view: str) -> dict:
@@ -200,7 +212,7 @@ def session_table(lake: Lake, as_of_times: Iterable[pd.Timestamp], genres_of: Ge
         if events.empty:
             continue
         for user_id, group in events.groupby("user_id", sort=True):
-            row = fold_session(None, group, genres_of)
+            row = fold_session(None, group, genres_of, made_at=as_of.timestamp())
             if row["event_timestamp"] is None:
                 continue
             # Stamped at the as-of time like every batch table (built from events before it).

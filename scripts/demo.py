@@ -271,6 +271,7 @@ def main() -> None:
         Airflow  http://127.0.0.1:{os.environ.get("AIRFLOW_PORT", "8080")}   (the three DAGs and these runs; no login on localhost)
         MLflow   http://127.0.0.1:{os.environ.get("MLFLOW_PORT", "5000")}   (experiment 'vidrec', models vidrec-candidates / vidrec-ranker)
     serve the champion:        VIDREC_HOME={HOME} {BIN}/bentoml serve serving.service:Vidrec
+        web page                http://127.0.0.1:3000/ui   (pick a user, react to the cards, see the list move)
     re-run one DAG:            AIRFLOW_HOME={AIRFLOW_HOME} AIRFLOW__CORE__DAGS_FOLDER={ROOT / "dags"} VIDREC_HOME={HOME} \\
                                {BIN}/airflow dags test vidrec_training {date}"""
     )

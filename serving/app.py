@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 
 import mlflow
 import numpy as np
+import pandas as pd
 
 from feature_repo.schema import utc_time
 from models.lifecycle import registry
@@ -63,6 +64,7 @@ from serving.schemas import (
     StatusResponse,
     UnattributedEvent,
 )
+from serving.session import SessionIntent, fresh_rows, session_updated_at, steer
 
 log = logging.getLogger("vidrec.serving")
 assignments = logging.getLogger("vidrec.ab")
@@ -397,10 +399,22 @@ class RecommenderApp:
         variant = ab.assign(user_id, self.config.experiment, share)
         engine = state.engines[variant]
         user_row = engine.user_row(user_id)
+        # The online row first: the session it carries (pushed by /feedback from any worker) says
+        # what to leave out and steer towards, and whether a precomputed list is older than it.
+        user, store_down = None, False
+        try:
+            user = self.online.user_row(user_id)
+        except StoreUnavailable:
+            store_down = True
+        intent = SessionIntent.of(user, ts)
         blocked = list(exclude or ())
         recent = self.recent_seen.fresh(user_id)
         if recent:
             blocked.extend(recent)
+        if user:
+            blocked.extend(parse_video_list(user.get("user_recent__last_video_ids")))
+        if intent is not None:
+            blocked.extend(intent.seen)
         exclude_rows = engine.rows_of(blocked) if blocked else None
 
         served_from, degraded = "realtime", False
@@ -408,6 +422,8 @@ class RecommenderApp:
         ranker_scores: np.ndarray | None = None
 
         fresh = self._precomputed(user_id, engine)
+        if fresh is not None and fresh.generated_at < session_updated_at(user):
+            fresh = None  # made before the user's latest events: rank in real time instead
         if fresh is not None:
             rows = engine.rows_of(fresh.video_ids)
             order = {v: i for i, v in enumerate(fresh.video_ids)}
@@ -422,17 +438,8 @@ class RecommenderApp:
                 ranker_scores = scores[keep]
                 served_from = "precomputed"
 
-        user = None
         if listing is None:
-            try:
-                user = self.online.user_row(user_id)
-            except StoreUnavailable:
-                degraded = True
-            if user:
-                recent_ids = parse_video_list(user.get("user_recent__last_video_ids"))
-                if recent_ids:
-                    extra = engine.rows_of(recent_ids)
-                    exclude_rows = extra if exclude_rows is None else np.union1d(exclude_rows, extra)
+            degraded = store_down
             if user_row is None:
                 served_from = "cold_start"
                 known = user is not None and any(v is not None for name, v in user.items() if name != "user_id")
@@ -471,6 +478,14 @@ class RecommenderApp:
                         ),
                     )
 
+        if intent is not None:
+            listing, ranker_scores = steer(
+                engine,
+                listing,
+                ranker_scores,
+                intent,
+                exclude_rows if exclude_rows is not None else np.zeros(0, np.int64),
+            )
         items = self._personalize(engine, listing, ranker_scores, k, device, ts)
         if self.config.log_assignments:
             assignments.info(
@@ -481,7 +496,9 @@ class RecommenderApp:
                 served_from,
                 degraded,
             )
-        return self._answer(user_id, items, variant, engine, served_from, degraded, len(listing.rows), device, ts)
+        return self._answer(
+            user_id, items, variant, engine, served_from, degraded, len(listing.rows), device, ts, intent is not None
+        )
 
     def fallback(
         self,
@@ -512,6 +529,7 @@ class RecommenderApp:
         candidates: int,
         device: str,
         ts: datetime,
+        in_session: bool = False,
     ) -> RecommendResponse:
         """The response, with a fresh request id; its slate queued as impressions (never blocks)."""
         request_id = self.request_ids.new(variant)
@@ -534,6 +552,7 @@ class RecommenderApp:
             model_versions=engine.versions,
             served_from=served_from,
             degraded=degraded,
+            in_session=in_session,
             candidates=candidates,
             device=device,
             timestamp=ts,
@@ -576,7 +595,9 @@ class RecommenderApp:
                     video_id=engine.video_ids[row],
                     rank=i + 1,
                     score=round(float(score), 6),
-                    ranker_score=None if ranker_scores is None else round(float(ranker_scores[pos]), 6),
+                    ranker_score=None
+                    if ranker_scores is None or not np.isfinite(ranker_scores[pos])
+                    else round(float(ranker_scores[pos]), 6),
                     sources=sources,
                     reason=reason(
                         sources[0] if sources else None,
@@ -636,6 +657,35 @@ class RecommenderApp:
                 )
         return variant, None
 
+    def _push_fresh(self, accepted) -> int:
+        """Push the accepted events' effect (user_recent, user_session) to the online store; returns
+        how many users' rows were pushed. A store that is down loses nothing: the events are in
+        the log, and the next ingest + materialization brings them online."""
+        activity = accepted[accepted["event_type"] != "impression"]
+        state = self.state
+        if activity.empty or state is None:
+            return 0
+        users = sorted({str(u) for u in activity["user_id"]})
+        try:
+            previous = self.online.user_rows(users, with_times=True)
+        except StoreUnavailable as exc:
+            log.warning("fresh features of %d users not pushed (online store down: %s)", len(users), exc)
+            return 0
+        engine = state.engines[ab.CHAMPION]
+        now = datetime.now(UTC)
+        by_view: dict[str, list[dict]] = {}
+        for user_id, row in zip(users, previous, strict=True):
+            events = activity[activity["user_id"].astype(str) == user_id]
+            for view, fresh in fresh_rows(row, events, engine.genres_of, now).items():
+                by_view.setdefault(view, []).append({"user_id": user_id, **fresh})
+        try:
+            for view, rows in by_view.items():
+                self.online.push(view, pd.DataFrame(rows))
+        except StoreUnavailable as exc:
+            log.warning("fresh features of %d users not pushed (online store down: %s)", len(users), exc)
+            return 0
+        return len(users)
+
     def feedback(self, events: list[dict]) -> FeedbackResponse:
         result = self.feedback_log.append(events)
         rejected = {r.index for r in result.rejected}
@@ -653,8 +703,9 @@ class RecommenderApp:
                 clicks[variant] = clicks.get(variant, 0) + 1
         for variant, n in clicks.items():
             self.observe.clicks(variant, n)
-        # What a user just watched stops being recommended by this worker at once (the online
-        # store's recent-activity view covers every worker after the next push/materialization).
+        pushed = self._push_fresh(result.accepted) if len(result.accepted) else 0
+        # What a user just watched also stops being recommended by this worker at once (the push
+        # covers every worker; this covers a push that failed).
         if len(result.accepted):
             watched = result.accepted[
                 result.accepted["video_id"].notna() & (result.accepted["event_type"] != "impression")
@@ -669,6 +720,7 @@ class RecommenderApp:
             rejected=[RejectedEvent(index=r.index, event_id=r.event_id, reasons=r.reasons) for r in result.rejected],
             attributed=attributed,
             unattributed=unattributed,
+            pushed_users=pushed,
             log_file=str(result.log_file) if result.log_file else None,
             quarantine_file=str(result.quarantine_file) if result.quarantine_file else None,
         )

@@ -289,6 +289,7 @@ class Engine:
         self.cold_pool = np.argsort(-base, kind="stable")[:COLD_POOL]
         self.cold_base = base
         self.genre_vocabulary, self.genre_matrix = _genre_matrix(videos.genres, self.n_videos)
+        self._genre_names: list[str] = []
 
     # ---- ids ------------------------------------------------------------------------------------
 
@@ -297,6 +298,15 @@ class Engine:
 
     def video_row(self, video_id: str) -> int | None:
         return self.video_pos.get(video_id)
+
+    def genres_of(self, video_id: str) -> list[str]:
+        """The genres of a catalog video ([] when unknown)."""
+        row = self.video_pos.get(video_id)
+        if row is None or not self.genre_vocabulary:
+            return []
+        if len(self._genre_names) != len(self.genre_vocabulary):
+            self._genre_names = sorted(self.genre_vocabulary, key=self.genre_vocabulary.__getitem__)
+        return [self._genre_names[c] for c in self.genre_matrix[row].indices]
 
     def rows_of(self, video_ids) -> np.ndarray:
         """Catalog rows of the known ids among `video_ids` (unknown ids are ignored)."""

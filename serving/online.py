@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.schema import KNOWN_DEVICES
-from feature_repo.store import USER_VIEWS, VIDEO_VIEWS
+from feature_repo.store import USER_VIEWS, VIDEO_VIEWS, push_online
 from serving.breaker import CircuitBreaker, fast_retry
 from vidrec.settings import Settings
 
@@ -96,17 +96,33 @@ class OnlineFeatures:
 
     def user_row(self, user_id: str) -> dict[str, object]:
         """{'user_profile__x': value, ...} for one user; values are None when the store has none."""
+        return self.user_rows([user_id])[0]
+
+    def user_rows(self, user_ids: list[str], with_times: bool = False) -> list[dict[str, object]]:
+        """`user_row` of each user, in one read; `with_times` adds '<ref>__ts' (epoch seconds of the
+        stored row, 0 when none) per feature."""
         if not self.breaker.allow():
             raise StoreUnavailable(self.breaker.status())
         try:
             response = self._store().get_online_features(
-                features=self.user_refs(), entity_rows=[{"user_id": user_id}], full_feature_names=True
+                features=self.user_refs(), entity_rows=[{"user_id": u} for u in user_ids], full_feature_names=True
             )
-            row = {name: values[0] for name, values in response.to_dict().items()}
+            columns = response.to_dict(include_event_timestamps=with_times)
+            rows = [{name: values[i] for name, values in columns.items()} for i in range(len(user_ids))]
         except Exception as exc:  # any failure of the store or its client means: degrade
             raise self._failed(exc) from exc
         self.breaker.success()
-        return row
+        return rows
+
+    def push(self, view: str, frame: pd.DataFrame) -> None:
+        """Fresh rows of a push-fed user view into the online store (Feast's push source)."""
+        if not self.breaker.allow():
+            raise StoreUnavailable(self.breaker.status())
+        try:
+            push_online(view, frame, store=self._store())
+        except Exception as exc:
+            raise self._failed(exc) from exc
+        self.breaker.success()
 
     def ping(self, user_id: str = "__vidrec_readiness__") -> None:
         """One real read, whatever the breaker says; raises StoreUnavailable when it fails."""

@@ -36,6 +36,7 @@ SOURCE_REASONS = {
     "mult-vae": "viewers with similar taste watched it",
     "sasrec": "follows what you watched recently",
     "similar-to-recent": "similar to what you just watched",
+    "session": "like what you just watched or liked",
     "genres": "in your favourite genres",
 }
 

@@ -94,6 +94,7 @@ class RecommendResponse(BaseModel):
     model_versions: dict[str, str]
     served_from: str  # realtime | precomputed | cold_start | cache | popular
     degraded: bool
+    in_session: bool = False  # the viewer's current session (fresh /feedback events) steered the list
     candidates: int  # how many videos were considered (ranked by the ranker on the real-time path)
     device: str
     timestamp: datetime
@@ -131,6 +132,7 @@ class FeedbackResponse(BaseModel):
     rejected: list[RejectedEvent]
     attributed: int  # accepted events whose request_id is an answer of this service
     unattributed: list[UnattributedEvent]  # accepted, but their request_id does not name an answer
+    pushed_users: int = 0  # users whose fresh features reached the online store with this batch
     log_file: str | None
     quarantine_file: str | None
 

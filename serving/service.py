@@ -13,6 +13,7 @@ Endpoints (all POST with a JSON body, except the probes and metrics):
     /status      {} -> what is loaded, store health, A/B split
     GET /livez /healthz (liveness), /readyz (models loaded and online store reachable: 200 or 503),
     GET /metrics (Prometheus: BentoML's request metrics plus vidrec_* counters)
+    GET /ui      a web page for people: pick a user, see history and cards, react (serving/ui)
 
 Bad input gets a 400 naming the field (pydantic), 413 for bodies over 1 MB, 415 for non-JSON.
 Configuration: vidrec.settings (VIDREC_HOME, VIDREC_PROFILE, VIDREC_MLFLOW_URI, Feast locations)
@@ -48,6 +49,7 @@ from serving.schemas import (
     SimilarResponse,
     StatusResponse,
 )
+from serving.ui import create_app
 
 log = logging.getLogger("vidrec.serving")
 
@@ -214,3 +216,5 @@ class Vidrec:
 
 
 Vidrec.add_asgi_middleware(RequestGuard, max_bytes=MAX_BODY_BYTES, api_paths=API_PATHS, recycle_after=RECYCLE_AFTER)  # type: ignore[attr-defined]
+# The web page for people (serving/ui): mounted here, so the service serves it with no extra process.
+Vidrec.mount_asgi_app(create_app(), path="/ui")  # type: ignore[attr-defined]

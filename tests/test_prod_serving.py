@@ -213,6 +213,24 @@ def test_the_service_reads_user_features_from_redis(prod):
     )
 
 
+def test_a_like_is_pushed_to_redis_and_steers_the_next_answer(prod):
+    """/feedback pushes the session to Redis through Feast's push source: every worker's next answer
+    for the user is steered by it (the liked video gone, its neighbours proposed as "session")."""
+    user = "120"  # not one of LOAD_USERS: their load run stays as it was
+    first = recommend(prod, user).json()
+    liked = first["items"][0]["video_id"]
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    event = {"user_id": user, "video_id": liked, "event_ts": now, "event_type": "like",
+             "request_id": first["request_id"], "position": 1}  # fmt: skip
+    answer = httpx.post(f"{prod.server.url}/feedback", json={"events": [event]}, timeout=30).json()
+    assert answer["accepted"] == 1 and answer["pushed_users"] == 1, answer
+    for _ in range(4):  # two workers
+        after = recommend(prod, user).json()
+        ids = [item["video_id"] for item in after["items"]]
+        assert after["in_session"] is True and liked not in ids
+        assert any("session" in item["sources"] for item in after["items"])
+
+
 @dataclass
 class Outcome:
     user: str

@@ -434,6 +434,78 @@ def test_feedback_hides_what_was_just_watched(champion):
     assert top not in [i.video_id for i in again.items]
 
 
+def _ask(server, user: str, k: int = 20) -> dict:
+    body = {"user_id": user, "k": k, "context": {"device": "desktop", "timestamp": AT.isoformat()}}
+    response = post(server, "/recommend", body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _ids(answer: dict) -> list[str]:
+    return [item["video_id"] for item in answer["items"]]
+
+
+def test_a_like_steers_the_next_answer_on_every_worker_and_after_a_restart(champion, server):
+    """The like goes to the online store (Feast push), so whichever worker answers next, and a
+    restarted service, sees it: the video is gone, its neighbours rise, a precomputed list older
+    than the like is bypassed."""
+    user = "12"
+    url = f"sqlite:///{champion.settings.home / 'serving' / 'precomputed.db'}"
+    row = champion.system.data.user_rows([user])[0]
+    recs = champion.system.rank(
+        Requests.at(np.array([row]), pd.Timestamp(AT)), k=40, lookup=feast_online_lookup(champion)
+    )
+    precomputed.write_recommendations(url, recs, champion.versions)
+    before = _ask(server, user)
+    assert before["served_from"] == "precomputed" and before["in_session"] is False
+    liked = _ids(before)[3]
+    neighbours = set(_ids(post(server, "/similar", {"video_id": liked, "k": 30}).json()))
+    event = {"user_id": user, "video_id": liked, "event_ts": AT.isoformat(), "event_type": "like", "device": "desktop",
+             "request_id": before["request_id"], "position": 4}  # fmt: skip
+    started = time.perf_counter()
+    feedback = post(server, "/feedback", {"events": [event]}).json()
+    assert feedback["accepted"] == 1 and feedback["pushed_users"] == 1, feedback
+
+    def steered(answer: dict) -> None:
+        ids = _ids(answer)
+        assert answer["in_session"] is True and answer["served_from"] == "realtime", answer["served_from"]
+        assert liked not in ids
+        assert len(neighbours & set(ids)) > len(neighbours & set(_ids(before))), (ids, neighbours)
+        assert any("session" in item["sources"] for item in answer["items"])
+
+    answers = [_ask(server, user) for _ in range(6)]  # two workers: each answers some of them
+    print(f"like -> steered answer: {1000 * (time.perf_counter() - started):.0f} ms for 6 answers after the push")
+    for answer in answers:
+        steered(answer)
+    server.restart()  # nothing lived only in a worker's memory
+    steered(_ask(server, user))
+
+
+def test_a_dislike_removes_the_video_and_pushes_its_neighbours_down(champion, server):
+    user = "15"
+    before = _ask(server, user, k=30)
+    ids = _ids(before)
+    # The shown video with the most shown neighbours: the penalty has something to move.
+    similar = {v: set(_ids(post(server, "/similar", {"video_id": v, "k": 30}).json())) for v in ids[:10]}
+    disliked = max(similar, key=lambda v: len(similar[v] & set(ids)))
+    near = similar[disliked] & set(ids)
+    assert near, "no shown video has a shown neighbour"
+    event = {
+        "user_id": user,
+        "video_id": disliked,
+        "event_ts": AT.isoformat(),
+        "event_type": "dislike",
+        "device": "desktop",
+    }
+    assert post(server, "/feedback", {"events": [event]}).json()["pushed_users"] == 1
+    after = _ask(server, user, k=30)
+    after_ids = _ids(after)
+    assert after["in_session"] is True and disliked not in after_ids
+    old_rank = {v: i for i, v in enumerate(ids)}
+    new_rank = {v: after_ids.index(v) if v in after_ids else len(after_ids) for v in near}
+    assert sum(new_rank[v] - old_rank[v] for v in near) > 0, (old_rank, new_rank)
+
+
 # ---- degraded: the online store goes away and comes back ---------------------------------------------
 
 

@@ -80,6 +80,9 @@ user_session = FeatureView(
         Field(name="last_active_s", dtype=Float64, description="Epoch seconds of the newest event."),
         Field(name="session_events", dtype=Int64),
         Field(
+            name="updated_s", dtype=Float64, description="When the row was made: a push's wall clock, a batch's as-of."
+        ),
+        Field(
             name="watched_ids", dtype=String, description="Videos played/watched/rated in the session, newest first."
         ),
         Field(name="liked_ids", dtype=String, description="Videos liked in the session, newest first."),
