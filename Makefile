@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo ui serve lint test test-fast bench lock clean
+.PHONY: install browser demo ui serve lint secrets test test-fast bench lock clean
 
 install: $(STAMP)
 
@@ -46,6 +46,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(MAKE) --no-print-directory secrets
+
+# Secret scan of every tracked file (Yelp's detect-secrets); a false positive gets an inline
+# `# pragma: allowlist secret` with the reason.
+secrets: $(STAMP)
+	git ls-files -z | xargs -0 $(BIN)/detect-secrets-hook  # pragma: allowlist secret
 
 test: $(STAMP)
 	$(BIN)/pytest -q

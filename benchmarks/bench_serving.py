@@ -19,6 +19,11 @@ Every answer's slate goes to the impression log (serving.impressions) as in prod
 run of the first cache configuration with VIDREC_LOG_IMPRESSIONS=0 measures what that logging
 costs: the p50 with logging on over the p50 with it off, at each concurrency (target: <= 1.10).
 
+The same-run baseline: before vidrec, a trivial BentoML endpoint (benchmarks/trivial_service.py:
+async, pydantic output, access log off, the same workers) takes the same load at each concurrency;
+vidrec's req/s is printed as a share of its req/s and vidrec's p99 as a multiple of its p99 (targets
+at 32 connections: >= 35% cache off, >= 50% cache on, p99 <= 3x).
+
 Last, `/feedback` -> visible: for 40 users a like of their top video is posted and /recommend asked
 until the answer is steered by the session (the like pushed to the online store) and the video is
 gone; p50/p99 of that time, beside a plain /recommend round trip of the same run.
@@ -278,6 +283,7 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
     rows = []
     checked: dict = {}
     visibility: dict = {}
+    baseline = measure_baseline(args, client, users)
     configurations = [(cache, "on") for cache in args.cache] if "on" in args.impressions else []
     if "off" in args.impressions:
         configurations.append((args.cache[0], "off"))
@@ -310,10 +316,17 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
                     {"candidate_cache": cache, "impressions": impressions, "connections": connections,
                      "client": client, **result}
                 )  # fmt: skip
+                base = baseline[connections]
+                rows[-1]["vs_trivial"] = {
+                    "requests_per_s": round(result["requests_per_s"] / base["requests_per_s"], 3),
+                    "p99": round(result["p99_ms"] / base["p99_ms"], 2),
+                }
                 print(
                     f"[{label}] {connections:>3} connections: {result['requests_per_s']:7.1f} req/s  "
                     f"p50 {result['p50_ms']:6.2f} ms  p95 {result['p95_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
-                    f"max {result['max_ms']:7.2f} ms  errors {result['errors']}",
+                    f"max {result['max_ms']:7.2f} ms  errors {result['errors']}  | "
+                    f"{rows[-1]['vs_trivial']['requests_per_s']:.0%} of the trivial endpoint's req/s, "
+                    f"p99 {rows[-1]['vs_trivial']['p99']:.1f}x its",
                     flush=True,
                 )
             if (cache, impressions) == configurations[-1]:
@@ -337,18 +350,43 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
         "results": rows,
         "impression_logging_p50_ratio": impression_cost(rows),
         "feedback_visibility": visibility,
+        "trivial_endpoint": {str(c): r for c, r in baseline.items()},
     }
     out.write_text(json.dumps(report, indent=2))
     print(
-        "\n| candidate cache | impressions | connections | req/s | p50 ms | p95 ms | p99 ms | errors |\n"
-        "|---|---|---|---|---|---|---|---|"
+        "\n| candidate cache | impressions | connections | req/s | % of trivial | p50 ms | p99 ms | p99 / trivial | errors |\n"
+        "|---|---|---|---|---|---|---|---|---|"
     )
     for r in rows:
         print(
-            f"| {r['candidate_cache']} | {r['impressions']} | {r['connections']} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
+            f"| {r['candidate_cache']} | {r['impressions']} | {r['connections']} | {r['requests_per_s']:.0f} | "
+            f"{r['vs_trivial']['requests_per_s']:.0%} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['vs_trivial']['p99']:.1f}x | {r['errors']} |"
         )
+    print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}; load client {client}")
     for connections, ratio in report["impression_logging_p50_ratio"].items():
         print(f"impression logging on/off, p50 at {connections} connections: {ratio:.3f} (target <= 1.10)")
+
+
+def measure_baseline(args: argparse.Namespace, client: str, users: list[str]) -> dict[int, dict]:
+    """The trivial BentoML endpoint (benchmarks/trivial_service.py) under the same load, per concurrency."""
+    out = {}
+    env = {"VIDREC_SERVE_WORKERS": str(args.workers)}
+    with ServerProcess(
+        env=env, log_path=RESULTS / "serving-trivial.log", service="benchmarks.trivial_service:Trivial"
+    ) as server:
+        (run_wrk(server.url, users, 8, 4, 1) if client == "wrk" else run_httpx(server.url, users, 8, 4))
+        for connections in args.connections:
+            if client == "wrk":
+                result = run_wrk(server.url, users, connections, args.duration, threads=1 if connections <= 4 else 2)
+            else:
+                result = run_httpx(server.url, users, connections, args.duration)
+            out[connections] = result
+            print(
+                f"[trivial BentoML endpoint] {connections:>3} connections: {result['requests_per_s']:7.1f} req/s  "
+                f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}",
+                flush=True,
+            )
+    return out
 
 
 def feedback_visibility(url: str, users: list[str], timeout_s: float = 5.0) -> dict:

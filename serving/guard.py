@@ -37,15 +37,15 @@ class RequestGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         media_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if media_type in NOT_JSON:
-            return await _reply(send, 415, f"Content-Type must be application/json, got {media_type!r}")
+            return await reply_json(send, 415, f"Content-Type must be application/json, got {media_type!r}")
         length = headers.get("content-length")
         if length is not None:
             try:
                 size = int(length)
             except ValueError:
-                return await _reply(send, 400, f"invalid Content-Length {length!r}")
+                return await reply_json(send, 400, f"invalid Content-Length {length!r}")
             if size > self.max_bytes:
-                return await _reply(
+                return await reply_json(
                     send, 413, f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes"
                 )
 
@@ -58,7 +58,7 @@ class RequestGuard:
             body = message.get("body", b"")
             received += len(body)
             if received > self.max_bytes:
-                return await _reply(send, 413, f"request body exceeds the limit of {self.max_bytes} bytes")
+                return await reply_json(send, 413, f"request body exceeds the limit of {self.max_bytes} bytes")
             chunks.append(body)
             if not message.get("more_body", False):
                 break
@@ -91,13 +91,18 @@ class RequestGuard:
         return closing_send
 
 
-async def _reply(send, status: int, message: str) -> None:
+async def reply_json(send, status: int, message: str, headers: list | None = None) -> None:
+    """Answer `{"error": message}` with `status` (and extra raw headers) from an ASGI middleware."""
     body = json.dumps({"error": message}).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

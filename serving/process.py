@@ -30,7 +30,13 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, env: dict[str, str] | None = None, port: int | None = None, log_path: Path | None = None):
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        log_path: Path | None = None,
+        service: str = SERVICE,
+    ):
         # Only `env` says where state lives: VIDREC_* / MLFLOW_* of the calling process are dropped.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("VIDREC_", "MLFLOW_"))}
         self.env = {**inherited, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", **(env or {})}
@@ -38,10 +44,11 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path or tempfile.mkstemp(prefix="vidrec-serve-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
+        self.service = service
 
     def start(self, ready_timeout: float = 180.0, require_ready: bool = True) -> ServerProcess:
         bentoml = Path(sys.executable).with_name("bentoml")
-        command = [str(bentoml), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [str(bentoml), "serve", self.service, "--host", "127.0.0.1", "--port", str(self.port)]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -15,6 +15,8 @@ Endpoints (all POST with a JSON body, except the probes and metrics):
     GET /metrics (Prometheus: BentoML's request metrics plus vidrec_* counters)
     GET /ui      a web page for people: pick a user, see history and cards, react (serving/ui)
 
+Client endpoints need an API key when keys are configured (always in prod): 401/403, and 429 with
+Retry-After past the key's rate (serving.access).
 Bad input gets a 400 naming the field (pydantic), 413 for bodies over 1 MB, 415 for non-JSON.
 Configuration: vidrec.settings (VIDREC_HOME, VIDREC_PROFILE, VIDREC_MLFLOW_URI, Feast locations)
 and serving.config (VIDREC_RELOAD_TOKEN, VIDREC_AB_*, VIDREC_PRECOMPUTED_*, ...), plus
@@ -33,6 +35,7 @@ import os
 import bentoml
 from starlette.responses import JSONResponse
 
+from serving.access import AccessControl, AccessPolicy
 from serving.app import NotReady, Observers, RecommenderApp, Unauthorized, UnknownVideo
 from serving.config import ServingConfig
 from serving.guard import RequestGuard
@@ -60,6 +63,9 @@ MAX_BODY_BYTES = int(os.environ.get("VIDREC_MAX_BODY_BYTES", str(1_000_000)))
 API_PATHS = ("/recommend", "/similar", "/feedback", "/reload", "/status")
 # Requests per keep-alive connection before the server closes it (see serving.guard); 0 = never.
 RECYCLE_AFTER = int(os.environ.get("VIDREC_CONNECTION_MAX_REQUESTS", "200"))
+# Client keys, rate limits, admin-only ops endpoints (serving.access). Read at import: the prod
+# profile refuses to start without keys.
+ACCESS = AccessPolicy.from_env()
 
 
 def _error(status: int, message: str, **extra) -> JSONResponse:
@@ -130,6 +136,11 @@ class Vidrec:
         # BentoML's root logger shows warnings and up: let vidrec's own INFO lines through
         # (model loads and reloads, and the per-request A/B assignment on logger vidrec.ab).
         logging.getLogger("vidrec").setLevel(os.environ.get("VIDREC_LOG_LEVEL", "INFO").upper())
+        if not ACCESS.keys_on:
+            log.warning(
+                "client API keys are off: /recommend, /similar, /feedback and /ui/api answer anyone "
+                "(set VIDREC_API_KEYS_FILE or VIDREC_API_KEYS; see serving/keys.py)"
+            )
         self.app = RecommenderApp(ServingConfig.from_env())
         self.metrics = _Metrics()
         self.app.observe = self.metrics.observers()
@@ -216,5 +227,6 @@ class Vidrec:
 
 
 Vidrec.add_asgi_middleware(RequestGuard, max_bytes=MAX_BODY_BYTES, api_paths=API_PATHS, recycle_after=RECYCLE_AFTER)  # type: ignore[attr-defined]
+Vidrec.add_asgi_middleware(AccessControl, policy=ACCESS)  # type: ignore[attr-defined]
 # The web page for people (serving/ui): mounted here, so the service serves it with no extra process.
 Vidrec.mount_asgi_app(create_app(), path="/ui")  # type: ignore[attr-defined]

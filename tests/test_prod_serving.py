@@ -16,7 +16,9 @@ process is stopped, the databases dropped at the end.
 from __future__ import annotations
 
 import collections
+import json
 import os
+import secrets
 import signal
 import subprocess
 import threading
@@ -36,6 +38,17 @@ from vidrec.settings import Settings
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 USERS = 150  # the first MovieLens users: every one is known to the champion
+# The prod profile serves only clients with keys: one for the tests (every endpoint, no limit) and
+# one with a small rate limit, shared by both workers through Redis.
+CLIENT_KEY = "vk_tests_" + secrets.token_urlsafe(18)  # pragma: allowlist secret (made per run)
+LIMITED_KEY = "vk_limited_" + secrets.token_urlsafe(18)
+ADMIN_TOKEN = "prod-admin-" + secrets.token_hex(8)
+API_KEYS = json.dumps([
+    {"name": "tests", "key": CLIENT_KEY, "endpoints": ["*"]},
+    {"name": "limited", "key": LIMITED_KEY, "endpoints": ["/recommend"], "rate_per_s": 2, "burst": 3},
+])  # fmt: skip
+CLIENT = {"X-API-Key": CLIENT_KEY}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 LOAD_USERS = [str(u) for u in range(1, 41)]
 
 
@@ -144,7 +157,8 @@ def prod(ml_small, tmp_path_factory):
                 engine.dispose()
         assert settings.profile == "prod" and champion.feature_service
 
-        server_env = {**env, "VIDREC_STORE_RETRY_S": "1", "VIDREC_SERVE_WORKERS": "2", "VIDREC_RELOAD_POLL_S": "0"}
+        server_env = {**env, "VIDREC_STORE_RETRY_S": "1", "VIDREC_SERVE_WORKERS": "2", "VIDREC_RELOAD_POLL_S": "0",
+                      "VIDREC_API_KEYS": API_KEYS, "VIDREC_RELOAD_TOKEN": ADMIN_TOKEN, "VIDREC_OPS_ADMIN_ONLY": "1"}  # fmt: skip
         server = ServerProcess(env=server_env, log_path=home / "server.log")
         stack.callback(server.stop)
         server.start()
@@ -154,7 +168,7 @@ def prod(ml_small, tmp_path_factory):
 
 
 def recommend(prod: Prod, user_id: str) -> httpx.Response:
-    return httpx.post(f"{prod.server.url}/recommend", json={"user_id": user_id, "k": 10}, timeout=30)
+    return httpx.post(f"{prod.server.url}/recommend", json={"user_id": user_id, "k": 10}, headers=CLIENT, timeout=30)
 
 
 def readyz(prod: Prod) -> int:
@@ -187,7 +201,7 @@ def keyspace(prod: Prod) -> tuple[int, int]:
 
 def test_the_service_reads_user_features_from_redis(prod):
     assert readyz(prod) == 200
-    status = httpx.post(f"{prod.server.url}/status", json={}, timeout=30).json()
+    status = httpx.post(f"{prod.server.url}/status", json={}, headers=ADMIN, timeout=30).json()
     assert status["ready"] and status["online_store"] == "ok", status
     assert status["precomputed"].startswith(f"redis://127.0.0.1:{prod.redis.port}/1"), status
     assert status["model_versions"]["champion"] == prod.champion.versions
@@ -222,13 +236,80 @@ def test_a_like_is_pushed_to_redis_and_steers_the_next_answer(prod):
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     event = {"user_id": user, "video_id": liked, "event_ts": now, "event_type": "like",
              "request_id": first["request_id"], "position": 1}  # fmt: skip
-    answer = httpx.post(f"{prod.server.url}/feedback", json={"events": [event]}, timeout=30).json()
+    answer = httpx.post(f"{prod.server.url}/feedback", json={"events": [event]}, headers=CLIENT, timeout=30).json()
     assert answer["accepted"] == 1 and answer["pushed_users"] == 1, answer
     for _ in range(4):  # two workers
         after = recommend(prod, user).json()
         ids = [item["video_id"] for item in after["items"]]
         assert after["in_session"] is True and liked not in ids
         assert any("session" in item["sources"] for item in after["items"])
+
+
+def test_clients_need_a_key_that_allows_the_endpoint(prod):
+    url, body = prod.server.url, {"user_id": "1", "k": 5}
+    cases = [
+        ({}, 401, "needs an API key"),
+        ({"X-API-Key": "vk_tests_not-the-secret"}, 401, "not valid"),
+        ({"Authorization": "Bearer " + CLIENT_KEY[:-1]}, 401, "not valid"),
+        ({"X-API-Key": "some-other-token"}, 401, "not valid"),
+    ]
+    for headers, status, says in cases:
+        response = httpx.post(f"{url}/recommend", json=body, headers=headers, timeout=30)
+        assert response.status_code == status and says in response.json()["error"], (headers, response.text)
+    assert (
+        httpx.post(
+            f"{url}/recommend", json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=30
+        ).status_code
+        == 200
+    )
+    refused = httpx.post(f"{url}/similar", json={"video_id": "1"}, headers={"X-API-Key": LIMITED_KEY}, timeout=30)
+    assert refused.status_code == 403 and "'limited' may not call /similar" in refused.json()["error"]
+    # Operations endpoints: the admin token only (VIDREC_OPS_ADMIN_ONLY=1); probes stay open.
+    assert httpx.get(f"{url}/metrics", timeout=30).status_code == 401
+    assert httpx.get(f"{url}/metrics", headers=CLIENT, timeout=30).status_code == 401
+    metrics = httpx.get(f"{url}/metrics", headers=ADMIN, timeout=30).text
+    assert 'vidrec_access_refused_total{reason="invalid key"}' in metrics
+    assert httpx.get(f"{url}/livez", timeout=30).status_code == 200
+    # Nothing secret reaches the log.
+    log = prod.server.log_tail(2_000_000)
+    for secret in (CLIENT_KEY, LIMITED_KEY, ADMIN_TOKEN, CLIENT_KEY.split("_", 2)[2]):
+        assert secret not in log
+
+
+def test_a_keys_rate_limit_holds_across_both_workers(prod):
+    """2/s with a burst of 3, counted in Redis: 20 requests as fast as they go, on fresh
+    connections (so both workers answer), get at most burst + rate x elapsed through."""
+    url = prod.server.url
+    started = time.monotonic()
+    answers = []
+    for i in range(20):
+        with httpx.Client(timeout=30) as fresh:  # a new connection each time: either worker takes it
+            answers.append(
+                fresh.post(f"{url}/recommend", json={"user_id": str(1 + i % 5)}, headers={"X-API-Key": LIMITED_KEY})
+            )
+    elapsed = time.monotonic() - started
+    allowed = [a for a in answers if a.status_code == 200]
+    limited = [a for a in answers if a.status_code == 429]
+    print(f"rate limit 2/s burst 3: {len(allowed)} of 20 allowed in {elapsed:.2f} s, {len(limited)} answered 429")
+    assert len(allowed) + len(limited) == 20
+    assert 3 <= len(allowed) <= 3 + 2 * elapsed + 1, (len(allowed), elapsed)
+    assert limited and all(int(a.headers["retry-after"]) >= 1 for a in limited)
+    assert "over its rate limit (2/s, burst 3)" in limited[0].json()["error"]
+    time.sleep(1.2)  # the bucket refills
+    assert (
+        httpx.post(
+            f"{url}/recommend", json={"user_id": "1"}, headers={"X-API-Key": LIMITED_KEY}, timeout=30
+        ).status_code
+        == 200
+    )
+
+
+def test_the_prod_profile_refuses_to_start_without_keys(prod, tmp_path):
+    env = {k: v for k, v in prod.server.env.items() if k.startswith("VIDREC_") and k not in ("VIDREC_API_KEYS",)}
+    lonely = ServerProcess(env=env, log_path=tmp_path / "no-keys.log")
+    with pytest.raises(RuntimeError, match="the server exited"):
+        lonely.start(ready_timeout=120)
+    assert "serves only clients with API keys, and none is configured" in lonely.log_tail(20_000)
 
 
 @dataclass
@@ -264,7 +345,7 @@ class Load:
 
     def _run(self, index: int) -> None:
         i = index
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, headers=CLIENT) as client:
             while not self._stop.is_set():
                 user = self.users[i % len(self.users)]
                 i += self.n_threads

@@ -194,3 +194,23 @@ def test_the_page_api_refuses_bad_parameters(server, champion):
     answer = httpx.get(api + "/videos", params={"ids": f"{known},no-such-video"}, timeout=30).json()
     assert answer["videos"][known]["title"] == videos.loc[known, "title"]
     assert answer["unknown"] == ["no-such-video"]
+
+
+def test_the_page_works_at_a_phones_width_and_from_the_keyboard(browser, server):
+    from selenium.webdriver.common.keys import Keys
+
+    browser.set_window_size(390, 844)
+    try:
+        browser.get(server.url + "/ui")
+        wait = WebDriverWait(browser, WAIT_S)
+        wait.until(lambda d: d.find_element(By.ID, "when").get_attribute("value"))
+        box = browser.find_element(By.ID, "user")
+        box.clear()
+        box.send_keys("2", Keys.ENTER)  # the form submits from the keyboard
+        wait.until(lambda d: len(cards(d)) >= 10)
+        overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"the page is {overflow} px wider than a phone's screen"
+        like = browser.find_element(By.CSS_SELECTOR, "#cards li.card button.like")
+        assert like.is_displayed() and like.size["width"] > 0
+    finally:
+        browser.set_window_size(1400, 1100)

@@ -776,6 +776,69 @@ def simulate(
     )
 
 
+keys_app = typer.Typer(help="Client API keys of the service (salted hashes in a key file).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("add")
+def keys_add(
+    name: Annotated[str, typer.Option(help="Who the key is for (logs and metrics name it)")],
+    file: Annotated[Path, typer.Option(help="The key file the service reads (VIDREC_API_KEYS_FILE)")],
+    endpoints: Annotated[
+        str, typer.Option(help="Comma-separated: /recommend,/similar,/feedback,/ui/api, or * for all")
+    ] = "/recommend,/similar",
+    rate: Annotated[float, typer.Option(min=0.0, help="Requests per second (0: unlimited)")] = 0.0,
+    burst: Annotated[int, typer.Option(min=0, help="Bucket size (default: one second's worth)")] = 0,
+) -> None:
+    """Make a key: its salted hash goes into the key file, the key itself is printed once."""
+    from serving.keys import add_to_file, new_key
+    from vidrec.settings import SettingsError
+
+    try:
+        key, entry = new_key(name, [e.strip() for e in endpoints.split(",") if e.strip()], rate, burst)
+        add_to_file(file, entry)
+    except SettingsError as exc:
+        fail(str(exc))
+    console.print(f"key {name!r} (id {entry['key_id']}) added to {file}; give the client this key, shown only now:")
+    print(key)
+
+
+@keys_app.command("new")
+def keys_new(
+    name: Annotated[str, typer.Option(help="Who the key is for (logs and metrics name it)")],
+    endpoints: Annotated[
+        str, typer.Option(help="Comma-separated: /recommend,/similar,/feedback,/ui/api, or * for all")
+    ] = "/recommend,/similar",
+    rate: Annotated[float, typer.Option(min=0.0, help="Requests per second (0: unlimited)")] = 0.0,
+    burst: Annotated[int, typer.Option(min=0, help="Bucket size (default: one second's worth)")] = 0,
+) -> None:
+    """Make a key for a secret store: prints VIDREC_API_KEYS's JSON (plain key; nothing written)."""
+    import json
+
+    from serving.keys import new_key
+    from vidrec.settings import SettingsError
+
+    try:
+        key, entry = new_key(name, [e.strip() for e in endpoints.split(",") if e.strip()], rate, burst)
+    except SettingsError as exc:
+        fail(str(exc))
+    print(json.dumps([{"name": name, "key": key, "endpoints": entry["endpoints"], "rate_per_s": rate, "burst": burst}]))
+
+
+@keys_app.command("list")
+def keys_list(file: Annotated[Path, typer.Option(help="The key file")]) -> None:
+    """The keys of a key file: names, ids, endpoints, limits (never secrets)."""
+    import json
+
+    if not file.exists():
+        fail(f"no key file at {file}")
+    for entry in json.loads(file.read_text()).get("keys", []):
+        console.print(
+            f"{entry['name']}  id {entry['key_id']}  endpoints {','.join(entry['endpoints'])}  "
+            f"rate {entry.get('rate_per_s', 0)}/s burst {entry.get('burst', 0)}"
+        )
+
+
 @app.command()
 def serve(
     ctx: typer.Context,

@@ -28,6 +28,7 @@ from starlette.templating import Jinja2Templates
 from feature_repo.lake import Lake
 from feature_repo.schema import KNOWN_DEVICES
 from serving.config import ServingConfig
+from serving.keys import KeyRing
 from serving.schemas import MAX_K
 from serving.ui.catalog import Catalog
 from serving.ui.experiment import latest_report
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, config: ServingConfig | None = 
     settings = settings or Settings.from_env()
     config = config or ServingConfig.from_env(settings)
     catalog = Catalog(Lake(settings.lake_dir))
+    keys_on = len(KeyRing.from_env()) > 0  # then the page asks for a client key and sends it
     templates = Jinja2Templates(directory=str(HERE / "templates"))
 
     def page(request: Request) -> Response:
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None, config: ServingConfig | None = 
             "experiment": config.experiment,
             "challenger_share": config.challenger_share,
             "report": latest_report(settings.home, config.experiment),
+            "keys_on": keys_on,
         }
         return templates.TemplateResponse(request, "index.html", context)
 

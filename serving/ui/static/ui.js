@@ -26,12 +26,21 @@ function el(tag, text, className) {
 
 // ---- talking to the server ----------------------------------------------------------------------
 
+// The client key, when the service asks for one (the field is there only then); kept for the
+// browser tab's session only.
+function apiKey() {
+  const field = $("api-key");
+  if (!field) return "";
+  if (field.value) sessionStorage.setItem("vidrec-api-key", field.value);
+  else field.value = sessionStorage.getItem("vidrec-api-key") || "";
+  return field.value;
+}
+
 async function call(path, body) {
-  const options = body === undefined ? {} : {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
-  };
+  const headers = body === undefined ? {} : { "Content-Type": "application/json" };
+  const key = apiKey();
+  if (key) headers["X-API-Key"] = key;
+  const options = body === undefined ? { headers } : { method: "POST", headers, body: JSON.stringify(body) };
   let response;
   try {
     response = await fetch(path, options);
@@ -59,6 +68,8 @@ function explain(result, what) {
       : message;
     return what + " was refused (400): " + fields;
   }
+  if (result.status === 401 || result.status === 403) return what + " was refused (" + result.status + "): " + message;
+  if (result.status === 429) return what + ": too many requests (429): " + message;
   if (result.status === 503) return what + ": the service is unavailable right now (503): " + message;
   if (result.status === 0) return what + ": " + message;
   return what + " failed (" + result.status + "): " + message;
