@@ -3,6 +3,8 @@
 - bodies larger than `max_bytes` (by Content-Length, or counted while reading a chunked body): 413
 - POST bodies BentoML would not parse as JSON (multipart, form-encoded, pickle): 415
 
+and makes BentoML's 400 answers match the OpenAPI document it publishes (`_documented_400`),
+
 so that no request reaches a parser it could crash (BentoML answers a multipart body sent to a
 JSON API with a 500). Paths outside `api_paths` (health, metrics, docs) pass untouched.
 
@@ -71,7 +73,7 @@ class RequestGuard:
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        await self.app(scope, replay, _documented_400(send))
 
     def _recycling(self, client: tuple, send):
         count = self.served.get(client, 0) + 1
@@ -89,6 +91,48 @@ class RequestGuard:
             await send(message)
 
         return closing_send
+
+
+def _documented_400(send):
+    """BentoML answers a validation error with `detail` as pydantic's list of errors, while the
+    OpenAPI document it publishes says `detail` is a string: the answer is made to match, with
+    the readable string ("k: Input should be less than or equal to 100; ...") in `detail` and
+    the list under `errors`."""
+    start: dict | None = None
+    chunks: list[bytes] = []
+
+    async def sending(message):
+        nonlocal start
+        if message["type"] == "http.response.start" and message.get("status") == 400:
+            start = message
+            return
+        if start is None:
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = b"".join(chunks)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("detail"), list):
+            errors = data["detail"]
+            data["detail"] = "; ".join(_readable(e) for e in errors)
+            data["errors"] = errors
+            body = json.dumps(data).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return sending
+
+
+def _readable(error) -> str:
+    if not isinstance(error, dict):
+        return str(error)
+    where = ".".join(str(part) for part in error.get("loc", []) if part != "body")
+    return f"{where}: {error.get('msg', '')}" if where else str(error.get("msg", ""))
 
 
 async def reply_json(send, status: int, message: str, headers: list | None = None) -> None:

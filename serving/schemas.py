@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, WithJsonSchema
 
 from feature_repo.schema import DEVICES
 from serving.config import feedback_batch_limit
@@ -21,6 +21,10 @@ MAX_FEEDBACK_EVENTS = feedback_batch_limit()
 Id = Annotated[StrictStr, Field(min_length=1, max_length=128)]
 Device = Literal[DEVICES]  # type: ignore[valid-type]  # the values of feature_repo.schema.DEVICES
 Number = StrictFloat | StrictInt
+# Optional top-level response fields, documented with OpenAPI 3.0's `nullable`: BentoML keeps only
+# the first member of a top-level anyOf in its OpenAPI document, which would drop the null.
+OptionalText = Annotated[str | None, WithJsonSchema({"type": "string", "nullable": True})]
+OptionalTime = Annotated[datetime | None, WithJsonSchema({"type": "string", "format": "date-time", "nullable": True})]
 
 
 class _Input(BaseModel):
@@ -133,8 +137,8 @@ class FeedbackResponse(BaseModel):
     attributed: int  # accepted events whose request_id is an answer of this service
     unattributed: list[UnattributedEvent]  # accepted, but their request_id does not name an answer
     pushed_users: int = 0  # users whose fresh features reached the online store with this batch
-    log_file: str | None
-    quarantine_file: str | None
+    log_file: OptionalText
+    quarantine_file: OptionalText
 
 
 class ReloadResponse(BaseModel):
@@ -150,7 +154,7 @@ class StatusResponse(BaseModel):
     model_versions: dict[str, dict[str, str]]
     challenger_share: float
     experiment: str
-    loaded_at: datetime | None
-    video_features_as_of: datetime | None
+    loaded_at: OptionalTime
+    video_features_as_of: OptionalTime
     precomputed: str
     feedback_dir: str

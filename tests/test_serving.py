@@ -715,3 +715,24 @@ def test_offline_ab_test_is_reported_and_the_winner_promoted(champion, second_ve
     finally:
         mp.undo()
         registry.promote(client, champion.versions)  # leave the registry as the other tests expect it
+
+
+# ---- fuzzing: last, since it posts whatever the schema admits ---------------------------------------
+
+
+def test_fuzzed_requests_get_no_5xx_and_answers_keep_their_schema(server, tmp_path):
+    """schemathesis (its `st` command) over the service's own /docs.json: valid and invalid bodies
+    alike, never a 5xx, and every documented answer matches its schema; seeded, bounded."""
+    st = Path(sys.executable).with_name("st")
+    report = tmp_path / "schemathesis.ndjson"
+    run = subprocess.run(
+        [str(st), "run", f"{server.url}/docs.json", "--url", server.url,
+         "--checks", "not_a_server_error,response_schema_conformance",
+         "--include-path-regex", "^/(recommend|similar|feedback|status|reload)$",
+         "--max-examples", "40", "--seed", "20261203", "--workers", "1", "--request-timeout", "30",
+         "--report", "ndjson", "--report-ndjson-path", str(report), "--no-color"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    summary = [line for line in run.stdout.splitlines() if "passed" in line or "failed" in line or "cases" in line]
+    print("schemathesis:", " | ".join(summary[-3:]))
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]

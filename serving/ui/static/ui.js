@@ -58,13 +58,14 @@ async function call(path, body) {
 }
 
 // A readable sentence for an error answer: the fields and messages of a 400 (BentoML answers
-// {"error": "N validation error for ...", "detail": [{loc, msg}, ...]}), the reason of a 503.
+// {"error": "N validation error for ...", "detail": "k: ...", "errors": [{loc, msg}, ...]}), the reason of a 503.
 function explain(result, what) {
   const data = result.data || {};
   const message = typeof data.error === "string" ? data.error : JSON.stringify(data);
   if (result.status === 400) {
-    const fields = Array.isArray(data.detail)
-      ? data.detail.map((d) => (d.loc || []).filter((part) => part !== "body").join(".") + ": " + d.msg).join("; ")
+    const errors = Array.isArray(data.errors) ? data.errors : Array.isArray(data.detail) ? data.detail : null;
+    const fields = errors
+      ? errors.map((d) => (d.loc || []).filter((part) => part !== "body").join(".") + ": " + d.msg).join("; ")
       : message;
     return what + " was refused (400): " + fields;
   }
