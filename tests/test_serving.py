@@ -731,7 +731,7 @@ def test_fuzzed_requests_get_no_5xx_and_answers_keep_their_schema(server, tmp_pa
          "--include-path-regex", "^/(recommend|similar|feedback|status|reload)$",
          "--max-examples", "40", "--seed", "20261203", "--workers", "1", "--request-timeout", "30",
          "--report", "ndjson", "--report-ndjson-path", str(report), "--no-color"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,  # its .schemathesis cache goes there
     )  # fmt: skip
     summary = [line for line in run.stdout.splitlines() if "passed" in line or "failed" in line or "cases" in line]
     print("schemathesis:", " | ".join(summary[-3:]))
