@@ -780,22 +780,37 @@ keys_app = typer.Typer(help="Client API keys of the service (salted hashes in a 
 app.add_typer(keys_app, name="keys")
 
 
-@keys_app.command("add")
-def keys_add(
-    name: Annotated[str, typer.Option(help="Who the key is for (logs and metrics name it)")],
-    file: Annotated[Path, typer.Option(help="The key file the service reads (VIDREC_API_KEYS_FILE)")],
-    endpoints: Annotated[
-        str, typer.Option(help="Comma-separated: /recommend,/similar,/feedback,/ui/api, or * for all")
-    ] = "/recommend,/similar",
-    rate: Annotated[float, typer.Option(min=0.0, help="Requests per second (0: unlimited)")] = 0.0,
-    burst: Annotated[int, typer.Option(min=0, help="Bucket size (default: one second's worth)")] = 0,
-) -> None:
-    """Make a key: its salted hash goes into the key file, the key itself is printed once."""
-    from serving.keys import add_to_file, new_key
+KeyName = Annotated[str, typer.Option("--name", help="Who the key is for (logs and metrics name it)")]
+KeyEndpoints = Annotated[str, typer.Option(help="Comma-separated: /recommend,/similar,/feedback,/ui/api, or * for all")]
+KeyRate = Annotated[float, typer.Option(min=0.0, help="Requests per second (0: unlimited)")]
+KeyBurst = Annotated[int, typer.Option(min=0, help="Bucket size (default: one second's worth)")]
+
+
+def _new_key(name: str, endpoints: str, rate: float, burst: int) -> tuple[str, dict]:
+    from serving.keys import new_key
     from vidrec.settings import SettingsError
 
     try:
-        key, entry = new_key(name, [e.strip() for e in endpoints.split(",") if e.strip()], rate, burst)
+        return new_key(name, [e.strip() for e in endpoints.split(",") if e.strip()], rate, burst)
+    except SettingsError as exc:
+        fail(str(exc))
+        raise AssertionError("unreachable: fail() exits") from exc
+
+
+@keys_app.command("add")
+def keys_add(
+    name: KeyName,
+    file: Annotated[Path, typer.Option(help="The key file the service reads (VIDREC_API_KEYS_FILE)")],
+    endpoints: KeyEndpoints = "/recommend,/similar",
+    rate: KeyRate = 0.0,
+    burst: KeyBurst = 0,
+) -> None:
+    """Make a key: its salted hash goes into the key file, the key itself is printed once."""
+    from serving.keys import add_to_file
+    from vidrec.settings import SettingsError
+
+    key, entry = _new_key(name, endpoints, rate, burst)
+    try:
         add_to_file(file, entry)
     except SettingsError as exc:
         fail(str(exc))
@@ -805,23 +820,12 @@ def keys_add(
 
 @keys_app.command("new")
 def keys_new(
-    name: Annotated[str, typer.Option(help="Who the key is for (logs and metrics name it)")],
-    endpoints: Annotated[
-        str, typer.Option(help="Comma-separated: /recommend,/similar,/feedback,/ui/api, or * for all")
-    ] = "/recommend,/similar",
-    rate: Annotated[float, typer.Option(min=0.0, help="Requests per second (0: unlimited)")] = 0.0,
-    burst: Annotated[int, typer.Option(min=0, help="Bucket size (default: one second's worth)")] = 0,
+    name: KeyName, endpoints: KeyEndpoints = "/recommend,/similar", rate: KeyRate = 0.0, burst: KeyBurst = 0
 ) -> None:
     """Make a key for a secret store: prints VIDREC_API_KEYS's JSON (plain key; nothing written)."""
     import json
 
-    from serving.keys import new_key
-    from vidrec.settings import SettingsError
-
-    try:
-        key, entry = new_key(name, [e.strip() for e in endpoints.split(",") if e.strip()], rate, burst)
-    except SettingsError as exc:
-        fail(str(exc))
+    key, entry = _new_key(name, endpoints, rate, burst)
     print(json.dumps([{"name": name, "key": key, "endpoints": entry["endpoints"], "rate_per_s": rate, "burst": burst}]))
 
 
