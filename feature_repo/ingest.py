@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from feature_repo import schema
 from feature_repo.defaults import CHUNK_ROWS
-from feature_repo.lake import EventCommit, Lake
+from feature_repo.lake import EventCommit, Lake, LakeChanges
 from feature_repo.sources import Source
 from feature_repo.validation import Validated, validate_events, validate_users, validate_videos
 
@@ -88,6 +88,7 @@ def ingest(
     counts = {table: TableCounts() for table in schema.TABLES}
 
     with lake.locked(), lake.staging() as run:
+        changes = LakeChanges(lake, run)
         videos = _validated_table(source.videos(), validate_videos, counts["videos"], run, "videos")
         users = _validated_table(source.users(), validate_users, counts["users"], run, "users")
         known_videos = set(lake.read_table("videos")["video_id"])
@@ -95,7 +96,7 @@ def ingest(
             known_videos |= set(videos["video_id"])
 
         first_seen = _stage_events(source, known_videos, chunk_rows, run, counts["events"], progress)
-        commit = lake.commit_events(str(run / "accepted" / "*.parquet"), run, run / "quarantine" / "events")
+        commit = lake.merge_events(str(run / "accepted" / "*.parquet"), run, run / "quarantine" / "events", changes)
         counts["events"].accepted -= commit.duplicate_rows + commit.duplicate_ids
         counts["events"].quarantined.update(
             {"duplicate_row": commit.duplicate_rows, "duplicate_id": commit.duplicate_ids} if
@@ -103,11 +104,12 @@ def ingest(
         )  # fmt: skip
 
         if videos is not None:
-            lake.write_table("videos", upsert(lake.read_table("videos"), videos, "video_id"))
+            changes.write_table("videos", upsert(lake.read_table("videos"), videos, "video_id"))
         merged_users, derived = merge_users(lake.read_table("users"), users, first_seen)
-        lake.write_table("users", merged_users)
+        changes.write_table("users", merged_users)
         for table in schema.TABLES:
-            lake.replace_quarantine(table, key, run / "quarantine" / table)
+            changes.replace_quarantine(table, key, run / "quarantine" / table)
+        changes.apply()  # events, tables and quarantine together: a kill leaves the old lake or the new
 
     summary = IngestSummary(
         dataset=source.name,

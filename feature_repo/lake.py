@@ -6,14 +6,18 @@
     <lake>/quarantine/<table>/<source_key>/part-*.parquet     (raw values + reason)
 
 Every file is written under a temporary name and renamed into place, so a reader sees the old
-file or the new one, never half of one. Events are keyed by `event_id`: committing the same
-events again rewrites identical partitions, so re-ingesting leaves the lake as it was.
+file or the new one, never half of one. A run's changes (partitions, tables, quarantine) are
+staged in `<lake>/_staging/<run>/` and applied as one unit through a journal (`LakeChanges`): a
+writer killed while applying them is rolled forward by the next one to open the lake, so the lake
+holds the old run or the new one, never a mix. Events are keyed by `event_id`: committing the
+same events again rewrites identical partitions, so re-ingesting leaves the lake as it was.
 Merging runs in DuckDB, which spills to disk, so memory stays bounded for 10M+ events.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import uuid
@@ -34,6 +38,7 @@ from feature_repo.schema import utc_time
 
 PARTITION = "event_date"
 EVENT_COLUMNS = schema.EVENTS.names
+JOURNAL = "COMMIT.json"
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,7 @@ class Lake:
         self.events_dir = self.root / "events"
         self.quarantine_dir = self.root / "quarantine"
         self.staging_dir = self.root / "_staging"
+        self._holding_lock = False
 
     def table_path(self, table: str) -> Path:
         return self.root / table / f"{table}.parquet"
@@ -130,12 +136,14 @@ class Lake:
 
     def read_table(self, table: str) -> pd.DataFrame:
         """Users or videos (whole table; both fit in memory even for the largest MovieLens)."""
+        self._finish_interrupted_commit()
         path = self.table_path(table)
         if not path.exists():
             return schema.empty_frame(table)
         return pq.read_table(path, schema=schema.TABLES[table]).to_pandas()
 
     def event_files(self) -> list[Path]:
+        self._finish_interrupted_commit()
         return sorted(self.events_dir.glob(f"{PARTITION}=*/part-0.parquet"))
 
     def events_dataset(self) -> ds.Dataset:
@@ -158,39 +166,50 @@ class Lake:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """One writer at a time: two ingests merging the same partition must not race."""
+        """One writer at a time: two ingests merging the same partition must not race. Whoever
+        takes the lock first finishes a commit that a killed writer left half-applied."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
+            self._holding_lock = True
             try:
+                self._recover()
                 yield
             finally:
+                self._holding_lock = False
                 fcntl.flock(fh, fcntl.LOCK_UN)
-
-    def write_table(self, table: str, df: pd.DataFrame) -> None:
-        ordered = df.sort_values(schema.ID_COLUMN[table], kind="stable").reset_index(drop=True)
-        write_parquet_atomic(schema.to_arrow(ordered, table), self.table_path(table))
 
     @contextmanager
     def staging(self) -> Iterator[Path]:
-        """A private folder for one run; removed whatever happens, so failures leave no trace."""
+        """A private folder for one run (take `locked()` first); removed whatever happens, so
+        failures leave no trace, unless it holds a commit that could not be finished."""
         run = self.staging_dir / uuid.uuid4().hex
         run.mkdir(parents=True)
         try:
             yield run
         finally:
+            if (run / JOURNAL).exists():
+                LakeChanges.finish(self, run)  # raised mid-apply: finish it, or leave it for recovery
             shutil.rmtree(run, ignore_errors=True)
 
-    def replace_quarantine(self, table: str, source_key: str, staged: Path) -> None:
-        """Quarantine of one source is replaced as a whole, so re-ingesting does not pile up rows."""
-        target = self.quarantine_dir / table / source_key
-        if staged.exists() and any(staged.iterdir()):
-            replace_dir_atomic(staged, target)
-        elif target.exists():
-            shutil.rmtree(target)
+    def _recover(self) -> None:
+        """Under the lock, every staged run is a dead writer's: roll its journal forward, drop the rest."""
+        if not self.staging_dir.exists():
+            return
+        for run in sorted(self.staging_dir.iterdir()):
+            if (run / JOURNAL).exists():
+                LakeChanges.finish(self, run)
+            shutil.rmtree(run, ignore_errors=True)
 
-    def commit_events(self, staged_glob: str, work_dir: Path, quarantine_dir: Path) -> EventCommit:
-        """Merge staged events into the lake by event_id; exact and id duplicates go to quarantine.
+    def _finish_interrupted_commit(self) -> None:
+        """A reader that finds a journal waits for its commit (or finishes a dead writer's) first."""
+        if not self._holding_lock and any(self.staging_dir.glob(f"*/{JOURNAL}")):
+            with self.locked():
+                pass
+
+    def merge_events(self, staged_glob: str, work_dir: Path, quarantine_dir: Path, changes: LakeChanges) -> EventCommit:
+        """Merge staged events with the lake's by event_id into new partitions, added to `changes`
+        (the lake itself is untouched until they are applied); exact and id duplicates go to quarantine.
 
         Staged files carry canonical columns plus `_seq` (arrival order), `_file`, `_row` and the
         `event_date` partition key. The first arrival of an event_id wins within a batch; a batch
@@ -279,22 +298,18 @@ class Lake:
             touched = [row[0] for row in con.execute(f"SELECT {PARTITION} FROM touched").fetchall()]
         finally:
             con.close()
-        self._swap_partitions(out_dir, touched)
-        return EventCommit(new, updated, unchanged, duplicate_rows, duplicate_ids, len(touched))
-
-    def _swap_partitions(self, out_dir: Path, touched: list) -> None:
         for date in touched:
             key = f"{PARTITION}={date}"
             produced = sorted((out_dir / key).glob("part-*.parquet")) if (out_dir / key).exists() else []
             target = self.events_dir / key / "part-0.parquet"
             if not produced:  # every row of this date moved to another date
-                target.unlink(missing_ok=True)
+                changes.remove(target)
                 continue
             if len(produced) > 1:  # keep one file per partition so a swap is one rename
                 merged = pa.concat_tables([pq.read_table(p) for p in produced])
                 write_parquet_atomic(merged, produced[0])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(produced[0], target)
+            changes.replace(produced[0], target)
+        return EventCommit(new, updated, unchanged, duplicate_rows, duplicate_ids, len(touched))
 
     # ---- describing ----------------------------------------------------------------------------
 
@@ -322,6 +337,73 @@ class Lake:
             out["first_event"] = min(r[2] for r in rows)
             out["last_event"] = max(r[3] for r in rows)
         return out
+
+
+class LakeChanges:
+    """The changes of one run, staged in its folder and applied to the lake as one unit.
+
+    `apply()` first writes the list of renames to `<run>/COMMIT.json` (fsynced), then renames;
+    each step can be repeated (a staged file that is gone was moved already), so a writer killed
+    in the middle is finished by `Lake.locked()` in whoever opens the lake next.
+    """
+
+    def __init__(self, lake: Lake, run: Path):
+        self.lake, self.run = lake, run
+        self.ops: list[dict] = []
+
+    def replace(self, staged: Path, target: Path) -> None:
+        """`target` (file or folder) becomes `staged`."""
+        self.ops.append({"op": "replace", "staged": self._rel(staged), "target": self._rel(target)})
+
+    def remove(self, target: Path) -> None:
+        self.ops.append({"op": "remove", "target": self._rel(target)})
+
+    def write_table(self, table: str, df: pd.DataFrame) -> None:
+        ordered = df.sort_values(schema.ID_COLUMN[table], kind="stable").reset_index(drop=True)
+        staged = self.run / "tables" / f"{table}.parquet"
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(schema.to_arrow(ordered, table), staged)
+        self.replace(staged, self.lake.table_path(table))
+
+    def replace_quarantine(self, table: str, source_key: str, staged: Path) -> None:
+        """Quarantine of one source is replaced as a whole, so re-ingesting does not pile up rows."""
+        target = self.lake.quarantine_dir / table / source_key
+        if staged.exists() and any(staged.iterdir()):
+            self.replace(staged, target)
+        elif target.exists():
+            self.remove(target)
+
+    def apply(self) -> None:
+        with replacing(self.run / JOURNAL, durable=True) as tmp:
+            tmp.write_text(json.dumps(self.ops))
+        LakeChanges.finish(self.lake, self.run)
+
+    @staticmethod
+    def finish(lake: Lake, run: Path) -> None:
+        """Apply (or finish applying) the journal in `run`; then the journal goes."""
+        journal = run / JOURNAL
+        ops = json.loads(journal.read_text())
+        displaced = run / "displaced"
+        for i, op in enumerate(ops):
+            target = lake.root / op["target"]
+            if op["op"] == "replace":
+                staged = lake.root / op["staged"]
+                if not staged.exists():
+                    continue  # moved in before the interruption
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.is_dir():  # a folder cannot be renamed over: move the old one aside first
+                    displaced.mkdir(exist_ok=True)
+                    os.replace(target, displaced / str(i))
+                os.replace(staged, target)
+            elif target.is_dir():
+                displaced.mkdir(exist_ok=True)
+                os.replace(target, displaced / str(i))
+            else:
+                target.unlink(missing_ok=True)
+        journal.unlink()
+
+    def _rel(self, path: Path) -> str:
+        return str(Path(path).relative_to(self.lake.root))
 
 
 @contextmanager

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from movielens import movielens_frames, write_canonical
 
+from feature_repo.ingest import ingest
+from feature_repo.lake import Lake
+from feature_repo.sources import open_source
 from serving.feedback import FeedbackLog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,4 +81,111 @@ def test_kill_9_during_feedback_writes_leaves_only_whole_batches(tmp_path, delay
     print(
         f"kill -9 at {delay_fraction:.0%} into a batch write: {len(acked)} acknowledged, {len(files)} whole batches "
         f"in the log, {len(list((root / 'events').glob('*/.*.tmp')))} temporary file(s) left (ignored by readers)"
+    )
+
+
+# Ingests a canonical source into a lake, killing itself with SIGKILL right after the `kill_after`-th
+# rename that moves a staged file into the lake (0: just before the journal is in place; -1: never),
+# so the kill lands at an exact point of the commit.
+INGESTER = r"""
+import os, signal, sys
+from pathlib import Path
+from feature_repo.ingest import ingest
+from feature_repo.lake import Lake
+from feature_repo.sources import open_source
+
+lake_dir, source_dir, kill_after = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+staging = str(lake_dir / "_staging")
+moved, real_replace = 0, os.replace
+
+def replace(src, dst):
+    global moved
+    if kill_after == 0 and str(dst).endswith("COMMIT.json"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+    if str(src).startswith(staging) and not str(dst).startswith(staging):
+        moved += 1
+        if moved == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace
+summary = ingest(open_source("canonical", source_dir, lake_dir.parent / "cache"), Lake(lake_dir))
+print(summary.events.partitions_written, moved, flush=True)
+"""
+
+
+def _lake_content(root: Path) -> dict[str, str]:
+    """Every parquet file of the lake (staging aside), by path, as a digest of its rows."""
+    Lake(root).event_files()  # what any reader does first: finish a commit a killed writer left
+    files = sorted(p for p in root.rglob("*.parquet") if "_staging" not in p.parts and not p.name.startswith("."))
+    return {
+        str(p.relative_to(root)): hashlib.sha1(repr(pq.read_table(p).to_pylist()).encode()).hexdigest() for p in files
+    }
+
+
+def _run_ingester(lake_dir: Path, source_dir: Path, kill_after: int = -1):
+    done = subprocess.run(
+        [sys.executable, "-c", INGESTER, str(lake_dir), str(source_dir), str(kill_after)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+    return done
+
+
+@pytest.fixture(scope="module")
+def ingest_states(ml_small, tmp_path_factory):
+    """A lake holding source A (ml-latest-small, users up to 150, a few rows it quarantines), and
+    source B in the same folder: every rating changed, titles changed, other rows quarantined;
+    `after` is what an uninterrupted ingest of B makes of that lake."""
+    tmp = tmp_path_factory.mktemp("ingest-kill")
+    events, videos = movielens_frames(ml_small, max_user=150)
+    events_a = pd.concat([events, events.head(7).assign(event_id=lambda d: d.event_id + "x", video_id="no-such-video")])
+    source = write_canonical(events_a, videos, tmp / "source-a")
+    lake_a = tmp / "a" / "lake"
+    assert _run_ingester(lake_a, source).returncode == 0
+    before = _lake_content(lake_a)
+
+    events_b = events.assign(rating=6.0 - events.rating.clip(lower=1.0))
+    events_b = pd.concat([events_b, events.head(11).assign(event_id=lambda d: d.event_id + "y", rating=9.0)])
+    source_b = tmp / "source-b"
+    write_canonical(events_b, videos.assign(title=videos.title + " (remastered)"), source_b)
+    shutil.rmtree(source)
+    shutil.copytree(source_b, source)  # same folder, so B's quarantine replaces A's
+    lake_b = tmp / "b" / "lake"
+    shutil.copytree(lake_a, lake_b)
+    done = _run_ingester(lake_b, source)
+    assert done.returncode == 0, done.stderr[-2000:]
+    partitions, renames = map(int, done.stdout.split())
+    after = _lake_content(lake_b)
+    assert after != before
+    return {"lake": lake_a, "source": source, "before": before, "after": after, "renames": renames,
+            "partitions": partitions}  # fmt: skip
+
+
+@pytest.mark.parametrize("point", ["the journal's write", "the first rename", "half the renames", "the last rename"])
+def test_kill_9_during_ingest_leaves_the_old_lake_or_the_new(ingest_states, tmp_path, point):
+    """Killed anywhere in an ingest: the next reader finds the lake before or after it, never a mix
+    (a commit killed halfway is finished), and re-running the ingest gives what an uninterrupted run gives."""
+    states = ingest_states
+    lake_dir = tmp_path / "lake"
+    shutil.copytree(states["lake"], lake_dir)
+    kill_after = {"the journal's write": 0, "the first rename": 1, "half the renames": states["renames"] // 2,
+                  "the last rename": states["renames"]}[point]  # fmt: skip
+    killed = _run_ingester(lake_dir, states["source"], kill_after)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+    found = _lake_content(lake_dir)
+    assert found in (states["before"], states["after"]), "the lake holds a mix of two ingests"
+    # Before the journal nothing of the run is in the lake; after it, the commit is finished, not lost.
+    assert found == (states["before"] if kill_after == 0 else states["after"])
+    ingest(open_source("canonical", states["source"], tmp_path / "cache"), Lake(lake_dir))
+    assert _lake_content(lake_dir) == states["after"]
+    assert not list((lake_dir / "_staging").iterdir())
+    print(
+        f"kill -9 at {point} of an ingest ({states['renames']} renames, {states['partitions']} partitions): "
+        f"the lake read back {'new' if found == states['after'] else 'old'} and whole; re-run equal to an "
+        f"uninterrupted one"
     )
