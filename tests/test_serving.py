@@ -358,6 +358,51 @@ def test_feedback_is_durable_across_a_restart_and_ingestible(champion, server):
     assert ingested.loc[ingested["event_id"] == "fb-1", "device"].iloc[0] == "tv"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting the small tmpfs that plays the full disk needs root")
+def test_a_full_disk_refuses_feedback_with_503_and_recommendations_go_on(champion, tmp_path):
+    """The feedback log's disk fills up: batches get 503 naming the cause, nothing half-written is
+    left, every batch acknowledged before is whole, /recommend keeps answering, and once there is
+    room again /feedback takes batches again."""
+    disk = tmp_path / "feedback"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], check=True)
+    env = {"VIDREC_HOME": str(champion.settings.home), "VIDREC_FEEDBACK_DIR": str(disk), "VIDREC_SERVE_WORKERS": "1"}
+    videos = champion.system.data.video_ids.astype(str)[:50]
+    now = pd.Timestamp.now(tz="UTC").floor("s").isoformat()
+
+    def batch(b: int) -> dict:
+        return {"events": [{"event_id": f"disk-{b}-{i}", "user_id": str(i % 90 + 1), "video_id": videos[i % 50],
+                            "event_ts": now, "event_type": "watch", "watch_time_s": 30.0} for i in range(200)]}  # fmt: skip
+
+    try:
+        with ServerProcess(env=env, log_path=tmp_path / "server.log") as running:
+            answers = []
+            for b in range(200):  # a bounded number of batches: 256 KiB holds a few dozen
+                answers.append(post(running, "/feedback", batch(b)))
+                if answers[-1].status_code != 200:
+                    break
+            acknowledged = sum(a.status_code == 200 for a in answers)
+            refused = answers[-1]
+            assert refused.status_code == 503 and acknowledged > 0, refused.text
+            assert "No space left on device" in refused.json()["error"], refused.text
+            recommended = [post(running, "/recommend", {"user_id": str(u), "k": 10}) for u in (1, 2, 3)]
+            assert all(r.status_code == 200 and len(r.json()["items"]) == 10 for r in recommended)
+
+            logged = sorted((disk / "events").glob("*/*.parquet"))
+            assert len(logged) == acknowledged and all(pq.read_table(f).num_rows == 200 for f in logged)
+            assert not list((disk / "events").glob("*/.*.tmp"))  # the refused write left nothing behind
+
+            subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+            assert post(running, "/feedback", batch(1000)).status_code == 200
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    print(
+        f"feedback log disk full (256 KiB tmpfs): {acknowledged} batches acknowledged and whole, batch "
+        f"{acknowledged + 1} refused with 503 ({refused.json()['error']!r}), 3/3 /recommend answered, accepted "
+        "again once space was freed"
+    )
+
+
 def _impressions_of(champion, request_id: str, timeout: float = 10.0) -> pd.DataFrame:
     """The impression rows of one answer, once the background writer has flushed them."""
     deadline = time.monotonic() + timeout
