@@ -9,16 +9,20 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from movielens import movielens_frames, write_canonical
+from tiny_platform import settings_for
 
+from feature_repo import store
 from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
 from feature_repo.sources import open_source
+from feature_repo.transforms import compute_features
 from serving.feedback import FeedbackLog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,4 +192,137 @@ def test_kill_9_during_ingest_leaves_the_old_lake_or_the_new(ingest_states, tmp_
         f"kill -9 at {point} of an ingest ({states['renames']} renames, {states['partitions']} partitions): "
         f"the lake read back {'new' if found == states['after'] else 'old'} and whole; re-run equal to an "
         f"uninterrupted one"
+    )
+
+
+# Materializes the home's features into its SQLite online store in batches of 100 rows, killing
+# itself with SIGKILL right after the `kill_after`-th batch committed, or (`kill_after` < 0) that
+# many tenths of a second after the first batch began: inside a write, most likely (0: never).
+MATERIALIZER = r"""
+import os, signal, sys, threading
+from pathlib import Path
+import pandas as pd
+from tiny_platform import settings_for
+from feature_repo import online_bulk, store
+
+home, lake, end, kill_after = Path(sys.argv[1]), Path(sys.argv[2]), pd.Timestamp(sys.argv[3]), int(sys.argv[4])
+online_bulk.BATCH_ROWS = 100
+written, real_write = 0, online_bulk._write_sqlite
+
+def write(*args):
+    global written
+    if written == 0 and kill_after < 0:
+        timer = threading.Timer(-kill_after / 10, lambda: os.kill(os.getpid(), signal.SIGKILL))
+        timer.daemon = True
+        timer.start()
+    real_write(*args)
+    written += 1
+    if written == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+online_bulk._write_sqlite = write
+store.materialize(settings_for(home, lake), end=end, bulk=True)
+print(written, flush=True)
+"""
+AS_OF_OLD, AS_OF_NEW = pd.Timestamp("2017-01-01", tz="UTC"), pd.Timestamp("2018-10-01", tz="UTC")
+
+
+def _online_rows(settings) -> dict[tuple[str, bytes], tuple]:
+    """Every entity's stored rows, per online table: what one entity's read returns."""
+    import sqlite3
+
+    con = sqlite3.connect(store.locations(settings).values["VIDREC_FEAST_ONLINE_PATH"])
+    try:
+        tables = [name for (name,) in con.execute("select name from sqlite_master where type = 'table'")]
+        rows: dict[tuple[str, bytes], list] = {}
+        for table in tables:
+            for row in con.execute(f'select * from "{table}" order by entity_key, feature_name'):
+                rows.setdefault((table, row[0]), []).append(row[1:])
+        return {key: tuple(value) for key, value in rows.items()}
+    finally:
+        con.close()
+
+
+def _materialized_to(settings) -> dict[str, datetime | None]:
+    """Where the registry says each view's materialization ends: where the next run starts."""
+    fs = store.feature_store(settings)
+    fs.refresh_registry()
+    return {v.name: v.most_recent_end_time for v in fs.list_feature_views()}
+
+
+def _materialized_before(features: Path, tmp: Path, lake: Lake):
+    """A home whose online store holds the older snapshot, its features folder the newer one too."""
+    settings = settings_for(tmp, lake.root)
+    shutil.copytree(features / "old", settings.features_dir)
+    store.apply_repo(settings)
+    store.materialize(settings, end=AS_OF_OLD, bulk=True)
+    shutil.rmtree(settings.features_dir)
+    shutil.copytree(features / "new", settings.features_dir)
+    return settings
+
+
+def _run_materializer(settings, kill_after: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            MATERIALIZER,
+            str(settings.home),
+            str(settings.lake_dir),
+            AS_OF_NEW.isoformat(),
+            str(kill_after),
+        ],  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"},
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def materialized_states(movielens_lake, tmp_path_factory):
+    """ml-latest-small's features as of 2017 (old) and 2018 (new); the online store with the old
+    materialized, and what an uninterrupted materialization of the new makes of it."""
+    tmp = tmp_path_factory.mktemp("materialize-kill")
+    compute_features(movielens_lake, [AS_OF_OLD], tmp / "features" / "old")
+    compute_features(movielens_lake, [AS_OF_OLD, AS_OF_NEW], tmp / "features" / "new")
+    reference = _materialized_before(tmp / "features", tmp / "reference", movielens_lake)
+    before, ends_before = _online_rows(reference), _materialized_to(reference)
+    done = _run_materializer(reference, 0)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = _online_rows(reference)
+    changed = sum(before.get(key) != rows for key, rows in after.items())
+    assert changed > 1000  # most entities differ between the snapshots
+    return {"features": tmp / "features", "lake": movielens_lake, "before": before, "after": after,
+            "ends_before": ends_before, "ends_after": _materialized_to(reference),
+            "batches": int(done.stdout.split()[-1]), "changed": changed}  # fmt: skip
+
+
+@pytest.mark.parametrize("point", ["after the first batch", "after half the batches", "0.3 s into the writes"])
+def test_kill_9_during_materialization_leaves_every_entity_old_or_new(materialized_states, tmp_path, point):
+    """Killed while materializing: each entity's online row is the old one or the new one (a batch
+    commits in one SQLite transaction), the registry still says the old window for the view that was
+    cut short, so the next run writes it again and ends where an uninterrupted one ends."""
+    states = materialized_states
+    settings = _materialized_before(states["features"], tmp_path / "home", states["lake"])
+    kill_after = {"after the first batch": 1, "after half the batches": states["batches"] // 2,
+                  "0.3 s into the writes": -3}[point]  # fmt: skip
+    killed = _run_materializer(settings, kill_after)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+    found = _online_rows(settings)
+    mixed = [key for key, rows in found.items() if rows not in (states["before"].get(key), states["after"].get(key))]
+    assert not mixed, f"{len(mixed)} entities hold rows of neither materialization"
+    # A view is marked materialized once all its batches are in: the one cut short is redone next run.
+    ends = _materialized_to(settings)
+    assert all(ends[v] in (states["ends_before"][v], states["ends_after"][v]) for v in ends)
+    new = sum(rows == states["after"][key] != states["before"].get(key) for key, rows in found.items())
+
+    store.materialize(settings, end=AS_OF_NEW, bulk=True)
+    assert _online_rows(settings) == states["after"]
+    assert _materialized_to(settings) == states["ends_after"]
+    print(
+        f"kill -9 {point} of a materialization ({states['batches']} batches of 100): {new} of "
+        f"{states['changed']} changed entities new, the rest old, none mixed; re-run equal to an uninterrupted one"
     )
