@@ -3,6 +3,8 @@
     require_postgres() / require_redis()   fail (never skip) with a clear message when a server is down
     temp_database(label)                   a fresh PostgreSQL database, dropped afterwards
     redis_db()                             an empty Redis database number claimed for the test, emptied afterwards
+    TcpProxy(host, port)                   a loopback proxy to a server: `cut()` takes the server down for the
+                                           clients behind the proxy only, `restore()` brings it back
 
 Each test gets its own database and Redis db number, so runs in parallel checkouts or CI jobs on the
 same servers do not see each other's state. Locations: VIDREC_TEST_PG (an admin SQLAlchemy/libpq URL,
@@ -15,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -140,3 +144,89 @@ def delete_all_keys(client) -> int:
     if batch:
         deleted += client.unlink(*batch)
     return deleted
+
+
+class TcpProxy:
+    """A loopback TCP proxy to a shared server, to take that server down for one client only.
+
+    `cut()` does to the clients behind the proxy what a stopped server does: it closes every
+    forwarded connection and stops listening, so new connections are refused. `restore()` listens
+    again on the same port. The server itself, and every other client of it, is left alone.
+    """
+
+    def __init__(self, target_host: str, target_port: int):
+        self.target = (target_host, target_port)
+        self.port = 0  # the first start() picks a free one; restore() reuses it
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._listening: tuple[threading.Thread, threading.Event] | None = None
+
+    def start(self) -> TcpProxy:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        listener.settimeout(0.1)  # the accept loop checks for a cut this often
+        self.port = listener.getsockname()[1]
+        stop = threading.Event()
+        thread = threading.Thread(target=self._accept, args=(listener, stop), name="tcp-proxy", daemon=True)
+        thread.start()
+        self._listening = (thread, stop)
+        return self
+
+    restore = start
+
+    def cut(self) -> None:
+        if self._listening is not None:
+            thread, stop = self._listening
+            stop.set()
+            thread.join(5)  # the listener is closed when the loop ends: new connections are refused
+            self._listening = None
+        with self._lock:
+            forwarded = list(self._open)
+        for sock in forwarded:  # wakes both pumps of each connection, which then close it
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    close = cut
+
+    def _accept(self, listener: socket.socket, stop: threading.Event) -> None:
+        with listener:
+            while not stop.is_set():
+                try:
+                    client, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                client.settimeout(None)
+                try:
+                    upstream = socket.create_connection(self.target, timeout=5)
+                except OSError:
+                    client.close()
+                    continue
+                upstream.settimeout(None)
+                with self._lock:
+                    self._open.update((client, upstream))
+                threading.Thread(target=self._forward, args=(client, upstream), daemon=True).start()
+
+    def _forward(self, client: socket.socket, upstream: socket.socket) -> None:
+        pumps = [threading.Thread(target=self._pump, args=pair, daemon=True) for pair in
+                 ((client, upstream), (upstream, client))]  # fmt: skip
+        for pump in pumps:
+            pump.start()
+        for pump in pumps:
+            pump.join()
+        with self._lock:
+            self._open.difference_update((client, upstream))
+        client.close()
+        upstream.close()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):  # one side ended: end the other pump too
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)

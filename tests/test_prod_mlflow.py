@@ -1,6 +1,7 @@
 """Training runs through a real MLflow tracking server backed by PostgreSQL: register, alias, gate, roll back.
 
 A `mlflow server` process runs on a free port with its backend store in a fresh PostgreSQL database
+(reached through a loopback proxy, so that one test can take PostgreSQL down for this server alone)
 and its artifacts proxied (`--serve-artifacts`) into a temporary folder. The prod profile points at it
 through VIDREC_MLFLOW_URI, and the experiment's artifact location is `mlflow-artifacts:///vidrec`, so
 every byte goes through the server. Data: the first 150 users of the real ml-latest-small. The server is
@@ -23,8 +24,10 @@ import pandas as pd
 import pytest
 import requests
 from mlflow import MlflowClient
+from mlflow.entities import ViewType
 from movielens import movielens_frames, write_canonical
-from services import pg_connect, temp_database
+from services import TcpProxy, pg_connect, temp_database
+from sqlalchemy.engine import make_url
 
 from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
@@ -98,13 +101,17 @@ class MlflowServer:
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mlflow-server")
     with temp_database("mlflow") as backend_uri:
-        srv = MlflowServer(backend_uri, tmp / "artifacts", tmp / "server.log")
-        srv.start()
-        srv.database = backend_uri.rsplit("/", 1)[1]
+        url = make_url(backend_uri)
+        postgres = TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
+        proxied = url.set(host="127.0.0.1", port=postgres.port).render_as_string(hide_password=False)
+        srv = MlflowServer(proxied, tmp / "artifacts", tmp / "server.log")
+        srv.database, srv.postgres = url.database, postgres
         try:
+            srv.start()
             yield srv
         finally:
             srv.stop()
+            postgres.close()
     assert srv.proc.poll() is not None, "the mlflow server is still running"
 
 
@@ -239,3 +246,87 @@ def test_rollback_through_the_server_and_undo(runs, client, server):
     assert got["model_version"]["version"] == first.versions[CANDIDATES_MODEL]
     registry.rollback(client)
     assert aliases(client, CHAMPION) == better.versions and aliases(client, PREVIOUS) == first.versions
+
+
+# MLflow's client retries a 5xx answer 7 times with exponential backoff by default (minutes of
+# waiting); `vidrec train` is given one retry here, so that its failure comes within seconds.
+FAST_FAILING_CLIENT = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+def registry_aliases(client: MlflowClient) -> dict[str, dict[str, str]]:
+    """Every alias of both registered models: model -> alias -> version."""
+    return {model: dict(client.get_registered_model(model).aliases) for model in registry.MODELS}
+
+
+def test_postgresql_down_mid_training_fails_it_and_leaves_the_aliases(runs, client, server, settings, tmp_path):
+    """The tracking server's PostgreSQL goes down while `vidrec train` runs: the command fails within
+    seconds with a message naming the server and what became of the registry, and once PostgreSQL
+    is back the aliases are those of before. The outage is the cut of the proxy the server reaches
+    PostgreSQL through: the shared PostgreSQL stays up for every other test."""
+    before = registry_aliases(client)
+    assert before[RANKER_MODEL][CHAMPION] == runs[2].versions[RANKER_MODEL]
+    experiment_id = client.get_experiment_by_name(registry.EXPERIMENT).experiment_id
+    known = {r.info.run_id for r in client.search_runs([experiment_id], run_view_type=ViewType.ALL)}
+    env = {
+        **os.environ, **FAST_FAILING_CLIENT, "PYTHONUNBUFFERED": "1", "VIDREC_PROFILE": "prod",
+        "VIDREC_HOME": str(tmp_path / "home"), "VIDREC_LAKE_DIR": str(settings.lake_dir),
+        "VIDREC_MLFLOW_URI": settings.mlflow_uri, "VIDREC_MLFLOW_ARTIFACTS": settings.mlflow_artifacts,
+    }  # fmt: skip
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # the client fixture set them: the CLI sets its own
+        env.pop(name, None)
+    command = [
+        str(Path(sys.executable).with_name("vidrec")), "train", "--protocol", "stratified",
+        "--generators", "popularity", "--no-feast", "--no-require-validated-lake",
+    ]  # fmt: skip
+    out, err = tmp_path / "train.out", tmp_path / "train.err"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        training = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=tmp_path)
+    try:
+        run_id, deadline = None, time.monotonic() + 180
+        while run_id is None and time.monotonic() < deadline and training.poll() is None:
+            # Partway: the run has logged what describes its data, and is on to its generators and ranker.
+            running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
+            partway = (r for r in running if r.info.run_id not in known and "data.test_users" in r.data.params)
+            run_id = next((r.info.run_id for r in partway), None)
+            time.sleep(0 if run_id else 0.1)
+        assert run_id is not None, f"no training run appeared as RUNNING:\n{err.read_text()[-3000:]}"
+        server.postgres.cut()
+        cut_at = time.time()
+        try:
+            code = training.wait(120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`vidrec train` still runs 120 s after PostgreSQL went down:\n{err.read_text()[-3000:]}")
+        failed_after = time.time() - cut_at
+        assert failed_after < 60, f"`vidrec train` took {failed_after:.0f} s to fail"
+    finally:
+        if training.poll() is None:
+            training.kill()
+            training.wait(10)
+        server.postgres.restore()
+
+    said = err.read_text()
+    errors = [line for line in said.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1, f"exit {code}:\n{said[-3000:]}"
+    message = errors[0].removeprefix("error:").strip()
+    assert "Traceback" not in said, said[-3000:]  # the message alone, no stack trace
+    assert message.startswith(f"the MLflow tracking server at {server.url} (or the database behind it) failed")
+    assert run_id in message and "the registry's aliases were not changed" in message, message
+
+    after = registry_aliases(client)  # the server answers again once PostgreSQL is back
+    assert after == before
+    assert not client.search_model_versions(f"run_id='{run_id}'")  # nothing registered by the failed run
+    # The run could not be closed while PostgreSQL was down, and nothing closes it afterwards: the
+    # message says so (pipeline.train_models closes such runs only on an Airflow retry).
+    status = client.get_run(run_id).info.status
+    assert status == "RUNNING" and "shows RUNNING" in message, (status, message)
+    champions = ", ".join(f"{m.removeprefix('vidrec-')}=v{a[CHAMPION]}" for m, a in after.items())
+    print(
+        f"PostgreSQL cut {cut_at - client.get_run(run_id).info.start_time / 1000:.1f} s into a training run: "
+        f'`vidrec train` failed after {failed_after:.1f} s (exit {code}) with "{message}"; aliases unchanged '
+        f"({champions}); the run stays {status}"
+    )

@@ -461,12 +461,14 @@ def train(
     except (ValueError, ValidationFailed) as exc:
         fail(str(exc))
     end = as_of or datetime.now(UTC).isoformat()
+    from models.lifecycle.tracking import TrackingFailed  # after the checks above: it loads MLflow
+
     with progress_bar("train", None) as advance:
         try:
             result = train_models(
                 params, end, progress=lambda m: (advance(1), console.print(f"  {m}")), settings=settings
             )
-        except (FileNotFoundError, ValueError, NotReady) as exc:
+        except (FileNotFoundError, ValueError, NotReady, TrackingFailed) as exc:
             fail(str(exc))
         except TrainingStopped:
             fail("training stopped by SIGTERM: nothing registered; its MLflow run is marked KILLED", code=143)

@@ -7,7 +7,12 @@ system sit side by side in one run and compare in the MLflow UI's chart view.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -19,8 +24,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
+from models.lifecycle import registry  # noqa: E402
 from models.lifecycle.registry import EXPERIMENT  # noqa: E402
 from vidrec.settings import Settings  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 
 def configure(settings: Settings) -> str:
@@ -48,6 +56,94 @@ def configure(settings: Settings) -> str:
     # Without this, runs land in MLflow's "Default" experiment (and its ./mlruns artifacts).
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+class TrackingFailed(RuntimeError):
+    """The MLflow tracking server, or the store behind it, failed during a training run."""
+
+
+def is_tracking_failure(error: BaseException) -> bool:
+    """MLflow's store could not be reached or failed (an HTTP 5xx after the client's retries, a
+    refused connection, a timeout, a database error), as opposed to a request it refused."""
+    import requests
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, TEMPORARILY_UNAVAILABLE, ErrorCode
+
+    if isinstance(error, requests.RequestException):
+        return True
+    failed = {ErrorCode.Name(INTERNAL_ERROR), ErrorCode.Name(TEMPORARILY_UNAVAILABLE)}
+    return isinstance(error, MlflowException) and error.error_code in failed
+
+
+@dataclass
+class TrainingRun:
+    """The MLflow run of a training; `aliases_touched` is set before its first registry alias moves."""
+
+    run: mlflow.ActiveRun
+    aliases_touched: bool = False
+
+
+@contextmanager
+def training_run(uri: str, **start_run) -> Iterator[TrainingRun]:
+    """`mlflow.start_run(**start_run)`, ended FINISHED, or FAILED on an error, as its own `with` does.
+
+    A tracking failure on the way (`is_tracking_failure`) is raised as TrackingFailed, saying which
+    server failed, whether the registry's aliases may have moved and whether the run could be closed:
+    MLflow's own error would be the one of closing the run, the last request that failed.
+    """
+    tracked = TrainingRun(mlflow.start_run(**start_run))
+    run_id = tracked.run.info.run_id
+    try:
+        yield tracked
+    except BaseException as error:
+        closed = _end_run(run_id, "FAILED")
+        if not is_tracking_failure(error):
+            raise
+        aliases = (
+            "the registry's aliases may be partly moved: check champion, challenger and previous of "
+            + " and ".join(registry.MODELS)
+            if tracked.aliases_touched
+            else "the registry's aliases were not changed"
+        )
+        state = "the run is marked FAILED" if closed else "the run could not be marked FAILED and shows RUNNING"
+        raise TrackingFailed(
+            f"{where(uri)} failed during training run {run_id} ({_first_line(error)}): {aliases}; {state}"
+        ) from error
+    try:
+        mlflow.end_run()
+    except Exception as error:
+        if not is_tracking_failure(error):
+            raise
+        raise TrackingFailed(
+            f"{where(uri)} failed closing training run {run_id} ({_first_line(error)}): its models are registered "
+            "and aliased as the run decided, but the run shows RUNNING"
+        ) from error
+
+
+def where(uri: str) -> str:
+    """The tracking server or store at `uri`, in words (a password in it masked)."""
+    uri = re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", uri)
+    if uri.startswith(("http://", "https://")):
+        return f"the MLflow tracking server at {uri} (or the database behind it)"
+    return f"the MLflow tracking store at {uri}"
+
+
+def _end_run(run_id: str, status: str) -> bool:
+    """End the active run `run_id` (if it is still active) with `status`; False when MLflow failed."""
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != run_id:
+        return True
+    try:
+        mlflow.end_run(status)  # off the active-run stack first, even when the server then fails
+    except Exception as error:  # noqa: BLE001 - the error that ended the run is the one to report
+        log.warning("could not mark MLflow run %s %s: %s", run_id, status, _first_line(error))
+        return False
+    return True
+
+
+def _first_line(error: BaseException, limit: int = 400) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def lake_fingerprint(event_files: list[Path]) -> str:

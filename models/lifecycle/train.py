@@ -328,7 +328,9 @@ def train_and_gate(
     tracking.configure(settings)
     client = MlflowClient()
 
-    with mlflow.start_run(run_name=f"train-{config.protocol}", tags=run_tags) as run:
+    # A failure of MLflow in the run raises tracking.TrackingFailed, saying whether aliases moved.
+    with tracking.training_run(settings.mlflow_uri, run_name=f"train-{config.protocol}", tags=run_tags) as tracked:
+        run = tracked.run
         mlflow.log_params(config.params())
         mlflow.set_tags({"dataset": dataset, "protocol": config.protocol})
         mlflow.log_params(
@@ -484,6 +486,7 @@ def train_and_gate(
                       "data.fingerprint": tracking.lake_fingerprint(lake.event_files())[:16],
                       "fitted_on": "every event up to the run's as-of time"},
             )  # fmt: skip
+        tracked.aliases_touched = True
         registry.mark_challenger(client, versions)
         if decision.promoted:
             registry.promote(client, versions)
