@@ -28,11 +28,18 @@ Last, `/feedback` -> visible: for 40 users a like of their top video is posted a
 until the answer is steered by the session (the like pushed to the online store) and the video is
 gone; p50/p99 of that time, beside a plain /recommend round trip of the same run.
 
+Then the soak (--soak SECONDS, 300 by default in the SQLite profile, 0 = none): a fresh server in
+the default configuration (cache on, impressions on) takes --soak seconds of load at 32 connections
+while every BentoML worker's RSS is sampled every few seconds. After a warm-up (the first 60 s, or
+20% of a shorter soak) a worker's RSS may grow by less than 20% to the end (BentoML's per-request
+traffic-timeout timers are a known source of growth); one line gives requests, errors (non-2xx
+included), the worst worker's RSS at warm-up end -> end and "ok" or "FAIL".
+
 Prints p50/p95/p99 latency and requests/s per configuration and concurrency and writes
-benchmarks/results/serving.json.
+benchmarks/results/serving.json (the soak's RSS samples under "soak").
 
     python benchmarks/bench_serving.py [--duration 15] [--connections 4 32] [--workers 2] [--cache on off]
-                                       [--impressions on off]
+                                       [--impressions on off] [--soak 300]
 
 The first run builds the champion into benchmarks/results/serving-home (a few minutes); later runs
 reuse it (--rebuild to start over).
@@ -57,6 +64,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -71,6 +79,8 @@ from serving.process import ServerProcess  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 ML_SMALL = ROOT.parent / "shared" / "datasets" / "ml-latest-small"
 GENERATORS = ("popularity", "trending", "item-cf", "ease", "content-tfidf")
+SOAK_CONNECTIONS = 32
+SOAK_GROWTH_TARGET = 0.20
 
 WRK_SCRIPT = r"""
 wrk.method = "POST"
@@ -143,10 +153,10 @@ def run_httpx(url: str, users: list[str], connections: int, seconds: float) -> d
     import httpx
 
     latencies: list[float] = []
-    errors = 0
+    errors = non_2xx = 0
 
     async def client(index: int, stop_at: float, http: httpx.AsyncClient) -> None:
-        nonlocal errors
+        nonlocal errors, non_2xx
         i = index
         while time.perf_counter() < stop_at:
             body = {
@@ -157,8 +167,9 @@ def run_httpx(url: str, users: list[str], connections: int, seconds: float) -> d
             started = time.perf_counter()
             try:
                 response = await http.post(url + "/recommend", json=body)
-                if response.status_code != 200:
+                if not 200 <= response.status_code < 300:
                     errors += 1
+                    non_2xx += 1
             except httpx.HTTPError:
                 errors += 1
             latencies.append(time.perf_counter() - started)
@@ -174,10 +185,17 @@ def run_httpx(url: str, users: list[str], connections: int, seconds: float) -> d
     elapsed = asyncio.run(main())
     cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
     return {
-        "requests": len(latencies), "seconds": elapsed, "errors": errors, "non_2xx": errors,
+        "requests": len(latencies), "seconds": elapsed, "errors": errors, "non_2xx": non_2xx,
         "p50_ms": cuts[49] * 1000, "p95_ms": cuts[94] * 1000, "p99_ms": cuts[98] * 1000, "max_ms": max(latencies) * 1000,
         "mean_ms": statistics.fmean(latencies) * 1000, "requests_per_s": len(latencies) / elapsed,
     }  # fmt: skip
+
+
+def run_load(client: str, url: str, users: list[str], connections: int, seconds: float, threads: int = 0) -> dict:
+    """`connections` closed-loop clients for `seconds`: wrk, or the httpx fallback."""
+    if client == "wrk":
+        return run_wrk(url, users, connections, seconds, threads=threads or (1 if connections <= 4 else 2))
+    return run_httpx(url, users, connections, seconds)
 
 
 def check_requests(url: str, users: list[str]) -> dict:
@@ -240,12 +258,18 @@ def main() -> None:
         "--impressions", nargs="+", choices=["on", "off"], default=["on", "off"],
         help="impression logging: 'off' adds a run of the first cache configuration without it",
     )  # fmt: skip
+    parser.add_argument(
+        "--soak", type=float, default=None, metavar="SECONDS",
+        help="seconds of load at 32 connections watching worker RSS (default: 300 with sqlite, 0 with redis; 0 = none)",
+    )  # fmt: skip
     parser.add_argument("--online-store", choices=["sqlite", "redis"], default="sqlite",
                         help="sqlite: the local profile; redis: the prod profile (Redis + PostgreSQL)")  # fmt: skip
     parser.add_argument("--redis", default="127.0.0.1:6379", help="Redis for --online-store redis")
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="PostgreSQL admin URL for --online-store redis")  # fmt: skip
     args = parser.parse_args()
+    if args.soak is None:
+        args.soak = 300.0 if args.online_store == "sqlite" else 0.0
 
     if args.online_store == "redis":
         # Its databases are dropped after each run, so the champion is built anew in a scratch home.
@@ -288,15 +312,7 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
     if "off" in args.impressions:
         configurations.append((args.cache[0], "off"))
     for cache, impressions in configurations:
-        env = {
-            **store_env,
-            "VIDREC_HOME": str(home),
-            "VIDREC_SERVE_WORKERS": str(args.workers),
-            "VIDREC_PRECOMPUTED_URL": "off",
-            "VIDREC_RELOAD_POLL_S": "30",
-            "VIDREC_CANDIDATE_CACHE": "5000" if cache == "on" else "0",
-            "VIDREC_LOG_IMPRESSIONS": "1" if impressions == "on" else "0",
-        }
+        env = server_env(home, store_env, args.workers, cache, impressions)
         with ServerProcess(
             env=env, log_path=RESULTS / f"serving-server-{args.online_store}-cache-{cache}-imp-{impressions}.log"
         ) as server:
@@ -304,14 +320,9 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
             label = f"candidate cache {cache}, impressions {impressions}"
             print(f"[{label}] server ready at {server.url}; {checked}", flush=True)
             # Warm up both workers (lazy imports, allocator growth; with the cache on, fills it).
-            (run_wrk(server.url, users, 8, 4, 1) if client == "wrk" else run_httpx(server.url, users, 8, 4))
+            run_load(client, server.url, users, 8, 4, threads=1)
             for connections in args.connections:
-                if client == "wrk":
-                    result = run_wrk(
-                        server.url, users, connections, args.duration, threads=1 if connections <= 4 else 2
-                    )
-                else:
-                    result = run_httpx(server.url, users, connections, args.duration)
+                result = run_load(client, server.url, users, connections, args.duration)
                 rows.append(
                     {"candidate_cache": cache, "impressions": impressions, "connections": connections,
                      "client": client, **result}
@@ -338,6 +349,7 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
                     f"plain /recommend, p50 {visibility['plain_recommend_p50_ms']:.1f} ms, same run)",
                     flush=True,
                 )
+    soaked = soak(args, client, users, home, store_env) if args.soak > 0 else None
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = {
         "endpoint": "POST /recommend k=10",
@@ -351,6 +363,7 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
         "impression_logging_p50_ratio": impression_cost(rows),
         "feedback_visibility": visibility,
         "trivial_endpoint": {str(c): r for c, r in baseline.items()},
+        "soak": soaked,
     }
     out.write_text(json.dumps(report, indent=2))
     print(
@@ -365,6 +378,125 @@ def measure(args: argparse.Namespace, home: Path, champion: dict, store_env: dic
     print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}; load client {client}")
     for connections, ratio in report["impression_logging_p50_ratio"].items():
         print(f"impression logging on/off, p50 at {connections} connections: {ratio:.3f} (target <= 1.10)")
+    if soaked:
+        print(soaked["line"])
+
+
+def server_env(home: Path, store_env: dict[str, str], workers: int, cache: str, impressions: str) -> dict[str, str]:
+    """The service's environment for one configuration: the real-time path only (no precomputed lists)."""
+    return {
+        **store_env,
+        "VIDREC_HOME": str(home),
+        "VIDREC_SERVE_WORKERS": str(workers),
+        "VIDREC_PRECOMPUTED_URL": "off",
+        "VIDREC_RELOAD_POLL_S": "30",
+        "VIDREC_CANDIDATE_CACHE": "5000" if cache == "on" else "0",
+        "VIDREC_LOG_IMPRESSIONS": "1" if impressions == "on" else "0",
+    }
+
+
+def worker_processes(server_pid: int) -> list:
+    """The BentoML workers under `bentoml serve` (circusd): its `_bentoml_impl.worker` children."""
+    import psutil
+
+    workers = []
+    for child in psutil.Process(server_pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if any("_bentoml_impl.worker" in part for part in child.cmdline()):
+                workers.append(child)
+    return workers
+
+
+def soak(args: argparse.Namespace, client: str, users: list[str], home: Path, store_env: dict[str, str]) -> dict:
+    """--soak seconds at 32 connections on a fresh default-configuration server, sampling each
+    worker's RSS every few seconds; growth = RSS at the end over RSS at the end of warm-up, per worker."""
+    import psutil
+
+    seconds = args.soak
+    warmup_s = min(60.0, 0.2 * seconds)
+    interval_s = min(5.0, max(1.0, seconds / 30))
+    env = server_env(home, store_env, args.workers, "on", "on")
+    samples: list[dict] = []
+    with ServerProcess(env=env, log_path=RESULTS / f"serving-server-{args.online_store}-soak.log") as server:
+        check_requests(server.url, users)
+        started_pids = sorted(w.pid for w in worker_processes(server.proc.pid))
+        if not started_pids:
+            raise SystemExit(f"no BentoML worker processes found under the server (pid {server.proc.pid})")
+        print(f"[soak] {seconds:g} s at {SOAK_CONNECTIONS} connections, workers {started_pids}, "
+              f"RSS every {interval_s:g} s, warm-up {warmup_s:g} s ...", flush=True)  # fmt: skip
+        stop = threading.Event()
+        started = time.perf_counter()
+
+        def take() -> float:
+            at = round(time.perf_counter() - started, 2)
+            for worker in worker_processes(server.proc.pid):
+                with contextlib.suppress(psutil.Error):
+                    samples.append({"t_s": at, "pid": worker.pid, "rss_bytes": worker.memory_info().rss})
+            return at
+
+        def sampler() -> None:
+            take()
+            while not stop.wait(interval_s):
+                take()
+
+        thread = threading.Thread(target=sampler, daemon=True)
+        thread.start()
+        try:
+            result = run_load(client, server.url, users, SOAK_CONNECTIONS, seconds)
+        finally:
+            stop.set()
+            thread.join()
+        ended_at = take()
+
+    per_worker = {}
+    for pid in sorted({s["pid"] for s in samples}):
+        mine = [s for s in samples if s["pid"] == pid]
+        after = [s for s in mine if s["t_s"] >= warmup_s]
+        if not after or after[0] is mine[-1]:
+            continue  # a worker that was not there from warm-up end to the end
+        base, end = after[0]["rss_bytes"], mine[-1]["rss_bytes"]
+        per_worker[str(pid)] = {"warmup_rss_bytes": base, "end_rss_bytes": end, "growth": round((end - base) / base, 4),
+                                "first_rss_bytes": mine[0]["rss_bytes"], "peak_rss_bytes": max(s["rss_bytes"] for s in mine)}  # fmt: skip
+    ended_pids = sorted({s["pid"] for s in samples if s["t_s"] == ended_at})
+    restarted = ended_pids != started_pids or sorted(map(int, per_worker)) != started_pids
+    worst = max(per_worker.items(), key=lambda kv: kv[1]["growth"]) if per_worker else None
+    growth = worst[1]["growth"] if worst else float("nan")
+    errors = result["errors"]
+    problems = []
+    if not growth < SOAK_GROWTH_TARGET:
+        problems.append("RSS growth")
+    if errors:
+        problems.append("errors")
+    if restarted:
+        problems.append(f"workers changed {started_pids} -> {ended_pids}")
+    verdict = "ok" if not problems else "FAIL (" + ", ".join(problems) + ")"
+    mib = 1 << 20
+    rss = (
+        f"{worst[1]['warmup_rss_bytes'] / mib:.0f} MiB -> {worst[1]['end_rss_bytes'] / mib:.0f} MiB ({growth:+.1%}"
+        if worst
+        else "n/a (no worker sampled from warm-up end to the end"
+    )
+    line = (
+        f"soak: {seconds:g} s at {SOAK_CONNECTIONS} connections, {result['requests']:,} requests, {errors:,} errors "
+        f"({result['non_2xx']:,} non-2xx); worker RSS after warm-up {rss}, target < {SOAK_GROWTH_TARGET:.0%}): {verdict}"
+    )
+    print(f"[soak] {line}", flush=True)
+    return {
+        "seconds": seconds,
+        "connections": SOAK_CONNECTIONS,
+        "client": client,
+        "candidate_cache": "on",
+        "impressions": "on",
+        "warmup_s": warmup_s,
+        "sample_interval_s": interval_s,
+        "load": result,
+        "workers": per_worker,
+        "max_rss_growth": growth,
+        "target_rss_growth": SOAK_GROWTH_TARGET,
+        "ok": not problems,
+        "line": line,
+        "samples": samples,
+    }
 
 
 def measure_baseline(args: argparse.Namespace, client: str, users: list[str]) -> dict[int, dict]:
@@ -374,12 +506,9 @@ def measure_baseline(args: argparse.Namespace, client: str, users: list[str]) ->
     with ServerProcess(
         env=env, log_path=RESULTS / "serving-trivial.log", service="benchmarks.trivial_service:Trivial"
     ) as server:
-        (run_wrk(server.url, users, 8, 4, 1) if client == "wrk" else run_httpx(server.url, users, 8, 4))
+        run_load(client, server.url, users, 8, 4, threads=1)
         for connections in args.connections:
-            if client == "wrk":
-                result = run_wrk(server.url, users, connections, args.duration, threads=1 if connections <= 4 else 2)
-            else:
-                result = run_httpx(server.url, users, connections, args.duration)
+            result = run_load(client, server.url, users, connections, args.duration)
             out[connections] = result
             print(
                 f"[trivial BentoML endpoint] {connections:>3} connections: {result['requests_per_s']:7.1f} req/s  "
