@@ -674,8 +674,9 @@ class RecommenderApp:
         engine = state.engines[ab.CHAMPION]
         now = datetime.now(UTC)
         by_view: dict[str, list[dict]] = {}
+        events_of = dict(tuple(activity.groupby(activity["user_id"].astype(str), sort=False)))
         for user_id, row in zip(users, previous, strict=True):
-            events = activity[activity["user_id"].astype(str) == user_id]
+            events = events_of[user_id]
             for view, fresh in fresh_rows(row, events, engine.genres_of, now).items():
                 by_view.setdefault(view, []).append({"user_id": user_id, **fresh})
         try:

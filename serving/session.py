@@ -21,6 +21,7 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
+from feast.online_response import TIMESTAMP_POSTFIX  # a feature's stored time in to_dict(include_event_timestamps)
 
 from feature_repo.sessions import (
     SESSION_GAP,
@@ -39,7 +40,6 @@ NEIGHBOURS = 30  # similar videos per anchor
 LIKE_WEIGHT = 0.6  # boost = weight x similarity, on relevance in [0, 1]
 WATCH_WEIGHT = 0.3
 DISLIKE_PENALTY = 0.6  # relevance x (1 - penalty x similarity)
-TIMESTAMP_POSTFIX = "__ts"  # Feast's suffix for a feature's stored time in `to_dict(include_event_timestamps)`
 
 
 def fresh_rows(

@@ -44,6 +44,21 @@ def canonical_movielens(ml_dir: Path, out_dir: Path, max_users: int | None = Non
     return write_canonical(events, videos.drop(columns="tags"), out_dir)
 
 
+def local_settings(home: Path) -> Settings:
+    """The local profile's settings with everything under `home`, whatever the caller's environment says."""
+    import pytest
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VIDREC_HOME", str(home))
+    for name in ("VIDREC_PROFILE", "VIDREC_LAKE_DIR", "VIDREC_FEATURES_DIR", "VIDREC_MLFLOW_URI", "VIDREC_MLFLOW_ARTIFACTS",
+                 "VIDREC_FEAST_REGISTRY", "VIDREC_FEAST_ONLINE_PATH"):  # fmt: skip
+        mp.delenv(name, raising=False)
+    try:
+        return Settings.from_env()
+    finally:
+        mp.undo()
+
+
 def build_champion(
     settings: Settings,
     ml_dir: Path,

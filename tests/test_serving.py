@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from bentoml.exceptions import BentoMLException
-from champion import build_champion, train_champion
+from champion import build_champion, local_settings, train_champion
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -44,7 +44,6 @@ from serving.engine import Engine
 from serving.online import OnlineFeatures, VideoTable
 from serving.process import ServerProcess
 from vidrec import cli, pipeline
-from vidrec.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,15 +54,7 @@ AT = datetime(2024, 5, 7, 13, 0, tzinfo=UTC)  # a Tuesday, 13:00 UTC: no time-of
 @pytest.fixture(scope="module")
 def champion(ml_small, tmp_path_factory):
     """The first 200 MovieLens users: lake, features, online store, a registered champion."""
-    home = tmp_path_factory.mktemp("serving-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VIDREC_HOME", str(home))
-    for name in ("VIDREC_PROFILE", "VIDREC_LAKE_DIR", "VIDREC_FEATURES_DIR", "VIDREC_MLFLOW_URI", "VIDREC_MLFLOW_ARTIFACTS",
-                 "VIDREC_FEAST_REGISTRY", "VIDREC_FEAST_ONLINE_PATH"):  # fmt: skip
-        mp.delenv(name, raising=False)
-    settings = Settings.from_env()
-    mp.undo()
-    yield build_champion(settings, ml_small, max_users=200)
+    yield build_champion(local_settings(tmp_path_factory.mktemp("serving-home")), ml_small, max_users=200)
 
 
 @pytest.fixture(scope="module")
@@ -362,16 +353,19 @@ def test_feedback_is_durable_across_a_restart_and_ingestible(champion, server):
 def test_a_full_disk_refuses_feedback_with_503_and_recommendations_go_on(champion, tmp_path):
     """The feedback log's disk fills up: batches get 503 naming the cause, nothing half-written is
     left, every batch acknowledged before is whole, /recommend keeps answering, and once there is
-    room again /feedback takes batches again."""
+    room again /feedback takes batches again. Its viewers are new users, so the sessions its
+    feedback pushes to the shared online store change no other test's answers."""
     disk = tmp_path / "feedback"
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], check=True)
-    env = {"VIDREC_HOME": str(champion.settings.home), "VIDREC_FEEDBACK_DIR": str(disk), "VIDREC_SERVE_WORKERS": "1"}
+    # Its own BentoML home: `bentoml serve` clears the metrics folder there, which the module's server uses.
+    env = {"VIDREC_HOME": str(champion.settings.home), "VIDREC_FEEDBACK_DIR": str(disk), "VIDREC_SERVE_WORKERS": "1",
+           "BENTOML_HOME": str(tmp_path / "bentoml")}  # fmt: skip
     videos = champion.system.data.video_ids.astype(str)[:50]
     now = pd.Timestamp.now(tz="UTC").floor("s").isoformat()
 
     def batch(b: int) -> dict:
-        return {"events": [{"event_id": f"disk-{b}-{i}", "user_id": str(i % 90 + 1), "video_id": videos[i % 50],
+        return {"events": [{"event_id": f"disk-{b}-{i}", "user_id": f"disk-viewer-{i % 90}", "video_id": videos[i % 50],
                             "event_ts": now, "event_type": "watch", "watch_time_s": 30.0} for i in range(200)]}  # fmt: skip
 
     try:

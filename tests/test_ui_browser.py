@@ -8,7 +8,6 @@ where they cannot be installed the module is skipped and says so. The servers ar
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,22 +19,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from browser import headless_chrome  # first: skips the module without Chromium
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from models.lifecycle.config import DEFAULT_GENERATORS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-if not (CHROMIUM and DRIVER):
-    pytest.skip(
-        "Debian's chromium and chromium-driver are not installed (`make browser` as root installs them)",
-        allow_module_level=True,
-    )
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -74,17 +65,7 @@ def _serving(command: list[str], env: dict, health: str, log: Path, timeout: flo
 
 @pytest.fixture(scope="module")
 def browser():
-    options = Options()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver = headless_chrome(1400, 1000)
     yield driver
     driver.quit()
 

@@ -9,31 +9,21 @@ chromedriver, as in tests/test_ui_browser.py; without them the module is skipped
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
-from champion import build_champion
+from browser import headless_chrome  # first: skips the module without Chromium
+from champion import build_champion, local_settings
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from feature_repo.lake import Lake
 from serving.process import ServerProcess
-from vidrec.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-if not (CHROMIUM and DRIVER):
-    pytest.skip(
-        "Debian's chromium and chromium-driver are not installed (`make browser` as root installs them)",
-        allow_module_level=True,
-    )
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 60  # the first answer may wait for a worker's models; later ones take well under a second
@@ -42,15 +32,7 @@ WAIT_S = 60  # the first answer may wait for a worker's models; later ones take 
 @pytest.fixture(scope="module")
 def champion(ml_small, tmp_path_factory):
     """The first 200 MovieLens users: lake, features, online store, a registered champion."""
-    home = tmp_path_factory.mktemp("ui-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VIDREC_HOME", str(home))
-    for name in ("VIDREC_PROFILE", "VIDREC_LAKE_DIR", "VIDREC_FEATURES_DIR", "VIDREC_MLFLOW_URI", "VIDREC_MLFLOW_ARTIFACTS",
-                 "VIDREC_FEAST_REGISTRY", "VIDREC_FEAST_ONLINE_PATH"):  # fmt: skip
-        mp.delenv(name, raising=False)
-    settings = Settings.from_env()
-    mp.undo()
-    yield build_champion(settings, ml_small, max_users=200)
+    yield build_champion(local_settings(tmp_path_factory.mktemp("ui-home")), ml_small, max_users=200)
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +44,7 @@ def server(champion):
 
 @pytest.fixture(scope="module")
 def browser():
-    options = Options()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1100",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver = headless_chrome(1400, 1100)
     yield driver
     driver.quit()
 
