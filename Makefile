@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo ui serve lint secrets test test-fast bench lock clean
+.PHONY: install browser demo ui serve lint secrets test test-fast bench wrk lock clean
 
 install: $(STAMP)
 
@@ -60,7 +60,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not integration and not slow"
 
-bench: $(STAMP)
+bench: $(STAMP) wrk
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_features.py
 	$(BIN)/python benchmarks/bench_models.py
@@ -68,6 +68,14 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_serving.py --online-store redis
 	$(BIN)/python benchmarks/bench_redis.py
 	$(BIN)/python benchmarks/bench_scale.py
+
+# The load generator of the serving benchmark (Debian's wrk): a C client leaves the CPU to the
+# servers under test; without it bench_serving.py falls back to a Python client, and says so.
+wrk:
+	@if command -v wrk >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q wrk >/dev/null || echo "could not install wrk: bench_serving.py uses its Python client"; \
+	else echo "wrk missing (apt-get install wrk as root): bench_serving.py uses its Python client"; fi
 
 # Re-resolve the environment and record it (run after changing dependencies in pyproject.toml).
 lock:
