@@ -64,6 +64,7 @@ CONTEXT = (
 )
 COLD_POOL = 300
 SIMILAR_WEIGHTS = {"content": 0.5, "collaborative": 0.5}
+SIMILAR_CACHE = 20_000  # (video, k) answers kept per worker: about 1 KB each
 
 
 class EngineError(RuntimeError):
@@ -182,6 +183,9 @@ class Engine:
         # (refreshes, pagination) rank them again with fresh features without re-scoring the
         # catalog with every generator.
         self.candidate_cache = LRU(candidate_cache, ttl_s=candidate_ttl_s)
+        # A video's neighbours depend on the model only; session steering asks for the same
+        # anchors on every request of a session, each a catalog-wide sparse product.
+        self.similar_cache = LRU(SIMILAR_CACHE)
 
     # ---- preparation -----------------------------------------------------------------------------
 
@@ -474,7 +478,15 @@ class Engine:
     # ---- without the ranker -----------------------------------------------------------------------
 
     def similar(self, video_row: int, k: int) -> Suggestions:
-        """Blend of content cosine and co-watch (collaborative) cosine; the video itself excluded."""
+        """Blend of content cosine and co-watch (collaborative) cosine; the video itself excluded.
+        The answer is shared through the cache: callers read it, never change it."""
+        found = self.similar_cache.fresh((video_row, k))
+        if found is None:
+            found = self._similar(video_row, k)
+            self.similar_cache.put((video_row, k), found)
+        return found
+
+    def _similar(self, video_row: int, k: int) -> Suggestions:
         content = np.asarray(
             (self.content_normed @ self.content_normed[video_row].T).toarray()
             if sp.issparse(self.content_normed)
@@ -491,7 +503,9 @@ class Engine:
         sources = [
             [name for name, part in (("content", content[i]), ("collaborative", collab[i])) if part > 0] for i in ids
         ]
-        return Suggestions(ids, values.astype(np.float64), sources)
+        relevance = values.astype(np.float64)
+        ids.flags.writeable = relevance.flags.writeable = False
+        return Suggestions(ids, relevance, sources)
 
     def cold_start(self, user: dict[str, object] | None, exclude: np.ndarray | None = None) -> Suggestions:
         """Trending and popular videos, pulled towards the user's recent videos and favourite genres
