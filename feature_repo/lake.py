@@ -111,16 +111,6 @@ def _make_dirs_durably(path: Path) -> None:
         fsync_dir(folder.parent)
 
 
-def replace_dir_atomic(new: Path, target: Path) -> None:
-    """Swap folder `new` in for `target`: readers see the old or the new folder, never a mix."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 class Lake:
     def __init__(self, root: Path):
         self.root = Path(root)
