@@ -376,20 +376,17 @@ class LakeChanges:
         displaced = run / "displaced"
         for i, op in enumerate(ops):
             target = lake.root / op["target"]
-            if op["op"] == "replace":
-                staged = lake.root / op["staged"]
-                if not staged.exists():
-                    continue  # moved in before the interruption
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if target.is_dir():  # a folder cannot be renamed over: move the old one aside first
-                    displaced.mkdir(exist_ok=True)
-                    os.replace(target, displaced / str(i))
-                os.replace(staged, target)
-            elif target.is_dir():
+            staged = lake.root / op["staged"] if op["op"] == "replace" else None
+            if staged is not None and not staged.exists():
+                continue  # moved in before the interruption
+            if target.is_dir():  # a folder cannot be renamed over or unlinked: aside, gone with the run
                 displaced.mkdir(exist_ok=True)
                 os.replace(target, displaced / str(i))
-            else:
+            elif staged is None:
                 target.unlink(missing_ok=True)
+            if staged is not None:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, target)
         journal.unlink()
 
     def _rel(self, path: Path) -> str:
