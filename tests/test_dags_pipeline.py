@@ -139,6 +139,10 @@ def test_train_config_from_params():
 
     videos = pd.DataFrame({"video_id": ["1"], "title": ["t"], "genres": [["Drama"]]})
     assert generator_factories(videos, tuned=tuned.tuned)["als"]().factors == tuned.tuned["als"]["factors"]
+    assert tuned.ranker.blend_feature == "z_ease" and tuned.ranker.blend_weight > 0  # `vidrec tune --generator ranker`
+    # Without the generator the blend reads, training leaves the blend off instead of failing late.
+    without_ease = pipeline.train_config({"tuned_for": "movielens-small", "generators": "popularity,item-cf"})
+    assert without_ease.ranker.blend_weight == 0 and without_ease.ranker.blend_feature is None
     with pytest.raises(ValueError, match="no tuned hyperparameters for 'nowhere'"):
         pipeline.train_config({"tuned_for": "nowhere"})
 

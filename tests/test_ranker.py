@@ -10,9 +10,11 @@ from models.interactions import Interactions
 from models.ranker import (
     TREND_FEATURES,
     RankerConfig,
+    ScoreBlend,
     context_features,
     feature_columns,
     grade_labels,
+    standardize_within,
     train_ranker,
     trend_features,
 )
@@ -101,6 +103,30 @@ def test_trees_are_chosen_by_cross_validation_then_refit_on_every_query():
     # Without early stopping: every tree, no validation.
     full = train_ranker(frame, labels, RankerConfig(n_estimators=30, early_stopping_rounds=None))
     assert full.booster.get_booster().num_boosted_rounds() == 30 and np.isnan(full.validation_ndcg)
+
+
+def test_a_blend_adds_a_generators_z_score_over_each_users_candidates():
+    frame, labels = synthetic_ranking(0, n_users=60)
+    frame = frame.rename(columns={"noise": "z_other"})
+    config = RankerConfig(n_estimators=20, early_stopping_rounds=None, blend_feature="z_other", blend_weight=0.5)
+    model = train_ranker(frame, labels, config)
+    assert model.blend == ScoreBlend("z_other", 0.5)
+    scores = model.predict(frame)
+    margin = model.booster.predict(frame[model.features].astype(np.float32))
+    for user in ("u0", "u7"):
+        rows = (frame["user_id"] == user).to_numpy()
+        expected = standardize_within(margin[rows], None) + 0.5 * standardize_within(frame["z_other"][rows], None)
+        np.testing.assert_allclose(scores[rows], expected, rtol=1e-5, atol=1e-5)
+        # One user's scores do not depend on who else is in the frame (serving ranks one user).
+        np.testing.assert_allclose(model.predict(frame[rows]), scores[rows], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="blend_feature 'z_missing' is not one of its features.*z_other"):
+        train_ranker(frame, labels, RankerConfig(n_estimators=5, blend_feature="z_missing", blend_weight=1.0))
+
+
+def test_standardize_within_groups():
+    values = np.array([1.0, 2.0, 3.0, 5.0, 5.0, np.nan])
+    out = standardize_within(values, np.array([0, 0, 0, 1, 1, 1]))
+    np.testing.assert_allclose(out, [-1.2247449, 0.0, 1.2247449, 0.0, 0.0, 0.0], atol=1e-6)  # constant: 0, NaN: 0
 
 
 def test_query_id_groups_rows_instead_of_user_id():

@@ -36,7 +36,8 @@ from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
 from feature_repo.sources import open_source
 from models.lifecycle import experiments, registry, tracking
-from models.two_stage import Requests, ranking_frame
+from models.ranker import ScoreBlend
+from models.two_stage import Requests, TwoStage, ranking_frame
 from serving import ab, precomputed
 from serving.app import RecommenderApp
 from serving.config import ServingConfig
@@ -133,6 +134,18 @@ def test_online_ranking_equals_the_offline_two_stage_system(champion):
         offline = frame[engine.features].astype(np.float32).to_numpy()
         np.testing.assert_allclose(ranked.features, offline, rtol=1e-6, atol=1e-6, equal_nan=True)
         np.testing.assert_allclose(ranked.scores, system.ranker.predict(frame), rtol=1e-6, atol=1e-6)
+
+    # A ranker with a blend (`vidrec tune --generator ranker`) scores the same online and offline.
+    partner = next(f for f in engine.features if f.startswith("z_"))
+    blended = TwoStage(system.union, system.catalog, dataclasses.replace(system.ranker, blend=ScoreBlend(partner, 0.5)))
+    blended_engine = Engine(blended, champion.versions, "champion", online.video_table(system.data.video_ids))
+    row = system.data.user_rows(["42"])[0]
+    ranked = blended_engine.rank(row, online.user_row("42"), AT, "tv")
+    requests = Requests(np.array([row]), pd.Series([pd.Timestamp(AT)]), pd.Series(["tv"]))
+    frame = ranking_frame(system.union, system.catalog, requests, feast_online).set_index("video_row").loc[ranked.rows]
+    expected = blended.ranker.predict(frame.reset_index())
+    np.testing.assert_allclose(ranked.scores, expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(expected, system.ranker.predict(frame.reset_index()))
 
 
 # ---- recommend, similar, health over HTTP -------------------------------------------------------------

@@ -16,17 +16,21 @@ from typer.testing import CliRunner
 
 from models.catalog import generator_factories, init_params
 from models.lifecycle import registry
-from models.lifecycle.benchmark import split_events
+from models.lifecycle.benchmark import load_dataset, split_events
+from models.lifecycle.config import RankerConfig
+from models.lifecycle.ranker_tuning import tune_ranker
 from models.lifecycle.tuning import (
     SEARCH_SPACES,
     VALIDATION_METRIC,
     default_params,
     space_names,
+    split_tuned,
     tunable,
     tune_generator,
     tuned_params,
     validation_split,
 )
+from vidrec import pipeline
 from vidrec.cli import app
 from vidrec.settings import Settings
 
@@ -121,6 +125,35 @@ def test_trials_are_nested_mlflow_runs(study, settings):
     parent = client.get_run(result.run_id)
     assert parent.data.tags["vidrec.kind"] == "tune" and parent.data.params["generator"] == "item-cf"
     assert parent.data.metrics[f"{VALIDATION_METRIC}.tuned"] == pytest.approx(result.validation_after)
+
+
+def test_ranker_blend_is_chosen_on_validation_and_read_by_training(study, subset, settings, monkeypatch, tmp_path):
+    _, path, _, _ = study
+    _, _, raw = subset
+    # The two-stage system's cross features read canonical videos (genres): ingest the files as `benchmark` does.
+    events, videos = load_dataset("movielens-small", raw, tmp_path / "lake", tmp_path / "cache")
+    train, test = split_events(events[events["user_id"].astype(int) <= 60], "stratified", seed=42)  # 60: fast
+    tuned = tune_ranker(train, test, videos, dataset="subset", protocol="stratified", settings=settings, path=path)
+    content = json.loads(path.read_text())
+    assert "item-cf" in content  # the generators' entries stay
+    entry = content["ranker"]
+    grid = entry["validation_grid"]  # the trees alone, and every (z_<generator>, weight)
+    assert entry["trials"] == len(grid) > 20 and "none x 0" in grid and "z_item-cf x 0.5" in grid
+    assert entry[VALIDATION_METRIC] == pytest.approx(max(grid.values()), abs=1e-6) == tuned.validation_after
+    assert entry[f"{VALIDATION_METRIC}_defaults"] == pytest.approx(grid["none x 0"], abs=1e-6)
+    assert 0 < tuned.test_before <= 1 and 0 < tuned.test_after <= 1
+    params = entry["params"]
+    chosen = f"{params['blend_feature'] or 'none'} x {params['blend_weight']:g}"
+    assert grid[chosen] == max(grid.values())
+    run = MlflowClient(tracking_uri=settings.mlflow_uri).get_run(tuned.run_id)
+    assert run.data.params["best.blend_weight"] == str(params["blend_weight"])
+
+    # Generators and the ranker take their own parts of the file; `train --tuned-for` reads both.
+    generators, ranker = split_tuned(tuned_params("subset", path=path))
+    assert "ranker" not in generators and ranker == params
+    monkeypatch.setenv("VIDREC_TUNED_DIR", str(path.parent))
+    config = pipeline.train_config({"tuned_for": "subset", "ranker": {"seed": 3}})
+    assert "ranker" not in config.tuned and config.ranker == RankerConfig(seed=3, **params)
 
 
 @pytest.mark.parametrize("protocol", ["stratified", "time", "user-time"])

@@ -277,7 +277,11 @@ def _required_tuned(dataset: str) -> dict[str, dict]:
 def tune(
     ctx: typer.Context,
     generator: Annotated[
-        str, typer.Option(help="Generator(s) to tune, comma-separated (als, bpr, ease, item-cf, user-cf, svd, ...)")
+        str,
+        typer.Option(
+            help="Generator(s) to tune, comma-separated (als, bpr, ease, item-cf, user-cf, svd, ...), "
+            "and/or ranker: the two-stage ranker's blend with a generator"
+        ),
     ],
     dataset: Annotated[str, typer.Option(help="Dataset name, as for `vidrec benchmark`")] = DEFAULT_DATASET,
     data_dir: Annotated[Path | None, typer.Option(help="Folder with the dataset's files")] = None,
@@ -296,7 +300,8 @@ def tune(
     """Search generators' hyperparameters (Optuna TPE) on a validation split of the train part; save the best."""
     from feature_repo.sources import DataFileError, DownloadError
     from models.lifecycle.benchmark import load_dataset, split_events
-    from models.lifecycle.tuning import tunable, tune_generator, tuned_path
+    from models.lifecycle.ranker_tuning import tune_ranker
+    from models.lifecycle.tuning import RANKER_ENTRY, tunable, tune_generator, tuned_path
 
     settings: Settings = ctx.obj
     if protocol not in PROTOCOLS:
@@ -309,16 +314,31 @@ def tune(
         train, test = split_events(events, protocol, seed)
     except (DataFileError, DownloadError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
-    unknown = [g for g in names if g not in tunable(videos)]
+    unknown = [g for g in names if g not in tunable(videos) and g != RANKER_ENTRY]
     if unknown or not names:
-        fail(f"cannot tune {unknown or generator!r}: tunable generators are {', '.join(tunable(videos))}")
+        fail(
+            f"cannot tune {unknown or generator!r}: tunable generators are {', '.join(tunable(videos))}, "
+            f"and {RANKER_ENTRY} (the two-stage ranker's blend)"
+        )
+    # The ranker's blend is chosen over the tuned generators, so it goes last.
+    names = sorted(names, key=lambda name: name == RANKER_ENTRY)
     path = out or tuned_path(dataset)
     console.print(
         f"{dataset} ({protocol}): searching on a validation split of the {len(train):,} train pairs; "
-        f"{trials} trials per generator, trial 0 = defaults; best -> {path}"
+        + (f"{trials} trials per generator, trial 0 = defaults; " if names != [RANKER_ENTRY] else "")
+        + f"best -> {path}"
     )
     results = []
     for name in names:
+        if name == RANKER_ENTRY:
+            console.print("  ranker: the two-stage system on the validation split, then each blend of the grid")
+            try:
+                results.append(tune_ranker(
+                    train, test, videos, dataset=dataset, protocol=protocol, seed=seed, settings=settings, path=path
+                ))  # fmt: skip
+            except ValueError as exc:
+                fail(str(exc))
+            continue
         with progress_bar(f"tune {name}", trials) as advance:
 
             def report(t, name=name, advance=advance) -> None:

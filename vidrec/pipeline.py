@@ -483,10 +483,15 @@ def train_config(params: dict):
     """A `TrainConfig` from the DAG's Params or the CLI's options (`models.lifecycle.config.train_config`),
     with `tuned_for` read from the dataset's saved tuning (`models/tuned/<dataset>.json`)."""
     from models.lifecycle.config import train_config as config_from
-    from models.lifecycle.tuning import require_tuned
+    from models.lifecycle.tuning import require_tuned, split_tuned
 
-    tuned = require_tuned(params["tuned_for"]) if params.get("tuned_for") else {}
-    return config_from({**params, "tuned": tuned})
+    generators, ranker = split_tuned(require_tuned(params["tuned_for"]) if params.get("tuned_for") else {})
+    config = config_from({**params, "tuned": generators, "ranker": {**ranker, **(params.get("ranker") or {})}})
+    partner = (config.ranker.blend_feature or "").removeprefix("z_")
+    if partner and partner not in config.generators:  # a tuned blend with a generator this run leaves out
+        log.warning("the ranker's tuned blend needs generator %r, which this run does not train: blend off", partner)
+        config = replace(config, ranker=replace(config.ranker, blend_feature=None, blend_weight=0.0))
+    return config
 
 
 def train_models(

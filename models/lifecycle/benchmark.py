@@ -28,8 +28,9 @@ from models.catalog import generator_factories
 from models.evaluate import evaluate_model, users_with_truth
 from models.hybrid import HybridUnion
 from models.interactions import LEARNING_TYPES, Interactions, epoch_seconds
-from models.lifecycle.config import PROTOCOLS
+from models.lifecycle.config import PROTOCOLS, RankerConfig
 from models.lifecycle.significance import Interval, PerUser, paired_intervals
+from models.lifecycle.tuning import split_tuned
 from models.metrics import per_user_ndcg
 from models.protocols import (
     rating_triples,
@@ -130,7 +131,9 @@ def train_events_of(data: BenchmarkData) -> pd.DataFrame:
     return split_to_events(data.train)
 
 
-def two_stage_model(data: BenchmarkData, train_events: pd.DataFrame, protocol: str, vectors, factories) -> Recommender:
+def two_stage_model(
+    data: BenchmarkData, train_events: pd.DataFrame, protocol: str, vectors, factories, ranker_config=None
+) -> Recommender:
     """The generators' union plus the XGBoost ranker, trained inside the train split only.
 
     The ranker learns from label windows inside the train split, each with generators fitted
@@ -139,9 +142,9 @@ def two_stage_model(data: BenchmarkData, train_events: pd.DataFrame, protocol: s
     whole train split and the ranker ranks their candidates for the test users, each request
     at the user's first test event (its hour, day and device are the request's context).
     No Feast features here: the benchmark compares models on the split alone (`vidrec train`
-    adds them).
+    adds them). `ranker_config`: a `RankerConfig` (default: the defaults), e.g. with a tuned blend.
     """
-    from models.lifecycle.config import DEFAULT_GENERATORS, TrainConfig
+    from models.lifecycle.config import DEFAULT_GENERATORS, RankerConfig, TrainConfig
     from models.ranker import CatalogSide
     from models.two_stage import Requests, TwoStage, TwoStageRecommender, train_on_windows
 
@@ -165,7 +168,9 @@ def two_stage_model(data: BenchmarkData, train_events: pd.DataFrame, protocol: s
             data.videos, interactions, align_rows(vectors, data.videos["video_id"], interactions.video_ids)
         )
 
-    ranker, _ = train_on_windows((*union_on(fit), label) for fit, label in windows)  # one union at a time
+    ranker, _ = train_on_windows(
+        ((*union_on(fit), label) for fit, label in windows), config=ranker_config or RankerConfig()
+    )  # one union at a time
     final_union, final_catalog = union_on(train_events)
     system = TwoStage(final_union, final_catalog, ranker)
     train_end = pd.to_datetime(train_events["event_ts"], utc=True).max()
@@ -184,7 +189,8 @@ def run_benchmark(
 ) -> list[dict]:
     """Fit every generator on `data.train`, evaluate on `data.test`, write recs and results.
 
-    `tuned`: {generator: params} over the catalog's settings (`models.lifecycle.tuning.tuned_params`).
+    `tuned`: {generator: params} over the catalog's settings (`models.lifecycle.tuning.tuned_params`),
+    and the ranker's under "ranker" (`vidrec tune --generator ranker`).
 
     `encoder` (minilm | tfidf) embeds the catalog for intra-list diversity.
     """
@@ -198,9 +204,15 @@ def run_benchmark(
     user_rows = users_with_truth(relevant)
     test_ratings = rating_triples(test_events, train)
     vectors = content_vectors(data.videos, encoder)
-    factories = generator_factories(data.videos, minilm=vectors if encoder == "minilm" else None, tuned=tuned)
+    generator_params, ranker_params = split_tuned(tuned)
+    factories = generator_factories(
+        data.videos, minilm=vectors if encoder == "minilm" else None, tuned=generator_params or None
+    )
     item_vectors = align_rows(vectors, data.videos["video_id"], train.video_ids)
-    factories[TWO_STAGE] = lambda: two_stage_model(data, train_events_of(data), protocol, vectors, factories)
+    ranker_config = RankerConfig(**ranker_params)
+    factories[TWO_STAGE] = lambda: two_stage_model(
+        data, train_events_of(data), protocol, vectors, factories, ranker_config
+    )
     names = models or list(factories)
     unknown = sorted(set(names) - set(factories))
     if unknown:

@@ -51,6 +51,10 @@ class RankerConfig:
     # XGBoost threads. Histogram sums are reduced in a fixed order per thread count, so a given
     # n_jobs gives the same trees on every run and machine.
     n_jobs: int = 2
+    # The trees' score blended with one generator's z-score (models.ranker.ScoreBlend); weight 0:
+    # the trees alone. `vidrec tune --generator ranker` chooses both per dataset.
+    blend_feature: str | None = None
+    blend_weight: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def params(self) -> dict:

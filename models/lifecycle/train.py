@@ -389,8 +389,12 @@ def train_and_gate(
         mlflow.log_metric("ranker.training_rows", rows.n_rows)
         mlflow.log_metric("ranker.training_queries", rows.n_queries)
         mlflow.log_metric("ranker.training_rows_mb", rows.nbytes / 2**20)
+        mlflow.log_metric("ranker.blend_weight", ranker.blend.weight)
+        mlflow.set_tag("ranker.blend_feature", ranker.blend.feature or "none")
+        blend = f", blended with {ranker.blend.weight:g} x {ranker.blend.feature}" if ranker.blend.weight else ""
         step(
-            f"ranker: {rows.n_queries:,} queries, {rows.n_rows:,} rows ({rows.nbytes / 2**20:.0f} MB float32), {ranker.best_iteration + 1} trees"
+            f"ranker: {rows.n_queries:,} queries, {rows.n_rows:,} rows ({rows.nbytes / 2**20:.0f} MB float32), "
+            f"{ranker.best_iteration + 1} trees{blend}"
         )
 
         with meter.stage("generators refit before the held-out window"):

@@ -54,6 +54,9 @@ VALIDATION_METRIC = f"validation_{METRIC}"
 # The inner stratified split draws with a seed of its own, so it is not the outer draw's twin.
 VALIDATION_SEED_OFFSET = 1
 TUNED_DIR_ENV = "VIDREC_TUNED_DIR"
+# The tuned file's entry for the two-stage ranker's settings (models/lifecycle/ranker_tuning.py);
+# every other entry is a generator's.
+RANKER_ENTRY = "ranker"
 PACKAGE_TUNED_DIR = Path(__file__).resolve().parents[1] / "tuned"
 
 SearchSpace = Callable[[Any], dict[str, Any]]  # optuna.Trial -> constructor params
@@ -221,6 +224,13 @@ def tuned_params(dataset: str, path: Path | None = None) -> dict[str, dict[str, 
     return {generator: dict(entry["params"]) for generator, entry in read_tuned(path).items()}
 
 
+def split_tuned(tuned: Mapping[str, Mapping[str, Any]] | None) -> tuple[dict[str, dict], dict[str, Any]]:
+    """(generators' params, the ranker's params) of `tuned_params`' answer, as `generator_factories`
+    and `RankerConfig` take them."""
+    generators = {name: dict(params) for name, params in (tuned or {}).items() if name != RANKER_ENTRY}
+    return generators, dict((tuned or {}).get(RANKER_ENTRY) or {})
+
+
 def require_tuned(dataset: str) -> dict[str, dict[str, Any]]:
     """`tuned_params(dataset)`, or a ValueError naming the missing file and how to make it."""
     params = tuned_params(dataset)
@@ -275,7 +285,7 @@ def validation_split(train: pd.DataFrame, protocol: str, seed: int = 42) -> tupl
     return fit[columns].reset_index(drop=True), validation[columns].reset_index(drop=True)
 
 
-def _check_disjoint(validation: pd.DataFrame, test: pd.DataFrame) -> None:
+def check_disjoint(validation: pd.DataFrame, test: pd.DataFrame) -> None:
     """Guard: the validation split must not hold a single test-part pair."""
     keys = ["user_id", "video_id"]
     leaked = validation[keys].merge(test[keys].drop_duplicates(), on=keys)
@@ -400,7 +410,7 @@ def tune_generator(
     started = time.perf_counter()
 
     fit, validation = validation_split(train, protocol, seed)
-    _check_disjoint(validation, test)
+    check_disjoint(validation, test)
     catalog = videos["video_id"]
     inner = Holdout.build(fit, validation, catalog)
     defaults = default_params(generator, videos, space_names(generator))
