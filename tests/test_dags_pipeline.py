@@ -133,7 +133,7 @@ def test_train_config_from_params():
     user_time = pipeline.train_config({"protocol": "user-time", "min_test_users": 50})
     assert user_time.protocol == "user-time" and user_time.min_test_users == 50
     # The tuned hyperparameters saved under version control for ml-latest-small, by dataset name.
-    tuned = pipeline.train_config({"tuned_for": "movielens-small"})
+    tuned = pipeline.train_config({"tuned_for": "movielens-small", "protocol": "stratified"})
     assert tuned.tuned["als"]["factors"] > 0 and "tuned.als.factors" in tuned.params()
     from models.catalog import generator_factories
 
@@ -141,8 +141,13 @@ def test_train_config_from_params():
     assert generator_factories(videos, tuned=tuned.tuned)["als"]().factors == tuned.tuned["als"]["factors"]
     assert tuned.ranker.blend_feature == "z_ease" and tuned.ranker.blend_weight > 0  # `vidrec tune --generator ranker`
     # Without the generator the blend reads, training leaves the blend off instead of failing late.
-    without_ease = pipeline.train_config({"tuned_for": "movielens-small", "generators": "popularity,item-cf"})
+    without_ease = pipeline.train_config(
+        {"tuned_for": "movielens-small", "protocol": "stratified", "generators": "popularity,item-cf"}
+    )
     assert without_ease.ranker.blend_weight == 0 and without_ease.ranker.blend_feature is None
+    # The blend was chosen under the stratified protocol: the time protocol trains without it.
+    time_config = pipeline.train_config({"tuned_for": "movielens-small", "protocol": "time"})
+    assert time_config.ranker.blend_weight == 0 and time_config.tuned["als"] == tuned.tuned["als"]
     with pytest.raises(ValueError, match="no tuned hyperparameters for 'nowhere'"):
         pipeline.train_config({"tuned_for": "nowhere"})
 

@@ -152,7 +152,7 @@ def test_ranker_blend_is_chosen_on_validation_and_read_by_training(study, subset
     generators, ranker = split_tuned(tuned_params("subset", path=path))
     assert "ranker" not in generators and ranker == params
     monkeypatch.setenv("VIDREC_TUNED_DIR", str(path.parent))
-    config = pipeline.train_config({"tuned_for": "subset", "ranker": {"seed": 3}})
+    config = pipeline.train_config({"tuned_for": "subset", "protocol": "stratified", "ranker": {"seed": 3}})
     assert "ranker" not in config.tuned and config.ranker == RankerConfig(seed=3, **params)
 
 

@@ -227,7 +227,7 @@ def benchmark(
     console.print(
         f"{dataset}: {len(train):,} train pairs, {len(test):,} test pairs ({'given split' if split_dir else protocol})"
     )
-    params = _tuned_params(dataset) if tuned else None
+    params = _tuned_params(dataset, "stratified" if split_dir else protocol) if tuned else None
     with progress_bar("benchmark", len(names) if names else None) as advance:
         try:
             rows = run_benchmark(
@@ -246,15 +246,19 @@ def benchmark(
     console.print(f"wrote {out / 'results.json'}, {out / 'recs'}/, {out / 'split'}/ ({len(rows)} models)")
 
 
-def _tuned_params(dataset: str) -> dict[str, dict] | None:
-    """The dataset's tuned params ({generator: params}), saying which are used; None without a file."""
-    from models.lifecycle.tuning import read_tuned, tuned_path
+def _tuned_params(dataset: str, protocol: str) -> dict[str, dict] | None:
+    """The dataset's tuned params ({generator: params}) a run under `protocol` uses, saying which;
+    None without a file."""
+    from models.lifecycle.tuning import entries_for, read_tuned, tuned_path
 
     path = tuned_path(dataset)
     try:
-        entries = read_tuned(path)
+        everything = read_tuned(path)
     except ValueError as exc:
         fail(str(exc))
+    entries = entries_for(everything, protocol)
+    if set(everything) - set(entries):
+        console.print(f"the tuned ranker blend in {path} was chosen under another protocol: not used under {protocol}")
     if entries:
         used = ", ".join(
             f"{name} ({entry.get('protocol', '?')}, {entry.get('trials', '?')} trials)"

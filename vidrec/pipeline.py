@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +37,9 @@ log = logging.getLogger("vidrec.pipeline")
 
 VALIDATION_FILE = "lake_validation.json"
 RUN_KEY_TAG = "vidrec.run_key"
+# Which process on which machine runs a training: the next training on that machine closes the
+# runs whose process is gone (`close_orphaned_runs`).
+HOST_TAG, PID_TAG = "vidrec.host", "vidrec.pid"
 
 
 # (description, total or None) -> the function told how much more is done: a progress bar's task.
@@ -121,6 +126,34 @@ def _close_runs(
             client.set_tag(run.info.run_id, "vidrec.killed", why)
             client.set_terminated(run.info.run_id, "KILLED")
             closed.append(run.info.run_id)
+    return closed
+
+
+def close_orphaned_runs(client) -> list[str]:
+    """Mark KILLED the RUNNING runs started on this machine by a process that is gone: one killed
+    hard, or one that failed while the tracking store was down and so could not close its run.
+    Called when a training starts; runs of live processes (another training now) stay."""
+    from models.lifecycle import registry
+
+    experiment = client.get_experiment_by_name(registry.EXPERIMENT)
+    if experiment is None:
+        return []
+    query = f"tags.`{HOST_TAG}` = '{socket.gethostname()}' and attributes.status = 'RUNNING'"
+    closed = []
+    for run in client.search_runs([experiment.experiment_id], filter_string=query):
+        pid = int(run.data.tags.get(PID_TAG, "0") or 0)
+        if pid <= 0 or pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # exists, under another user
+            continue
+        client.set_tag(run.info.run_id, "vidrec.killed", f"its process {pid} was gone; closed by the next training")
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed.append(run.info.run_id)
     return closed
 
 
@@ -482,10 +515,13 @@ def check_lake_validated(*, settings: Settings | None = None) -> dict:
 def train_config(params: dict):
     """A `TrainConfig` from the DAG's Params or the CLI's options (`models.lifecycle.config.train_config`),
     with `tuned_for` read from the dataset's saved tuning (`models/tuned/<dataset>.json`)."""
+    from models.lifecycle.config import TrainConfig
     from models.lifecycle.config import train_config as config_from
     from models.lifecycle.tuning import require_tuned, split_tuned
 
-    generators, ranker = split_tuned(require_tuned(params["tuned_for"]) if params.get("tuned_for") else {})
+    protocol = params.get("protocol") or TrainConfig.protocol
+    tuned = require_tuned(params["tuned_for"], protocol) if params.get("tuned_for") else {}
+    generators, ranker = split_tuned(tuned)
     config = config_from({**params, "tuned": generators, "ranker": {**ranker, **(params.get("ranker") or {})}})
     partner = (config.ranker.blend_feature or "").removeprefix("z_")
     if partner and partner not in config.generators:  # a tuned blend with a generator this run leaves out
@@ -529,6 +565,9 @@ def train_models(
         key = hashlib.sha256(
             json.dumps({"data": fingerprint, "config": config.params()}, sort_keys=True, default=str).encode()
         ).hexdigest()[:32]
+        orphaned = close_orphaned_runs(client)
+        if orphaned:
+            log.warning("marked KILLED the MLflow run(s) %s, left RUNNING by a process that is gone", orphaned)
         airflow_run = (run_tags or {}).get("airflow.run_id")
         if airflow_run:  # an earlier attempt of this task was killed hard (SIGKILL): close its run
             stale = _close_runs(client, key, ("RUNNING",), "closed by the next attempt", str(airflow_run))
@@ -541,6 +580,8 @@ def train_models(
                 return {**found, "reused": True, "run_key": key, "as_of": end_time.isoformat()}
         tags = {
             RUN_KEY_TAG: key,
+            HOST_TAG: socket.gethostname(),
+            PID_TAG: str(os.getpid()),
             "vidrec.as_of": end_time.isoformat(),
             **{k: str(v) for k, v in (run_tags or {}).items()},
         }
