@@ -15,7 +15,7 @@ features for one user with numpy, from structures prepared once per loaded model
 
 and scores them with the ranker's booster (`inplace_predict`, the iterations `RankerModel.predict`
 uses), blended with a generator's z-score over the user's candidates where the ranker's
-`ScoreBlend` says so. tests/test_serving_logic.py checks that features and scores equal `ranking_frame` +
+`ScoreBlend` says so. tests/test_serving.py checks that features and scores equal `ranking_frame` +
 `RankerModel.predict` for the same user. A ranker that needs a feature the engine cannot
 compute is refused at load time rather than served with a silent gap.
 
@@ -37,7 +37,7 @@ import scipy.sparse as sp
 
 from feature_repo.schema import DEVICES
 from models.base import top_k, unit_rows
-from models.ranker import TREND_FEATURES, ScoreBlend, days_away
+from models.ranker import TREND_FEATURES, days_away
 from serving.cache import LRU
 from serving.online import (
     REQUEST_VIEW,
@@ -178,7 +178,7 @@ class Engine:
         best = getattr(self.ranker, "best_iteration", None)
         n_trees = self.booster.num_boosted_rounds()
         self.iteration_range = (0, min(int(best) + 1, n_trees)) if best is not None and best >= 0 else (0, 0)
-        self.blend = getattr(self.ranker, "blend", ScoreBlend())
+        self.blend = self.ranker.blend
         self.blend_col = self.features.index(self.blend.feature) if self.blend.weight else -1
         self.set_videos(videos or VideoTable.empty(self.n_videos))
         # Retrieval depends on the user and the model only (not on the context or the online
