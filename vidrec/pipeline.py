@@ -565,14 +565,15 @@ def train_models(
         key = hashlib.sha256(
             json.dumps({"data": fingerprint, "config": config.params()}, sort_keys=True, default=str).encode()
         ).hexdigest()[:32]
-        orphaned = close_orphaned_runs(client)
-        if orphaned:
-            log.warning("marked KILLED the MLflow run(s) %s, left RUNNING by a process that is gone", orphaned)
         airflow_run = (run_tags or {}).get("airflow.run_id")
         if airflow_run:  # an earlier attempt of this task was killed hard (SIGKILL): close its run
             stale = _close_runs(client, key, ("RUNNING",), "closed by the next attempt", str(airflow_run))
             if stale:
                 log.warning("marked KILLED the MLflow run(s) %s that an earlier attempt left RUNNING", stale)
+        # Then any other run this machine left RUNNING from a process that is gone (any run key).
+        orphaned = close_orphaned_runs(client)
+        if orphaned:
+            log.warning("marked KILLED the MLflow run(s) %s, left RUNNING by a process that is gone", orphaned)
         if not params.get("force_retrain"):
             found = registry.finished_run(client, RUN_KEY_TAG, key)
             if found is not None:
