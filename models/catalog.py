@@ -54,7 +54,7 @@ def generator_factories(
     def bpr():
         from models.bpr import BPR
 
-        return BPR(factors=64, iterations=100)
+        return BPR(factors=64, iterations=50)
 
     def svd():
         from models.svd import SVD

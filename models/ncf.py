@@ -21,6 +21,7 @@ from torch import nn
 
 from models.base import NotFittedError, Recommender, check_positive_int
 from models.interactions import Interactions
+from models.negative_sampling import observed_keys, sample_unseen
 from models.torch_state import TorchStateMixin, torch_determinism
 
 # (user, video) pairs pushed through the MLP at once when scoring: bounds the hidden block.
@@ -129,7 +130,7 @@ class NCF(TorchStateMixin, Recommender):
         users, items = users.astype(np.int64), items.astype(np.int64)
         self.popularity = np.asarray(observed.sum(axis=0), dtype=np.float32).ravel()
         self.has_history = np.diff(observed.indptr) > 0
-        seen_keys = np.sort(users * data.n_videos + items)
+        seen_keys = observed_keys(observed)
         rng = np.random.default_rng(self.seed)
         with torch_determinism(self.seed):
             net = NeuMFNet(data.n_users, data.n_videos, self.factors, self.mlp_dims, self.dropout)
@@ -199,29 +200,3 @@ class NCF(TorchStateMixin, Recommender):
         if self.net is None:
             raise NotFittedError("NCF has no trained network: call fit() first")
         return self.net
-
-
-def sample_unseen(
-    users: np.ndarray, n_videos: int, seen_keys: np.ndarray, rng: np.random.Generator, tries: int = 5
-) -> np.ndarray:
-    """One uniformly drawn video row per entry of `users`, avoiding that user's observed videos.
-
-    `seen_keys` is the sorted array of user * n_videos + video of observed pairs; a sorted search
-    checks every draw at once. Collisions are redrawn a few times; a rare leftover (a user who
-    has seen almost the whole catalog) only adds a little label noise.
-    """
-    negatives = rng.integers(0, n_videos, size=len(users))
-    for _ in range(tries):
-        hit = _contains(seen_keys, users * n_videos + negatives)
-        if not hit.any():
-            break
-        negatives[hit] = rng.integers(0, n_videos, size=int(hit.sum()))
-    return negatives
-
-
-def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Whether each key is in `sorted_keys`."""
-    if not len(sorted_keys):
-        return np.zeros(len(keys), dtype=bool)
-    pos = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
-    return sorted_keys[pos] == keys

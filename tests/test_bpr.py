@@ -16,6 +16,7 @@ class TestBPR(RecommenderContract):
         {"learning_rate": -0.1},
         {"regularization": float("nan")},
         {"iterations": 0},
+        {"batch_size": 0},
         {"seed": "42"},
     ]
     beats_popularity_by, held_out_k = 1.1, 10
@@ -26,14 +27,12 @@ class TestBPR(RecommenderContract):
     def held_out_model(self, videos):
         return BPR(factors=32, iterations=100)
 
-    def test_bias_column_scores_but_is_not_a_taste_vector(self, fitted, data):
+    def test_scores_are_factors_plus_the_video_bias(self, fitted, data):
         interactions, _ = data
-        # implicit appends the video bias as a factor and gives every user a constant 1 for it.
-        assert fitted.item_factors_.shape == (interactions.n_videos, 33)
-        np.testing.assert_array_equal(fitted.user_factors_[:, -1], 1.0)
-        assert fitted.item_vectors().shape == (interactions.n_videos, 32)
+        assert fitted.item_factors_.shape == (interactions.n_videos, 32)
+        assert fitted.item_vectors() is fitted.item_factors_  # taste only, without the bias
         np.testing.assert_allclose(
-            fitted.score(np.arange(3)), fitted.user_factors_[:3] @ fitted.item_factors_.T, rtol=1e-5
+            fitted.score(np.arange(3)), fitted.user_factors_[:3] @ fitted.item_factors_.T + fitted.item_bias_, rtol=1e-5
         )
 
     def test_sequels_are_similar(self, fitted, data):
@@ -57,7 +56,7 @@ def test_ranks_watched_above_unwatched():
 
 def test_recommends_from_the_users_community():
     data = two_communities()
-    ids, _ = BPR(factors=2, iterations=200).fit(data).recommend(np.array([data.n_users - 1]), k=3)
+    ids, _ = BPR(factors=2, iterations=200, learning_rate=0.05).fit(data).recommend(np.array([data.n_users - 1]), k=3)
     assert set(ids[0]) <= set(range(1, 6))
 
 
@@ -77,6 +76,22 @@ def test_seed_fixes_the_factors():
     np.testing.assert_array_equal(a.user_factors_, b.user_factors_)
     np.testing.assert_array_equal(a.item_factors_, b.item_factors_)
     assert not np.array_equal(a.item_factors_, c.item_factors_)
+
+
+def test_a_user_without_history_is_scored_by_the_bias_alone():
+    data = two_communities()
+    dense = data.matrix.toarray()
+    dense[0] = 0
+    blank = Interactions(sp.csr_matrix(dense), data.user_ids, data.video_ids)
+    model = BPR(factors=4, iterations=20).fit(blank)
+    np.testing.assert_array_equal(model.user_factors_[0], 0.0)
+    np.testing.assert_allclose(model.score(np.array([0]))[0], model.item_bias_)
+
+
+def test_losses_fall():
+    model = BPR(factors=4, iterations=30, learning_rate=0.05).fit(two_communities())
+    assert len(model.losses) == 30
+    assert model.losses[-1] < 0.5 * model.losses[0]
 
 
 def test_empty_matrix_is_refused():

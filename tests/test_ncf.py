@@ -5,7 +5,8 @@ from recommender_contract import RecommenderContract
 from toy_data import two_clusters
 
 from models.interactions import Interactions
-from models.ncf import NCF, sample_unseen
+from models.ncf import NCF
+from models.negative_sampling import sample_unseen
 
 
 class TestNCF(RecommenderContract):

@@ -10,6 +10,7 @@ from models.user_cf import UserKNN
 
 class TestUserKNN(RecommenderContract):
     model_class = UserKNN
+    bad_params = [{"alpha": 0}, {"alpha": -1.0}, {"shrink": -1.0}, {"alpha": float("inf")}]
     beats_popularity_by, held_out_k = 1.2, 10
 
     def make_model(self, videos):
@@ -40,6 +41,19 @@ def test_scores_are_similarity_weighted_neighbour_rows():
         expected = cos[user, top] @ dense[top]
         assert model.neighbours_[user].nnz == 3
         np.testing.assert_allclose(model.score(np.array([user]))[0], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_alpha_raises_each_kept_similarity_to_its_power():
+    # alpha only reweights the neighbours the cosine kept: same lists, similarities ** alpha.
+    rng = np.random.default_rng(5)
+    dense = (rng.random((15, 25)) < 0.4) * rng.uniform(0.5, 3.0, (15, 25))
+    data = Interactions(sp.csr_matrix(dense.astype(np.float32)), np.arange(15).astype(str), np.arange(25).astype(str))
+    plain, amplified = UserKNN(k_neighbors=4).fit(data), UserKNN(k_neighbors=4, alpha=3.0).fit(data)
+    np.testing.assert_array_equal(plain.neighbours_.indices, amplified.neighbours_.indices)
+    np.testing.assert_allclose(amplified.neighbours_.data, plain.neighbours_.data**3, rtol=1e-5)
+    np.testing.assert_allclose(
+        amplified.score(np.arange(15)), (plain.neighbours_.power(3) @ dense), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_recommends_what_similar_users_watched():

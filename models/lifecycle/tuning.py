@@ -77,13 +77,14 @@ def _als(trial) -> dict[str, Any]:
 
 
 def _bpr(trial) -> dict[str, Any]:
+    # Uniform negatives with Adam (models/bpr.py): on ml-latest-small the good fits are wide
+    # (100-250 factors), take steps near 1e-3 and want 100+ epochs; a trial's time grows with
+    # factors x epochs (200 x 150: about a minute on 56k fit pairs, one thread).
     return {
         "factors": trial.suggest_int("factors", 16, 256, log=True),
-        # implicit draws negatives in proportion to popularity; on MovieLens the best fits take
-        # small steps for many epochs (ml-latest-small: lr ~1e-3, ~300 epochs), hence the low end.
-        "learning_rate": trial.suggest_float("learning_rate", 1e-4, 0.2, log=True),
-        "regularization": trial.suggest_float("regularization", 1e-5, 0.1, log=True),
-        "iterations": trial.suggest_int("iterations", 30, 1000, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 3e-4, 1e-2, log=True),
+        "regularization": trial.suggest_float("regularization", 1e-4, 3e-2, log=True),
+        "iterations": trial.suggest_int("iterations", 20, 200, log=True),
     }
 
 
@@ -99,7 +100,11 @@ def _item_cf(trial) -> dict[str, Any]:
 
 
 def _user_cf(trial) -> dict[str, Any]:
-    return {"k_neighbors": trial.suggest_int("k_neighbors", 5, 600, log=True)}
+    return {
+        "k_neighbors": trial.suggest_int("k_neighbors", 5, 600, log=True),
+        "shrink": trial.suggest_float("shrink", 0.0, 50.0),
+        "alpha": trial.suggest_float("alpha", 1.0, 4.0),
+    }
 
 
 def _svd(trial) -> dict[str, Any]:
