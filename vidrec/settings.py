@@ -27,6 +27,9 @@ class Settings:
     features_dir: Path
     mlflow_uri: str
     mlflow_artifacts: str
+    # Where the spark profile submits its Spark work: local[N] here, spark://host:7077 or
+    # k8s://https://host:443 against a cluster.
+    spark_master: str = "local[2]"
 
     @classmethod
     def from_env(cls, profile: str | None = None) -> Settings:
@@ -48,4 +51,5 @@ class Settings:
             # Not MLFLOW_TRACKING_URI: mlflow.set_tracking_uri() writes that variable itself.
             mlflow_uri=os.environ.get("VIDREC_MLFLOW_URI", default_mlflow),
             mlflow_artifacts=os.environ.get("VIDREC_MLFLOW_ARTIFACTS", str(home / "mlartifacts")),
+            spark_master=os.environ.get("VIDREC_SPARK_MASTER", "local[2]"),
         )
