@@ -22,6 +22,8 @@ merge of snapshots by as-of time is then the table format's job (one partition p
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -46,6 +48,10 @@ def spark_session(master: str = "local[*]", app_name: str = "vidrec-features", *
         .config("spark.sql.adaptive.enabled", "true")
         .config("spark.ui.enabled", "false")
     )
+    if master.startswith("local") and "PYSPARK_PYTHON" not in os.environ:
+        # Python workers (pandas UDFs, xgboost.spark) run this interpreter, whose packages they
+        # import; Spark's default is whatever `python3` is on PATH. A cluster's executors use their own.
+        builder = builder.config("spark.pyspark.python", sys.executable)
     for key, value in conf.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
