@@ -48,10 +48,11 @@ def spark_session(master: str = "local[*]", app_name: str = "vidrec-features", *
         .config("spark.sql.adaptive.enabled", "true")
         .config("spark.ui.enabled", "false")
     )
-    if master.startswith("local") and "PYSPARK_PYTHON" not in os.environ:
+    if master.startswith("local"):
         # Python workers (pandas UDFs, xgboost.spark) run this interpreter, whose packages they
-        # import; Spark's default is whatever `python3` is on PATH. A cluster's executors use their own.
-        builder = builder.config("spark.pyspark.python", sys.executable)
+        # import; PySpark's default is whatever `python3` is on PATH, read from the environment
+        # when the context starts. A cluster's executors use their own.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in conf.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
