@@ -8,6 +8,7 @@ have probes and resources.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -28,7 +29,7 @@ SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|FERNET|PRIVATE|CREDENTIAL)", r
 REF = re.compile(r"\$\{(\w+)(?::?[-?]([^}]*))?\}")
 EXPECTED_SERVICES = {
     "postgres", "redis", "mlflow", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-    "airflow-dag-processor", "airflow-triggerer", "serving",
+    "airflow-dag-processor", "airflow-triggerer", "serving", "spark-master", "spark-worker",
 }  # fmt: skip
 
 
@@ -187,11 +188,28 @@ def check_command(name: str, command: list[str]) -> None:
         {"airflow": check_airflow, "mlflow": check_mlflow, "bentoml": check_bentoml}[program](args)
     elif program == "sh":
         assert command[1] == "-c" and command[2].startswith("exec redis-server"), f"{name}: {command}"
+    elif program == "spark-class":
+        check_spark_daemon(name, args)
     else:
         pytest.fail(f"{name}: unexpected program {program}")
     for token in command:
         if token.startswith(IMAGE_ROOT):
             assert in_repo(token).exists(), f"{name}: {token}"
+
+
+def check_spark_daemon(name: str, args: list[str]) -> None:
+    """A Spark standalone daemon of the installed pyspark: its class starts and knows every option."""
+    cls, options = args[0], args[1:]
+    assert cls in ("org.apache.spark.deploy.master.Master", "org.apache.spark.deploy.worker.Worker"), f"{name}: {cls}"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # find_spark_home's python
+    usage = subprocess.run(
+        ["spark-class", cls, "--help"], capture_output=True, text=True, env=env, timeout=120, check=False
+    ).stderr
+    assert "Usage:" in usage, f"{name}: spark-class {cls} did not start: {usage[-500:]}"
+    for option in (o for o in options if o.startswith("--")):
+        assert f" {option} " in usage, f"{name}: {cls} has no option {option}"
+    if cls.endswith("Worker"):
+        assert options[-1].startswith("spark://"), f"{name}: a worker needs the master's spark:// URL last"
 
 
 def test_commands_are_real_commands_of_the_pinned_tools():
