@@ -3,6 +3,7 @@
     require_postgres() / require_redis()   fail (never skip) with a clear message when a server is down
     temp_database(label)                   a fresh PostgreSQL database, dropped afterwards
     redis_db()                             an empty Redis database number claimed for the test, emptied afterwards
+    free_port()                            a free loopback TCP port for a server the test starts
     TcpProxy(host, port)                   a loopback proxy to a server: `cut()` takes the server down for the
                                            clients behind the proxy only, `restore()` brings it back
 
@@ -37,6 +38,12 @@ CLAIM_KEY = "vidrec:integration-test:claim"
 
 
 HOW_TO_START = "CI starts it in .ci/run; on a workstation run .ci/run or start the server by hand"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _redact(url: str) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from services import pg_connect, redis_client, redis_db, redis_host_port, temp_database
+from services import free_port, pg_connect, redis_client, redis_db, redis_host_port, temp_database
 
 from feature_repo.synthetic import SyntheticConfig, generate
 
@@ -48,14 +48,6 @@ LOGICAL_DATE = "2026-01-31T00:00:00Z"  # the day after the synthetic platform's 
 TRAIN_CONF = {"generators": ["popularity", "trending", "item-cf"], "per_source_k": 50, "baseline_gain": -1.0}
 RUN_TIMEOUT_S = 900.0
 USER = "admin"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class AirflowCluster:

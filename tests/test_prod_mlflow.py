@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import requests
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from movielens import movielens_frames, write_canonical
-from services import TcpProxy, pg_connect, temp_database
+from services import TcpProxy, free_port, pg_connect, temp_database
 from sqlalchemy.engine import make_url
 
 from feature_repo.ingest import ingest
@@ -43,12 +42,6 @@ pytestmark = pytest.mark.integration
 
 USERS = 150
 ARTIFACTS = "mlflow-artifacts:///vidrec"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class MlflowServer:

@@ -1,9 +1,10 @@
-"""Batch recommendations on Spark (local[2]): the same lists as the embedded batch, written to Redis.
+"""Batch recommendations on a Spark cluster: the same lists as the embedded batch, written to Redis.
 
 A real champion (tests/champion.py: the pipeline's own stages on the first 60 ml-latest-small
-users, Feast features), a real SparkSession whose Python workers load it from the MLflow registry,
-and a claimed Redis database: each user's stored list must be the one `ranked_batches` gives on the
-driver.
+users, Feast features), a real Spark standalone cluster on loopback (tests/spark_cluster.py: the
+master and worker daemons compose runs) whose executors load the champion from the MLflow
+registry, and a claimed Redis database: each user's stored list must be the one `ranked_batches`
+gives on the driver.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 from champion import build_champion, local_settings
 from services import redis_client, redis_db
+from spark_cluster import standalone_cluster
 
 from feature_repo.transforms.spark import spark_session
 from models.lifecycle import batch
@@ -31,11 +33,15 @@ def champion(ml_small, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def spark():
-    session = spark_session("local[2]", app_name="vidrec-test-batch", **{"spark.sql.shuffle.partitions": "2"})
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
+def spark(tmp_path_factory):
+    with standalone_cluster(tmp_path_factory.mktemp("spark-cluster"), cores=2) as master:
+        session = spark_session(
+            master, app_name="vidrec-test-batch",
+            **{"spark.sql.shuffle.partitions": "2", "spark.executor.memory": "2g", "spark.cores.max": "2"},
+        )  # fmt: skip
+        session.sparkContext.setLogLevel("ERROR")
+        yield session
+        session.stop()
 
 
 @pytest.fixture(scope="module")
