@@ -51,6 +51,11 @@ def generator_factories(
 
         return ALS(factors=64, iterations=15)
 
+    def spark_als():
+        from models.spark_als import SparkALS
+
+        return SparkALS(factors=64, iterations=15)
+
     def bpr():
         from models.bpr import BPR
 
@@ -102,6 +107,7 @@ def generator_factories(
         "item-cf": item_cf,
         "user-cf": user_cf,
         "als": als,
+        "spark-als": spark_als,
         "bpr": bpr,
         "svd": svd,
         "content-tfidf": content_tfidf,

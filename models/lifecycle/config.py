@@ -13,7 +13,7 @@ PROTOCOLS = ("time", "user-time", "stratified")
 # Every candidate generator `models.catalog.generator_factories` builds, in the order forms list them.
 GENERATORS = (
     "popularity", "trending", "item-cf", "user-cf", "als", "bpr", "svd", "ease", "content-tfidf",
-    "content-minilm", "mult-vae", "sasrec", "ncf", "gru4rec",
+    "content-minilm", "mult-vae", "sasrec", "ncf", "gru4rec", "spark-als",
 )  # fmt: skip
 DEFAULT_GENERATORS = ("popularity", "trending", "item-cf", "user-cf", "als", "ease", "content-tfidf")
 NON_PERSONALIZED = ("popularity", "trending")  # the baselines a first model must beat
