@@ -293,6 +293,10 @@ def train_on_windows(
         raise empty or ValueError("no label window to train the ranker on")
     if not (rows.labels > 0).any():
         raise ValueError("no candidate of any label-window user was engaged with: labels are all zero")
+    if config.engine == "spark":
+        from models.spark_ranker import train_ranker_spark
+
+        return train_ranker_spark(rows, config), rows
     return train_ranker_rows(rows, config), rows
 
 

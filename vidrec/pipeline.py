@@ -553,6 +553,8 @@ def train_models(
 
     settings = settings or Settings.from_env()
     config = train_config(params)
+    if settings.profile == "spark" and "engine" not in (params.get("ranker") or {}):
+        config = replace(config, ranker=replace(config.ranker, engine="spark"))
     end_time = utc_time(end)
     tracking.configure(settings)
     client = MlflowClient()

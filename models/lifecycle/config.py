@@ -16,7 +16,8 @@ GENERATORS = (
     "content-minilm", "mult-vae", "sasrec", "ncf", "gru4rec", "spark-als",
 )  # fmt: skip
 DEFAULT_GENERATORS = ("popularity", "trending", "item-cf", "user-cf", "als", "ease", "content-tfidf")
-NON_PERSONALIZED = ("popularity", "trending")  # the baselines a first model must beat
+NON_PERSONALIZED = ("popularity", "trending")
+RANKER_ENGINES = ("xgboost", "spark")  # the baselines a first model must beat
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,14 @@ class RankerConfig:
     # the trees alone. `vidrec tune --generator ranker` chooses both per dataset.
     blend_feature: str | None = None
     blend_weight: float = 0.0
+    # Where the trees grow: "xgboost" in this process, or "spark" (xgboost.spark on the settings'
+    # spark_master: models.spark_ranker; the spark profile's default). Either gives a plain booster.
+    engine: str = "xgboost"
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.engine not in RANKER_ENGINES:
+            raise ValueError(f"unknown ranker engine {self.engine!r}: expected one of {', '.join(RANKER_ENGINES)}")
 
     def params(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "extra"} | self.extra
