@@ -15,9 +15,10 @@ rows on the hand-made lake and on ml-latest-small.
     frame = spark_features(spark, lake, "user_features", as_of)   # a Spark DataFrame
     write_features(spark, lake, as_of, out_dir)               # <out_dir>/<table>/ parquet
 
-At scale the lake and `out_dir` are object-store paths and the Feast repo switches its offline
-store to Feast's Spark offline store (`SparkSource(path=<out_dir>/<table>)`); the DuckDB writer's
-merge of snapshots by as-of time is then the table format's job (one partition per as-of time).
+The spark profile's Feast store (feast_repo/feature_store.spark.yaml) reads these folders with
+Feast's Spark offline store (`SparkSource(path=<out_dir>/<table>)`, data_sources.for_spark); the DuckDB
+writer's merge of snapshots by as-of time is then the table format's job (one partition per as-of
+time, which Feast also uses to prune). At scale the lake and `out_dir` are object-store paths.
 """
 
 from __future__ import annotations
@@ -101,14 +102,22 @@ def write_features(
     Partitions of the given as-of times are replaced; others stay (dynamic partition overwrite), so
     re-running a day rewrites that day only, as the DuckDB writer does for its single file.
     """
+    return {
+        table: write_partitioned(spark, spark_features(spark, lake, table, as_of_times), out_dir, table)
+        for table in tables or TABLES
+    }
+
+
+def write_partitioned(spark, frame, out_dir: Path | str, table: str) -> str:
+    """A feature table (Spark DataFrame with `event_timestamp`) as `<out_dir>/<table>/`, one partition
+    folder `as_of=<yyyy-MM-ddTHH-mm-ss>` per as-of time, the layout the spark profile's Feast sources
+    read; partitions in `frame` are replaced, others stay. Returns the folder."""
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
-    written = {}
-    for table in tables or TABLES:
-        frame = spark_features(spark, lake, table, as_of_times).withColumn("as_of", _partition_value(TIMESTAMP_FIELD))
-        target = f"{str(out_dir).rstrip('/')}/{table}"
-        frame.write.mode("overwrite").partitionBy("as_of").parquet(target)
-        written[table] = target
-    return written
+    target = f"{str(out_dir).rstrip('/')}/{table}"
+    frame.withColumn("as_of", _partition_value(TIMESTAMP_FIELD)).write.mode("overwrite").partitionBy("as_of").parquet(
+        target
+    )
+    return target
 
 
 def _partition_value(column: str):
