@@ -376,7 +376,8 @@ def compute_feature_tables(
 
     from feature_repo.lake import Lake
     from feature_repo.sessions import SESSION_TABLE, write_session_table
-    from feature_repo.transforms import compute_features, default_as_of_times
+    from feature_repo.transforms import default_as_of_times
+    from feature_repo.transforms.tables import write_feature_tables
 
     settings = settings or Settings.from_env()
     lake = Lake(settings.lake_dir)
@@ -389,7 +390,7 @@ def compute_feature_tables(
     if not times or not lake.event_files():
         raise NotReady(f"the lake at {lake.root} has no events: ingest data first")
     rows: dict[str, int] = {}
-    tables = compute_features(lake, times, settings.features_dir, progress=rows.__setitem__)
+    tables = write_feature_tables(lake, times, settings, progress=rows.__setitem__)
     # The session table: each user's last session before each as-of time (its rows are what
     # /feedback pushes between runs; feature_repo.sessions holds the rules of both).
     rows[SESSION_TABLE] = write_session_table(lake, times, settings.features_dir)

@@ -102,10 +102,18 @@ def write_features(
     Partitions of the given as-of times are replaced; others stay (dynamic partition overwrite), so
     re-running a day rewrites that day only, as the DuckDB writer does for its single file.
     """
-    return {
-        table: write_partitioned(spark, spark_features(spark, lake, table, as_of_times), out_dir, table)
-        for table in tables or TABLES
-    }
+    names = list(tables or TABLES)
+    unknown = sorted(set(names) - set(TABLES))
+    if unknown:
+        raise ValueError(f"unknown feature tables {unknown}: expected some of {', '.join(TABLES)}")
+    register_inputs(spark, lake, as_of_times)
+    # Every table's SQL reads the events; read the lake's files once (spilling to disk when large).
+    events = spark.table("events").persist()
+    events.createOrReplaceTempView("events")
+    try:
+        return {table: write_partitioned(spark, spark.sql(sql_text(table)), out_dir, table) for table in names}
+    finally:
+        events.unpersist()
 
 
 def write_partitioned(spark, frame, out_dir: Path | str, table: str) -> str:

@@ -169,9 +169,9 @@ def feast_lookup(settings: Settings, service: str) -> FeatureLookup:
 def prepare_features(settings: Settings, lake: Lake, as_of: list[pd.Timestamp], ranker_version: int) -> str:
     """Feature snapshots at the window starts, applied to Feast, and this version's feature service."""
     from feature_repo.store import apply_repo, register_ranker_service
-    from feature_repo.transforms.run import compute_features
+    from feature_repo.transforms.tables import write_feature_tables
 
-    compute_features(lake, as_of, settings.features_dir)
+    write_feature_tables(lake, as_of, settings)
     apply_repo(settings)
     return register_ranker_service(ranker_version, settings=settings).name
 
