@@ -16,6 +16,7 @@ equal to the driver's own ranking. One cluster (tests/spark_cluster.py), one Fea
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 import pandas as pd
@@ -70,6 +71,8 @@ def platform(ml_small, tmp_path_factory):
         env.setenv("VIDREC_SPARK_MASTER", master)
         settings = Settings.from_env()
         assert settings.profile == "spark" and settings.spark_master == master
+        # Each test's own environment is reset (conftest): the DAG run takes this one explicitly.
+        profile_env = {k: v for k, v in os.environ.items() if k.startswith("VIDREC_")}
         raw = canonical_movielens(ml_small, tmp / "source", USERS)
         ingest = pipeline.ingest_sources("canonical", str(raw), str(tmp / "ingest.json"), settings=settings)
         assert ingest["errors"] == 0, ingest
@@ -87,7 +90,7 @@ def platform(ml_small, tmp_path_factory):
         batch = pipeline.precompute_recommendations(end, active_days=100_000, top_n=TOP_N, settings=settings)
         try:
             yield {"settings": settings, "features": features, "trained": trained, "batch": batch, "db": db,
-                   "end": pd.Timestamp(end), "tmp": tmp, "master": master}  # fmt: skip
+                   "end": pd.Timestamp(end), "tmp": tmp, "master": master, "env": profile_env}  # fmt: skip
         finally:
             forget_stores(settings)
             from pyspark.sql import SparkSession
@@ -174,3 +177,37 @@ def test_batch_on_the_cluster_equals_the_drivers_ranking(platform):
     keys = redis_client(platform["db"]).keys("vidrec:recs:*")
     assert len(keys) == len(known)
     print(f"spark profile: {len(known)} users x {TOP_N} precomputed on the cluster, equal to the driver's lists")
+
+
+def test_the_batch_dag_runs_the_same_task_on_the_cluster(platform):
+    """`airflow dags test vidrec_batch_recs` under VIDREC_PROFILE=spark: its task opens its own
+    SparkSession on the cluster (client mode) and writes the same store."""
+    import json
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pyspark.sql import SparkSession
+
+    if (session := SparkSession.getActiveSession()) is not None:
+        session.stop()  # the cluster's 2 cores go to the DAG's application
+    root = Path(__file__).resolve().parents[1]
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    env = {**os.environ, **platform["env"], "AIRFLOW_HOME": str(platform["tmp"] / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"), "VIDREC_TASK_RETRIES": "0"}  # fmt: skip
+    for name, value in {"VIDREC_PROFILE": "spark", "VIDREC_SPARK_MASTER": platform["master"]}.items():
+        assert env[name] == value  # the module's environment, which the fixture set
+    migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    day = platform["end"].strftime("%Y-%m-%d")
+    run = subprocess.run(
+        [airflow, "dags", "test", "vidrec_batch_recs", day, "--conf", json.dumps({"active_days": 3650, "top_n": TOP_N})],
+        env=env, capture_output=True, text=True, timeout=900, cwd=root,
+    )  # fmt: skip
+    log = run.stdout + run.stderr
+    written = re.search(r"(\d+) users written to (redis://\S+) by", log)
+    assert run.returncode == 0 and written, log[-6000:]
+    assert int(written.group(1)) > 0 and written.group(2).endswith(f"/{platform['db']}")
+    assert re.search(r"precomputed on Spark \(spark://127\.0\.0\.1:\d+\)", log), "the task did not use the cluster"
+    print(f"spark profile: the vidrec_batch_recs DAG wrote {written.group(1)} users' lists from the cluster")
