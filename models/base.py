@@ -166,6 +166,20 @@ class Recommender(abc.ABC):
         return self.data
 
 
+class FactorModel(Recommender):
+    """A generator scored by learned factors: a subclass's `_fit` sets `user_factors_` and
+    `item_factors_` (float32, rows aligned with Interactions); scores are their dot products and
+    the video factors are its `similar_items` vectors."""
+
+    def score(self, user_rows: np.ndarray) -> np.ndarray:
+        self._require()
+        return self.user_factors_[np.asarray(user_rows, dtype=np.int64)] @ self.item_factors_.T
+
+    def item_vectors(self) -> np.ndarray:
+        self._require()
+        return self.item_factors_
+
+
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the k best columns (best first); -inf entries become id -1."""
     n, m = scores.shape

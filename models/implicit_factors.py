@@ -14,13 +14,13 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from models.base import Recommender, check_seed
+from models.base import FactorModel, check_seed
 from models.interactions import Interactions
 
 FIT_THREADS = 1
 
 
-class ImplicitFactorModel(Recommender):
+class ImplicitFactorModel(FactorModel):
     def __init__(self, seed: int = 42):
         super().__init__()
         self.seed = check_seed(seed)
@@ -41,11 +41,3 @@ class ImplicitFactorModel(Recommender):
             model.fit(matrix, show_progress=False)
         self.user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)
-
-    def score(self, user_rows: np.ndarray) -> np.ndarray:
-        self._require()
-        return self.user_factors_[np.asarray(user_rows, dtype=np.int64)] @ self.item_factors_.T
-
-    def item_vectors(self) -> np.ndarray:
-        self._require()
-        return self.item_factors_

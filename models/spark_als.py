@@ -44,7 +44,7 @@ import tempfile
 import numpy as np
 import pandas as pd
 
-from models.base import Recommender, check_non_negative_float, check_positive_int, check_seed, check_weights
+from models.base import FactorModel, check_non_negative_float, check_positive_int, check_seed, check_weights
 from models.interactions import Interactions
 
 # Spark's regParam is per interaction (see the module docstring); Spark's default, measured there.
@@ -60,7 +60,7 @@ def _check_text(name: str, value: object) -> str:
     return value
 
 
-class SparkALS(Recommender):
+class SparkALS(FactorModel):
     """Weighted matrix factorisation for implicit feedback, trained by Spark MLlib's ALS.
 
     factors, iterations, alpha, seed: as `models.als.ALS`. regularization: Spark's regParam,
@@ -171,14 +171,6 @@ class SparkALS(Recommender):
         finally:
             if started_here:
                 spark.stop()
-
-    def score(self, user_rows: np.ndarray) -> np.ndarray:
-        self._require()
-        return self.user_factors_[np.asarray(user_rows, dtype=np.int64)] @ self.item_factors_.T
-
-    def item_vectors(self) -> np.ndarray:
-        self._require()
-        return self.item_factors_
 
 
 def _ensure_checkpoint_dir(context, master: str) -> None:

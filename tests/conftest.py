@@ -47,3 +47,17 @@ def pytest_generate_tests(metafunc):
             pytest.param(None, marks=pytest.mark.skip(reason="no constructor parameters to refuse"))
         ]
         metafunc.parametrize("params", cases, ids=[repr(c) if isinstance(c, dict) else "none" for c in cases])
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """A local[2] SparkSession for one test module (the spark modules share its settings), stopped after."""
+    from feature_repo.transforms.spark import spark_session
+
+    session = spark_session(
+        "local[2]",
+        **{"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "1g", "spark.ui.showConsoleProgress": "false"},
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

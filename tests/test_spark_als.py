@@ -17,7 +17,6 @@ import scipy.sparse as sp
 from recommender_contract import RecommenderContract
 from toy_data import held_out_recall, holdout, two_communities
 
-from feature_repo.transforms.spark import spark_session
 from models.als import ALS
 from models.interactions import Interactions
 from models.spark_als import SparkALS
@@ -29,14 +28,9 @@ FACTORS, ITERATIONS = 16, 8
 
 
 @pytest.fixture(scope="module", autouse=True)
-def spark():
-    session = spark_session(
-        "local[2]",
-        **{"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "1g", "spark.ui.showConsoleProgress": "false"},
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
+def session_for_every_test(spark):
+    """Every test here fits on the module's shared session (conftest's `spark`)."""
+    return spark
 
 
 def small_spark_als(**params) -> SparkALS:

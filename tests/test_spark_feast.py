@@ -25,7 +25,7 @@ from feature_repo import store
 from feature_repo.feast_repo import data_sources as ds
 from feature_repo.schema import utc_time
 from feature_repo.transforms import compute_features
-from feature_repo.transforms.spark import spark_session, write_features, write_partitioned
+from feature_repo.transforms.spark import write_features, write_partitioned
 from vidrec.settings import Settings
 
 pytestmark = [
@@ -46,17 +46,6 @@ def spark_settings(tmp, lake_dir) -> Settings:
         profile="spark", home=tmp / "home", lake_dir=lake_dir, cache_dir=tmp / "cache",
         features_dir=tmp / "features", mlflow_uri="unused://", mlflow_artifacts=str(tmp / "mlartifacts"),
     )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def spark():
-    session = spark_session(
-        "local[2]",
-        **{"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "1g", "spark.ui.showConsoleProgress": "false"},
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import xgboost as xgb
 from recommender_contract import movielens_frames
 
 from feature_repo.text import tfidf_vectors, video_text
-from feature_repo.transforms.spark import spark_session
 from models.hybrid import HybridUnion
 from models.interactions import Interactions
 from models.item_cf import ItemKNN
@@ -34,14 +33,6 @@ CONFIG = RankerConfig(n_estimators=50, early_stopping_rounds=None, seed=7, max_q
 # Measured 0.362 (Spark, 2 workers) against 0.365 (single machine) on the 93 judged users:
 # distributed quantile sketches and sampling differ slightly, so trees do too, not the quality.
 NDCG_TOLERANCE = 0.02
-
-
-@pytest.fixture(scope="module")
-def spark():
-    # xgboost.spark's workers import pandas and xgboost: spark_session points local workers at this interpreter.
-    session = spark_session("local[2]", **{"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "1g"})
-    yield session
-    session.stop()
 
 
 @pytest.fixture(scope="module")

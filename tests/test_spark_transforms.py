@@ -14,17 +14,9 @@ from tiny_platform import T2, T, tiny_lake
 
 from feature_repo.lake import Lake
 from feature_repo.transforms import TABLES, TIMESTAMP_FIELD, query_features
-from feature_repo.transforms.spark import spark_features, spark_session, write_features
+from feature_repo.transforms.spark import spark_features, write_features
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def spark():
-    session = spark_session("local[2]", **{"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "1g"})
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
 
 
 def spark_frame(spark, lake: Lake, table: str, as_of) -> pd.DataFrame:
