@@ -13,6 +13,7 @@ takes minutes on a small machine.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -48,6 +49,16 @@ def spark_settings(tmp, lake_dir) -> Settings:
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def served_stores(env: pytest.MonkeyPatch, label: str):
+    """A fresh Feast registry database and a claimed Redis db, set as the spark profile's stores."""
+    with temp_database(label) as registry_url, redis_db() as db:
+        host, port = redis_host_port()
+        env.setenv("VIDREC_FEAST_REGISTRY_URL", registry_url)
+        env.setenv("VIDREC_FEAST_REDIS", f"{host}:{port},db={db}")
+        yield registry_url, db
+
+
 @pytest.fixture(scope="module")
 def served(spark, movielens_lake, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("feast-spark")
@@ -58,10 +69,7 @@ def served(spark, movielens_lake, tmp_path_factory):
     for table in (ds.USER_FEATURES_TABLE, ds.VIDEO_FEATURES_TABLE):
         write_partitioned(spark, spark.read.parquet(str(local_dir / f"{table}.parquet")), sparky.features_dir, table)
     mp = pytest.MonkeyPatch()
-    with temp_database("feast_spark") as registry_url, redis_db() as db:
-        host, port = redis_host_port()
-        mp.setenv("VIDREC_FEAST_REGISTRY_URL", registry_url)
-        mp.setenv("VIDREC_FEAST_REDIS", f"{host}:{port},db={db}")
+    with served_stores(mp, "feast_spark") as (registry_url, db):
         try:
             store.apply_repo(local)
             store.apply_repo(sparky)
@@ -219,10 +227,7 @@ def test_the_spark_sql_runner_feeds_the_spark_store(spark, tmp_path, monkeypatch
             "event_timestamp": [T, T, T2, T2 + pd.Timedelta(hours=15), T2],
         }
     )
-    with temp_database("feast_spark_tiny") as registry_url, redis_db() as db:
-        host, port = redis_host_port()
-        monkeypatch.setenv("VIDREC_FEAST_REGISTRY_URL", registry_url)
-        monkeypatch.setenv("VIDREC_FEAST_REDIS", f"{host}:{port},db={db}")
+    with served_stores(monkeypatch, "feast_spark_tiny"):
         try:
             store.apply_repo(local)
             store.apply_repo(sparky)
