@@ -51,6 +51,7 @@ from serving.online import (
     view_of,
 )
 from serving.rerank import ItemSignals, percentile
+from serving.split_trees import SplitTrees
 
 log = logging.getLogger("vidrec.serving")
 
@@ -66,6 +67,7 @@ CONTEXT = (
 COLD_POOL = 300
 SIMILAR_WEIGHTS = {"content": 0.5, "collaborative": 0.5}
 SIMILAR_CACHE = 20_000  # (video, k) answers kept per worker: about 1 KB each
+MARGINS_PER_POOL = 16  # request signatures whose margins a cached pool keeps (~1.3 KB each)
 
 
 class EngineError(RuntimeError):
@@ -81,9 +83,15 @@ class Pool:
     z: np.ndarray  # (candidates, sources) z-score of each generator's score over the catalog
     ranks: np.ndarray  # (candidates, sources) rank in each generator's list; per_source_k + 1 = not proposed
     cross: dict[str, np.ndarray]  # cross features per candidate
+    # The ranker's margins kept with a cached pool (`Engine.rank`): the key they were computed
+    # for (video features version, the user's online row), the static trees' margin, and the
+    # whole margin per request signature (`SplitTrees.signature`).
+    margins: tuple[tuple, np.ndarray, dict[bytes, np.ndarray]] | None = None
 
     def without(self, exclude: np.ndarray) -> Pool:
-        keep = ~np.isin(self.rows, exclude)
+        return self.take(~np.isin(self.rows, exclude))
+
+    def take(self, keep: np.ndarray) -> Pool:
         return Pool(
             self.rows[keep],
             self.scores[keep],
@@ -180,6 +188,7 @@ class Engine:
         self.iteration_range = (0, min(int(best) + 1, n_trees)) if best is not None and best >= 0 else (0, 0)
         self.blend = self.ranker.blend
         self.blend_col = self.features.index(self.blend.feature) if self.blend.weight else -1
+        self.videos_version = 0
         self.set_videos(videos or VideoTable.empty(self.n_videos))
         # Retrieval depends on the user and the model only (not on the context or the online
         # features), so a user's pooled candidates are kept for a while: repeated requests
@@ -189,6 +198,8 @@ class Engine:
         # A video's neighbours depend on the model only; session steering asks for the same
         # anchors on every request of a session, each a catalog-wide sparse product.
         self.similar_cache = LRU(SIMILAR_CACHE)
+        # With pools cached, most trees' sum is too (see serving/split_trees.py).
+        self.split = self._split_trees() if candidate_cache > 0 else None
 
     # ---- preparation -----------------------------------------------------------------------------
 
@@ -269,6 +280,7 @@ class Engine:
         if videos.values.shape[0] != self.n_videos:
             raise EngineError(f"video table has {videos.values.shape[0]} rows, the model {self.n_videos} videos")
         self.videos = videos
+        self.videos_version += 1  # pools' cached margins read the old video features
         self.video_feature_cols = np.array(list(self.video_cols.values()), dtype=np.int64)
         self.video_block = (
             np.column_stack([videos.column(n) for n in self.video_cols]).astype(np.float32)
@@ -460,6 +472,9 @@ class Engine:
         margin = self.booster.inplace_predict(
             x, iteration_range=self.iteration_range, missing=np.nan, validate_features=False
         )
+        return self._blend(margin, x)
+
+    def _blend(self, margin: np.ndarray, x: np.ndarray) -> np.ndarray:
         if self.blend_col < 0:
             return margin
         return self.blend.apply(margin, x[:, self.blend_col], None)  # one user: one query
@@ -472,9 +487,51 @@ class Engine:
         device: str,
         exclude: np.ndarray | None = None,
     ) -> Ranked:
-        pool = self.pool(user_row, exclude)
+        if self.split is None:
+            pool = self.pool(user_row, exclude)
+            x = self.feature_matrix(user_row, pool, user, ts, device)
+            return Ranked(pool.rows, np.asarray(self.score(x), dtype=np.float64), pool.ranks, x)
+        pool = self.pool(user_row)  # the cached pool, whose margins are kept with it
         x = self.feature_matrix(user_row, pool, user, ts, device)
-        return Ranked(pool.rows, np.asarray(self.score(x), dtype=np.float64), pool.ranks, x)
+        margin = self._margin(pool, x) if len(x) else np.zeros(0, dtype=np.float32)
+        if exclude is not None and len(exclude):
+            keep = ~np.isin(pool.rows, exclude)
+            pool, x, margin = pool.take(keep), x[keep], margin[keep]
+        return Ranked(pool.rows, np.asarray(self._blend(margin, x), dtype=np.float64), pool.ranks, x)
+
+    def _margin(self, pool: Pool, x: np.ndarray) -> np.ndarray:
+        """The ranker's margin of the pool's rows: the static trees' part computed again only when
+        the video features or the user's online row changed, the per-request trees' only for a
+        request signature the pool has not seen."""
+        key = (self.videos_version, x[0, self.user_feature_cols].tobytes())
+        kept = pool.margins
+        if kept is None or kept[0] != key:
+            kept = pool.margins = (key, self.split.static_margin(x), {})
+        _, static, by_signature = kept
+        signature = self.split.signature(x[0])
+        margin = by_signature.get(signature)
+        if margin is None:
+            if len(by_signature) >= MARGINS_PER_POOL:
+                by_signature.clear()
+            margin = by_signature[signature] = self.split.margin(static, x)
+        return margin
+
+    def _split_trees(self) -> SplitTrees | None:
+        """The ranker's trees split by per-request features, checked on the most active user's pool."""
+        self.user_feature_cols = np.array(sorted(self.user_cols.values()), dtype=np.int64)
+        per_request = sorted([*self.context_cols.values(), *self.request_cols.values()])
+        if not len(self.counts):
+            return None
+        row = int(np.argmax(self.counts))
+        now = datetime.now().astimezone()
+        sample = self.feature_matrix(row, self.candidates(row), None, now, "mobile")
+        split = SplitTrees.of(self.booster, self.iteration_range, per_request, sample)
+        if split is not None:
+            log.info(
+                "ranker: %d of %d trees read the request's context; the other %d are summed once per pool",
+                split.n_per_request, split.n_static + split.n_per_request, split.n_static,
+            )  # fmt: skip
+        return split
 
     def sources_of(self, ranks: np.ndarray) -> list[str]:
         """The generators that proposed one candidate (its row of `Ranked.ranks`), best rank first."""

@@ -1,8 +1,9 @@
 """What the service reads from Feast: one user row per request, the catalog's video rows once.
 
-- `OnlineFeatures.user_row(user_id)`: the user views (`user_profile`, `user_recent`) in one
-  `get_online_features` call, behind a circuit breaker: when the online store fails the call
-  raises `StoreUnavailable` at once for `retry_after` seconds and the service degrades.
+- `OnlineFeatures.user_row(user_id)`: the user views (`user_profile`, `user_recent`,
+  `user_session`) read through Feast's provider (`online_read`, one call per view), behind a
+  circuit breaker: when the online store fails the call raises `StoreUnavailable` at once for
+  `retry_after` seconds and the service degrades.
 - `VideoTable`: every catalog video's `video_stats` row, read in chunks at load time and kept in
   memory as a float matrix aligned with the model's video rows (refreshed when the champion
   changes or a newer materialization is seen), so a request never reads video rows online.
@@ -18,9 +19,15 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from feast.online_response import TIMESTAMP_POSTFIX
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.type_map import feast_value_type_to_python_type
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from feature_repo.schema import KNOWN_DEVICES
 from feature_repo.store import USER_VIEWS, VIDEO_VIEWS, push_online
@@ -55,7 +62,7 @@ class OnlineFeatures:
     def __init__(self, settings: Settings, retry_after: float = 5.0):
         self.settings = settings
         self.breaker = CircuitBreaker("feast online store", retry_after)
-        self._user_refs: list[str] | None = None
+        self._user_views: list[tuple[Any, list[tuple[str, Any]]]] | None = None
         self._reconnect = False
         self.store = self._connect()
 
@@ -77,6 +84,7 @@ class OnlineFeatures:
         if self._reconnect:
             old, self.store = self.store, self._connect()
             self._reconnect = False
+            self._user_views = None
             _release(old)
         return self.store
 
@@ -85,34 +93,51 @@ class OnlineFeatures:
         self._reconnect = True
         return StoreUnavailable(str(exc))
 
-    def user_refs(self) -> list[str]:
-        if self._user_refs is None:
-            refs: list[str] = []
-            for name in USER_VIEWS:
-                view = self._store().get_feature_view(name)
-                refs.extend(f"{view.name}:{f.name}" for f in view.features)
-            self._user_refs = refs
-        return self._user_refs
-
     def user_row(self, user_id: str) -> dict[str, object]:
         """{'user_profile__x': value, ...} for one user; values are None when the store has none."""
         return self.user_rows([user_id])[0]
 
     def user_rows(self, user_ids: list[str], with_times: bool = False) -> list[dict[str, object]]:
         """`user_row` of each user, in one read; `with_times` adds '<ref>__ts' (epoch seconds of the
-        stored row, 0 when none) per feature."""
+        stored row, 0 when none) per feature.
+
+        The same rows as `get_online_features(...).to_dict()` (tests/test_serving.py compares them),
+        read one level down, with the provider's `online_read` of each view: on a request's path
+        Feast's request planning and protobuf response building cost more than the read itself.
+        """
         if not self.breaker.allow():
             raise StoreUnavailable(self.breaker.status())
         try:
-            response = self._store().get_online_features(
-                features=self.user_refs(), entity_rows=[{"user_id": u} for u in user_ids], full_feature_names=True
-            )
-            columns = response.to_dict(include_event_timestamps=with_times)
-            rows = [{name: values[i] for name, values in columns.items()} for i in range(len(user_ids))]
+            rows = self._read(user_ids, with_times)
         except Exception as exc:  # any failure of the store or its client means: degrade
             raise self._failed(exc) from exc
         self.breaker.success()
         return rows
+
+    def _read(self, user_ids: list[str], with_times: bool) -> list[dict[str, object]]:
+        store = self._store()
+        provider = store._get_provider()
+        rows: list[dict[str, object]] = [{"user_id": u} for u in user_ids]
+        for view, fields in self._views_of_user(store):
+            keys = [_entity_key(view, u) for u in user_ids]
+            read = provider.online_read(store.config, view, keys, [name for name, _ in fields])
+            for row, (ts, values) in zip(rows, read, strict=True):
+                values = values or {}
+                seconds = _seconds(ts)
+                for name, value_type in fields:
+                    proto = values.get(name)
+                    ref = f"{view.name}__{name}"
+                    row[ref] = None if proto is None else feast_value_type_to_python_type(proto, value_type)
+                    if with_times:
+                        row[ref + TIMESTAMP_POSTFIX] = seconds
+        return rows
+
+    def _views_of_user(self, store) -> list[tuple[Any, list[tuple[str, Any]]]]:
+        """The user views and their (feature, Feast value type), read from the registry once."""
+        if self._user_views is None:
+            views = [store.get_feature_view(name) for name in USER_VIEWS]
+            self._user_views = [(v, [(f.name, f.dtype.to_value_type()) for f in v.features]) for v in views]
+        return self._user_views
 
     def push(self, view: str, frame: pd.DataFrame) -> None:
         """Fresh rows of a push-fed user view into the online store (Feast's push source)."""
@@ -127,9 +152,7 @@ class OnlineFeatures:
     def ping(self, user_id: str = "__vidrec_readiness__") -> None:
         """One real read, whatever the breaker says; raises StoreUnavailable when it fails."""
         try:
-            self._store().get_online_features(
-                features=self.user_refs(), entity_rows=[{"user_id": user_id}], full_feature_names=True
-            )
+            self._read([user_id], with_times=False)
         except Exception as exc:
             raise self._failed(exc) from exc
         self.breaker.success()
@@ -158,6 +181,20 @@ class OnlineFeatures:
         table = VideoTable.from_frame(frame, video_ids, self.video_features_as_of())
         log.info("video features of %d videos loaded in %.2fs", len(video_ids), time.perf_counter() - started)
         return table
+
+
+def _entity_key(view, user_id: str) -> EntityKeyProto:
+    """The online store's key of one user: the view's join key (`user_id`, a string)."""
+    return EntityKeyProto(join_keys=[view.entity_columns[0].name], entity_values=[ValueProto(string_val=str(user_id))])
+
+
+def _seconds(ts: datetime | None) -> int:
+    """Epoch seconds of a stored row's time as Feast's response gives them (0 for no row)."""
+    if ts is None:
+        return 0
+    stamp = Timestamp()
+    stamp.FromDatetime(ts)
+    return stamp.seconds
 
 
 def _fail_fast(store) -> None:

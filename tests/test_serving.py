@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import xgboost as xgb
 from bentoml.exceptions import BentoMLException
 from champion import build_champion, local_settings, train_champion
 from mlflow import MlflowClient
@@ -36,7 +37,7 @@ from feature_repo.ingest import ingest
 from feature_repo.lake import Lake
 from feature_repo.sources import open_source
 from models.lifecycle import experiments, registry, tracking
-from models.ranker import ScoreBlend
+from models.ranker import RankerModel, ScoreBlend
 from models.two_stage import Requests, TwoStage, ranking_frame
 from serving import ab, precomputed
 from serving.app import RecommenderApp
@@ -135,6 +136,26 @@ def test_online_ranking_equals_the_offline_two_stage_system(champion):
         np.testing.assert_allclose(ranked.features, offline, rtol=1e-6, atol=1e-6, equal_nan=True)
         np.testing.assert_allclose(ranked.scores, system.ranker.predict(frame), rtol=1e-6, atol=1e-6)
 
+    # With the candidate cache on, the pool's margins are kept (serving/split_trees.py): the same
+    # scores as the whole booster's, for a first request, a repeat (kept margins), another device
+    # and another hour. The champion's early-stopped ranker is one tree: this one has 40, some
+    # reading the request's device and hour.
+    all_trees = TwoStage(system.union, system.catalog, context_ranker(system, feast_online))
+    videos = online.video_table(system.data.video_ids)
+    cached = Engine(all_trees, champion.versions, "champion", videos, candidate_cache=50)
+    whole = Engine(all_trees, champion.versions, "champion", videos)
+    assert whole.split is None and cached.split is not None
+    assert cached.split.n_static > 0 and cached.split.n_per_request > 0
+    row = system.data.user_rows(["42"])[0]
+    signatures = set()
+    for device, at in (("tv", AT), ("tv", AT), ("mobile", AT), ("mobile", AT.replace(hour=21)), ("tv", AT)):
+        ranked = cached.rank(row, online.user_row("42"), at, device)
+        expected = whole.rank(row, online.user_row("42"), at, device)
+        assert ranked.rows.tolist() == expected.rows.tolist()
+        np.testing.assert_allclose(ranked.scores, expected.scores, rtol=1e-5, atol=1e-5)
+        signatures.add(cached.split.signature(ranked.features[0]))
+    assert 1 < len(cached.candidate_cache.fresh(row).margins[2]) == len(signatures) < 5  # repeats reuse margins
+
     # A ranker with a blend (`vidrec tune --generator ranker`) scores the same online and offline.
     partner = next(f for f in engine.features if f.startswith("z_"))
     blended = TwoStage(system.union, system.catalog, dataclasses.replace(system.ranker, blend=ScoreBlend(partner, 0.5)))
@@ -146,6 +167,49 @@ def test_online_ranking_equals_the_offline_two_stage_system(champion):
     expected = blended.ranker.predict(frame.reset_index())
     np.testing.assert_allclose(ranked.scores, expected, rtol=1e-5, atol=1e-5)
     assert not np.allclose(expected, system.ranker.predict(frame.reset_index()))
+
+
+def context_ranker(system: TwoStage, lookup) -> RankerModel:
+    """A 40-tree ranker over the champion's features, taught a target that depends on the
+    request's device and hour, for 30 users at two contexts."""
+    users = system.data.user_rows([str(u) for u in range(1, 31)])
+    frames = []
+    for hour, device in ((8, "tv"), (20, "mobile")):
+        at = pd.Series([pd.Timestamp(AT.replace(hour=hour))] * len(users))
+        requests = Requests(users, at, pd.Series([device] * len(users)))
+        frames.append(ranking_frame(system.union, system.catalog, requests, lookup))
+    frame = pd.concat(frames, ignore_index=True)
+    assert {"log_popularity", "ctx_device_tv", "ctx_hour"} <= set(system.ranker.features)
+    target = frame["log_popularity"] * np.where(frame["ctx_device_tv"] > 0, 1.0, -1.0) + frame["ctx_hour"] / 24
+    labels = pd.qcut(target.rank(method="first"), 4, labels=False).to_numpy()
+    queries = pd.factorize(frame["user_id"].astype(str) + "|" + frame["ctx_hour"].astype(str))[0]
+    order = np.argsort(queries, kind="stable")
+    model = xgb.XGBRanker(n_estimators=40, max_depth=3, n_jobs=1, random_state=0)
+    model.fit(frame[system.ranker.features].astype(np.float32).iloc[order], labels[order], qid=queries[order])
+    return dataclasses.replace(system.ranker, booster=model, best_iteration=-1)
+
+
+def test_the_online_user_read_equals_feasts_get_online_features(champion):
+    """`OnlineFeatures.user_rows` reads one level below `get_online_features`: the same values (and
+    stored times), for known users and for one the store has never seen."""
+    settings = champion.settings
+    online = OnlineFeatures(settings)
+    store = online.store
+    refs = [f"{name}:{f.name}" for name in feast_store.USER_VIEWS for f in store.get_feature_view(name).features]
+    users = ["1", "42", "150", "no-such-user"]
+    for with_times in (False, True):
+        ours = online.user_rows(users, with_times=with_times)
+        response = store.get_online_features(
+            features=refs, entity_rows=[{"user_id": u} for u in users], full_feature_names=True
+        )
+        columns = response.to_dict(include_event_timestamps=with_times)
+        columns.pop("user_id__ts", None)  # the entity's own "time": not a feature
+        for i, row in enumerate(ours):
+            assert row.keys() == columns.keys()
+            for name, values in columns.items():
+                assert row[name] == values[i] or (row[name] != row[name] and values[i] != values[i]), name
+    assert sum(v is not None for k, v in ours[0].items() if k != "user_id") > 10
+    assert all(v is None for k, v in ours[3].items() if k != "user_id" and not k.endswith("__ts"))
 
 
 # ---- recommend, similar, health over HTTP -------------------------------------------------------------
