@@ -15,7 +15,9 @@ features for one user with numpy, from structures prepared once per loaded model
 
 and scores them with the ranker's booster (`inplace_predict`, the iterations `RankerModel.predict`
 uses), blended with a generator's z-score over the user's candidates where the ranker's
-`ScoreBlend` says so. tests/test_serving.py checks that features and scores equal `ranking_frame` +
+`ScoreBlend` says so. With the candidate cache on, a cached pool also keeps the margins of the
+trees that read no per-request feature, and whole margins per request signature
+(serving/split_trees.py). tests/test_serving.py checks that features and scores equal `ranking_frame` +
 `RankerModel.predict` for the same user. A ranker that needs a feature the engine cannot
 compute is refused at load time rather than served with a silent gap.
 
