@@ -487,7 +487,7 @@ class RecommenderApp:
                 exclude_rows if exclude_rows is not None else np.zeros(0, np.int64),
             )
         items = self._personalize(engine, listing, ranker_scores, k, device, ts)
-        if self.config.log_assignments:
+        if self.config.log_assignments and share > 0:  # an experiment runs: one line per request
             assignments.info(
                 "user=%s experiment=%s variant=%s served_from=%s degraded=%s",
                 user_id,

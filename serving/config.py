@@ -23,7 +23,8 @@ what only serving needs. Every variable is optional:
     VIDREC_RESPONSE_CACHE         per-worker responses kept for degraded mode (20000 users)
     VIDREC_CANDIDATE_CACHE        per-worker users whose pooled candidates are kept (5000; 0 = off)
     VIDREC_CANDIDATE_CACHE_S      how long a user's candidates are reused, seconds (300)
-    VIDREC_LOG_ASSIGNMENTS        1 (default) logs each request's A/B variant on logger vidrec.ab
+    VIDREC_LOG_ASSIGNMENTS        1 (default) logs each request's A/B variant on logger vidrec.ab while a
+                                  challenger takes a share (without one every answer is the champion's)
 """
 
 from __future__ import annotations

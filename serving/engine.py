@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -85,13 +86,13 @@ class Pool:
     z: np.ndarray  # (candidates, sources) z-score of each generator's score over the catalog
     ranks: np.ndarray  # (candidates, sources) rank in each generator's list; per_source_k + 1 = not proposed
     cross: dict[str, np.ndarray]  # cross features per candidate
-    # The ranker's margins kept with a cached pool (`Engine.rank`): the key they were computed
-    # for (video features version, the user's online row), the static trees' margin, and the
-    # whole margin per request signature (`SplitTrees.signature`).
-    margins: tuple[tuple, np.ndarray, dict[bytes, np.ndarray]] | None = None
+    # What a cached pool keeps of its ranking (`Engine.rank`): the key it was computed for (video
+    # features version, the user's online row), the static trees' margin, the blend partner's
+    # column, and the whole margin per request signature (`SplitTrees.signature`).
+    margins: tuple[tuple, np.ndarray, np.ndarray | None, dict[bytes, np.ndarray]] | None = None
 
     def without(self, exclude: np.ndarray) -> Pool:
-        return self.take(~np.isin(self.rows, exclude))
+        return self.take(~sorted_member(self.rows, exclude))
 
     def take(self, keep: np.ndarray) -> Pool:
         return Pool(
@@ -103,12 +104,28 @@ class Pool:
         )
 
 
+def sorted_member(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """`np.isin(rows, values)` for sorted `rows`: one binary search per value, no sort."""
+    member = np.zeros(len(rows), dtype=bool)
+    at = np.searchsorted(rows, values)
+    inside = at < len(rows)
+    at = at[inside]
+    member[at[rows[at] == np.asarray(values)[inside]]] = True
+    return member
+
+
 @dataclass
 class Ranked:
     rows: np.ndarray  # candidate video rows
     scores: np.ndarray  # ranker scores, aligned with rows
     ranks: np.ndarray  # (candidates, sources) rank within each source; per_source_k + 1 = not proposed
-    features: np.ndarray  # the ranker's input matrix (kept for inspection and parity tests)
+    # The ranker's input matrix, built when asked for (inspection and parity tests): with kept
+    # margins a request needs none of it.
+    matrix: Callable[[], np.ndarray]
+
+    @property
+    def features(self) -> np.ndarray:
+        return self.matrix()
 
 
 @dataclass
@@ -220,6 +237,11 @@ class Engine:
         self.user_cols = {n: i for n, i in index.items() if view_of(n) in USER_VIEWS}
         self.request_cols = {n: i for n, i in index.items() if view_of(n) == REQUEST_VIEW}
         self.video_cols = {n: i for n, i in index.items() if view_of(n) in VIDEO_VIEWS}
+        # One value per request for all candidates (`request_row`); the other columns come from the pool.
+        history_len = [index["user_history_len"]] if "user_history_len" in index else []
+        self.request_row_cols = {
+            *self.context_cols.values(), *self.user_cols.values(), *self.request_cols.values(), *history_len
+        }  # fmt: skip
         known = (
             {f"score_{s}" for s in self.sources}
             | {f"rank_{s}" for s in self.sources}
@@ -426,6 +448,11 @@ class Engine:
         device: str,
     ) -> np.ndarray:
         """The ranker's input, one row per candidate, columns in `ranker.features` order."""
+        return self.fill(pool, self.request_row(user_row, user, ts, device))
+
+    def request_row(self, user_row: int, user: dict[str, object] | None, ts: datetime, device: str) -> np.ndarray:
+        """The ranker's columns with one value per request (context, the user's online row, request
+        features, history length), NaN in the others."""
         constant = np.full(self.n_features, np.nan, dtype=np.float32)
         hour = ts.hour
         context = {
@@ -450,6 +477,11 @@ class Engine:
         col = self.cross_col["user_history_len"]
         if col >= 0:
             constant[col] = self.counts[user_row]
+        return constant
+
+    def fill(self, pool: Pool, constant: np.ndarray) -> np.ndarray:
+        """The ranker's input for the pool's candidates: `constant` (a `request_row`) in every row,
+        the generator, cross and video columns per candidate."""
         x = np.empty((len(pool.rows), self.n_features), dtype=np.float32)
         x[:] = constant
         for j, name in enumerate(self.sources):
@@ -492,31 +524,45 @@ class Engine:
         if self.split is None:
             pool = self.pool(user_row, exclude)
             x = self.feature_matrix(user_row, pool, user, ts, device)
-            return Ranked(pool.rows, np.asarray(self.score(x), dtype=np.float64), pool.ranks, x)
+            return Ranked(pool.rows, np.asarray(self.score(x), dtype=np.float64), pool.ranks, lambda: x)
         pool = self.pool(user_row)  # the cached pool, whose margins are kept with it
-        x = self.feature_matrix(user_row, pool, user, ts, device)
-        margin = self._margin(pool, x) if len(x) else np.zeros(0, dtype=np.float32)
+        constant = self.request_row(user_row, user, ts, device)
+        if len(pool.rows):
+            margin, partner = self._margin(pool, constant)
+        else:
+            margin, partner = np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
+        rows, ranks, keep = pool.rows, pool.ranks, slice(None)
         if exclude is not None and len(exclude):
-            keep = ~np.isin(pool.rows, exclude)
-            pool, x, margin = pool.take(keep), x[keep], margin[keep]
-        return Ranked(pool.rows, np.asarray(self._blend(margin, x), dtype=np.float64), pool.ranks, x)
+            keep = ~sorted_member(rows, exclude)
+            rows, ranks, margin, partner = rows[keep], ranks[keep], margin[keep], partner[keep]
+        scores = self.blend.apply(margin, partner, None) if self.blend_col >= 0 else margin
+        return Ranked(rows, np.asarray(scores, dtype=np.float64), ranks, lambda: self.fill(pool, constant)[keep])
 
-    def _margin(self, pool: Pool, x: np.ndarray) -> np.ndarray:
-        """The ranker's margin of the pool's rows: the static trees' part computed again only when
-        the video features or the user's online row changed, the per-request trees' only for a
-        request signature the pool has not seen."""
-        key = (self.videos_version, x[0, self.user_feature_cols].tobytes())
+    def _margin(self, pool: Pool, constant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ranker's margin of the pool's rows and the blend partner's column. The static trees'
+        part is computed again only when the video features or the user's online row changed, the
+        per-request trees' only for a request signature the pool has not seen: a request whose
+        signature the pool knows builds no feature matrix."""
+        key = (self.videos_version, constant[self.user_feature_cols].tobytes())
         kept = pool.margins
+        x = None
         if kept is None or kept[0] != key:
-            kept = pool.margins = (key, self.split.static_margin(x), {})
-        _, static, by_signature = kept
-        signature = self.split.signature(x[0])
+            x = self.fill(pool, constant)
+            partner = x[:, self.blend_col].copy() if self.blend_col >= 0 else None
+            kept = pool.margins = (key, self.split.static_margin(x), partner, {})
+        _, static, partner, by_signature = kept
+        signature = self.split.signature(constant)
         margin = by_signature.get(signature)
         if margin is None:
             if len(by_signature) >= MARGINS_PER_POOL:
                 by_signature.clear()
+            x = self.fill(pool, constant) if x is None else x
             margin = by_signature[signature] = self.split.margin(static, x)
-        return margin
+        if self.blend_col in self.request_row_cols:  # a per-request partner: this request's value
+            partner = np.full(len(pool.rows), constant[self.blend_col], dtype=np.float32)
+        elif partner is None:
+            partner = np.zeros(len(pool.rows), dtype=np.float32)  # no blend: never read
+        return margin, partner
 
     def _split_trees(self) -> SplitTrees | None:
         """The ranker's trees split by per-request features, checked on the most active user's pool."""
@@ -537,8 +583,9 @@ class Engine:
 
     def sources_of(self, ranks: np.ndarray) -> list[str]:
         """The generators that proposed one candidate (its row of `Ranked.ranks`), best rank first."""
-        order = np.argsort(ranks, kind="stable")
-        return [self.sources[j] for j in order if ranks[j] <= self.per_source_k]
+        values = ranks.tolist()  # a handful of sources: plain Python sorts them faster than numpy
+        order = sorted(range(len(values)), key=values.__getitem__)  # stable, as argsort(kind="stable")
+        return [self.sources[j] for j in order if values[j] <= self.per_source_k]
 
     # ---- without the ranker -----------------------------------------------------------------------
 

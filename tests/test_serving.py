@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -154,10 +155,27 @@ def test_online_ranking_equals_the_offline_two_stage_system(champion):
         assert ranked.rows.tolist() == expected.rows.tolist()
         np.testing.assert_allclose(ranked.scores, expected.scores, rtol=1e-5, atol=1e-5)
         signatures.add(cached.split.signature(ranked.features[0]))
-    assert 1 < len(cached.candidate_cache.fresh(row).margins[2]) == len(signatures) < 5  # repeats reuse margins
+    assert 1 < len(cached.candidate_cache.fresh(row).margins[3]) == len(signatures) < 5  # repeats reuse margins
+
+    # The kept blend partner and margins, with videos excluded (the session's recent videos): a
+    # cached pool leaves them out after ranking, the whole booster's pool before choosing candidates.
+    partner = next(f for f in engine.features if f.startswith("z_"))
+    ranker = dataclasses.replace(all_trees.ranker, blend=ScoreBlend(partner, 0.5))
+    blended = TwoStage(system.union, system.catalog, ranker)
+    cached = Engine(blended, champion.versions, "champion", videos, candidate_cache=50)
+    whole = Engine(blended, champion.versions, "champion", videos)
+    exclude = np.sort(cached.rank(row, online.user_row("42"), AT, "tv").rows[::7])
+    for device, at, out in (("tv", AT, None), ("tv", AT, exclude), ("mobile", AT, exclude), ("tv", AT, None)):
+        ranked = cached.rank(row, online.user_row("42"), at, device, out)
+        expected = whole.rank(row, online.user_row("42"), at, device)
+        keep = ~np.isin(expected.rows, out if out is not None else [])
+        assert out is None or 0 < keep.sum() < len(keep)
+        assert ranked.rows.tolist() == expected.rows[keep].tolist()
+        np.testing.assert_allclose(ranked.features, expected.features[keep], rtol=1e-6, atol=1e-6, equal_nan=True)
+        # the blend standardizes over the candidates that are left
+        np.testing.assert_allclose(ranked.scores, whole.score(expected.features[keep]), rtol=1e-5, atol=1e-5)
 
     # A ranker with a blend (`vidrec tune --generator ranker`) scores the same online and offline.
-    partner = next(f for f in engine.features if f.startswith("z_"))
     blended = TwoStage(system.union, system.catalog, dataclasses.replace(system.ranker, blend=ScoreBlend(partner, 0.5)))
     blended_engine = Engine(blended, champion.versions, "champion", online.video_table(system.data.video_ids))
     row = system.data.user_rows(["42"])[0]
@@ -268,7 +286,8 @@ def test_health_readiness_and_metrics(server):
     metrics = httpx.get(server.url + "/metrics").text
     assert "vidrec_recommendations_total" in metrics and 'served_from="realtime"' in metrics
     assert "bentoml_service_request_duration_seconds" in metrics
-    assert "user=2 experiment=ranker-ab variant=champion" in server.log_tail(500_000)  # the assignment is logged
+    # No challenger, no experiment: no per-request assignment line (test_ab_split... sees them).
+    assert "user=2 experiment=ranker-ab" not in server.log_tail(500_000)
 
 
 BAD_INPUTS = [
@@ -711,7 +730,8 @@ def test_reload_picks_up_a_newly_promoted_model(champion, server, second_version
     )
 
 
-def test_ab_split_between_champion_and_challenger(champion, second_version):
+def test_ab_split_between_champion_and_challenger(champion, second_version, caplog):
+    caplog.set_level(logging.INFO, logger="vidrec.ab")
     tracking.configure(champion.settings)
     registry.mark_challenger(MlflowClient(), second_version)
     app = local_app(champion, challenger_share=0.5, experiment="ranker-v2-test")
@@ -725,6 +745,7 @@ def test_ab_split_between_champion_and_challenger(champion, second_version):
         assert app.recommend(user, 5, "mobile", AT).variant == response.variant  # sticky
         counts[response.variant] += 1
     assert min(counts.values()) >= 15
+    assert f"user=60 experiment=ranker-v2-test variant={ab.assign('60', 'ranker-v2-test', 0.5)}" in caplog.text
 
 
 def test_cold_start_uses_what_the_online_store_knows(champion):
