@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from feature_repo import schema
 from feature_repo.lake import write_parquet_atomic
@@ -137,9 +138,10 @@ def impression_rows(
 def write_impressions(root: Path, rows: list[dict], now: pd.Timestamp | None = None) -> Path:
     """One durable batch file of impression rows under `<root>/impressions/<day>/`."""
     now = now or pd.Timestamp.now(tz="UTC")
-    frame = pd.DataFrame.from_records(rows, columns=schema.IMPRESSIONS.names)
-    frame["event_ts"] = schema.utc_series(frame["event_ts"])
-    table = schema.to_arrow(frame, schema.IMPRESSIONS)
+    # Straight from the rows to Arrow (through pandas the conversion took longer than the write):
+    # Arrow stores aware times in UTC, naive ones as UTC, to the microsecond.
+    columns = {name: [row[name] for row in rows] for name in schema.IMPRESSIONS.names}
+    table = pa.Table.from_pydict(columns, schema=schema.IMPRESSIONS)
     path = Path(root) / "impressions" / now.strftime("%Y-%m-%d") / f"{uuid.uuid4().hex}.parquet"
     write_parquet_atomic(table, path, durable=True)
     return path
