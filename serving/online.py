@@ -123,7 +123,7 @@ class OnlineFeatures:
             read = provider.online_read(store.config, view, keys, [name for name, _ in fields])
             for row, (ts, values) in zip(rows, read, strict=True):
                 values = values or {}
-                seconds = _seconds(ts)
+                seconds = _seconds(ts) if with_times else 0
                 for name, value_type in fields:
                     proto = values.get(name)
                     ref = f"{view.name}__{name}"
