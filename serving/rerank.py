@@ -15,7 +15,7 @@ for the real-time path, precomputed lists, cold start and fallbacks, and is unit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -48,11 +48,26 @@ class ItemSignals:
     trending: np.ndarray
     age_days: np.ndarray
     duration_s: np.ndarray
+    # The catalog's freshness per half-life and context fit per set of duration rules, computed
+    # once: a request reads its candidates' entries.
+    _kept: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def empty(cls, n: int) -> ItemSignals:
         nan = np.full(n, np.nan)
         return cls(np.zeros(n), nan, nan.copy())
+
+    def catalog_freshness(self, half_life_days: float) -> np.ndarray:
+        key = ("freshness", half_life_days)
+        if key not in self._kept:
+            self._kept[key] = freshness(self.age_days, half_life_days)
+        return self._kept[key]
+
+    def catalog_context_fit(self, device: str, hour: int, config: RerankConfig) -> np.ndarray:
+        key = ("context fit", *duration_rules(device, hour, config))
+        if key not in self._kept:
+            self._kept[key] = context_fit(self.duration_s, device, hour, config)
+        return self._kept[key]
 
 
 @dataclass(frozen=True)
@@ -102,12 +117,7 @@ def context_fit(duration_s: np.ndarray, device: str, hour: int, config: RerankCo
     0 when no rule applies or the duration is unknown.
     """
     duration = np.asarray(duration_s, dtype=np.float64)
-    ranges = []
-    if device in config.device_duration:
-        ranges.append(config.device_duration[device])
-    for (first, last), span in config.hour_duration.items():
-        if first <= hour <= last:
-            ranges.append(span)
+    ranges = duration_rules(device, hour, config)
     if not ranges:
         return np.zeros(len(duration))
     known = np.isfinite(duration)
@@ -115,6 +125,17 @@ def context_fit(duration_s: np.ndarray, device: str, hour: int, config: RerankCo
     for low, high in ranges:
         total += np.where((duration >= low) & (duration <= high), 1.0, -1.0)
     return np.where(known, total / len(ranges), 0.0)
+
+
+def duration_rules(device: str, hour: int, config: RerankConfig) -> list[tuple[float, float]]:
+    """The (low, high) duration ranges that apply to a request on `device` at `hour`."""
+    ranges = []
+    if device in config.device_duration:
+        ranges.append(tuple(config.device_duration[device]))
+    for (first, last), span in config.hour_duration.items():
+        if first <= hour <= last:
+            ranges.append(tuple(span))
+    return ranges
 
 
 def mmr_order(scores: np.ndarray, similarity: np.ndarray, k: int, lam: float) -> np.ndarray:
@@ -167,8 +188,8 @@ def rerank(
         empty = np.zeros(0)
         return Reranked(rows, empty, np.zeros(0, dtype=np.int64), empty, empty, empty)
     trend = signals.trending[rows]
-    fresh = freshness(signals.age_days[rows], config.fresh_half_life_days)
-    fit = context_fit(signals.duration_s[rows], device, hour, config)
+    fresh = signals.catalog_freshness(config.fresh_half_life_days)[rows]
+    fit = signals.catalog_context_fit(device, hour, config)[rows]
     final = relevance + config.trending_boost * trend + config.fresh_boost * fresh + config.context_boost * fit
     pool_size = min(len(rows), max(config.mmr_pool, k))
     pool = np.argsort(-final, kind="stable")[:pool_size]

@@ -71,6 +71,15 @@ def test_context_fit_uses_device_and_hour_rules():
     assert context_fit(durations, "desktop", 13, config).tolist() == [0.0, 0.0, 0.0]  # no rule applies
     # At 21:00 evenings favour long videos: on mobile the two rules disagree and cancel out.
     assert context_fit(durations, "mobile", 21, config).tolist() == [0.0, 0.0, 0.0]
+    # The catalog-wide arrays a request reads are kept per set of rules, and per half-life.
+    signals = ItemSignals(np.zeros(3), np.array([0.0, 30.0, np.nan]), durations)
+    for device in ("mobile", "tv", "desktop", "unknown"):
+        for hour in range(24):
+            expected = context_fit(durations, device, hour, config)
+            assert signals.catalog_context_fit(device, hour, config).tolist() == expected.tolist()
+    assert len(signals._kept) < 4 * 24
+    assert signals.catalog_freshness(30.0).tolist() == [1.0, 0.5, 0.0]
+    assert signals.catalog_freshness(15.0).tolist() == [1.0, 0.25, 0.0]
 
 
 def test_mmr_trades_relevance_for_diversity():
