@@ -506,12 +506,13 @@ class Engine:
         margin = self.booster.inplace_predict(
             x, iteration_range=self.iteration_range, missing=np.nan, validate_features=False
         )
-        return self._blend(margin, x)
+        return self._blend(margin, x[:, self.blend_col] if self.blend_col >= 0 else None)
 
-    def _blend(self, margin: np.ndarray, x: np.ndarray) -> np.ndarray:
+    def _blend(self, margin: np.ndarray, partner: np.ndarray | None) -> np.ndarray:
+        """The ranker's score: the margin, blended with the partner column's values if it has a blend."""
         if self.blend_col < 0:
             return margin
-        return self.blend.apply(margin, x[:, self.blend_col], None)  # one user: one query
+        return self.blend.apply(margin, partner, None)  # one user: one query
 
     def rank(
         self,
@@ -535,8 +536,8 @@ class Engine:
         if exclude is not None and len(exclude):
             keep = ~sorted_member(rows, exclude)
             rows, ranks, margin, partner = rows[keep], ranks[keep], margin[keep], partner[keep]
-        scores = self.blend.apply(margin, partner, None) if self.blend_col >= 0 else margin
-        return Ranked(rows, np.asarray(scores, dtype=np.float64), ranks, lambda: self.fill(pool, constant)[keep])
+        scores = np.asarray(self._blend(margin, partner), dtype=np.float64)
+        return Ranked(rows, scores, ranks, lambda: self.fill(pool, constant)[keep])
 
     def _margin(self, pool: Pool, constant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ranker's margin of the pool's rows and the blend partner's column. The static trees'
