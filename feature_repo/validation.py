@@ -48,6 +48,18 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
 
 
+def in_nanoseconds(values: pd.Series) -> pd.Series:
+    """UTC timestamps at pandas' nanosecond unit. A typed time outside its range (a Parquet column
+    in microseconds holds years 1 to 9999) is not an error here: a later one becomes the largest
+    time pandas holds, which the future-timestamp check names, an earlier one NaT (unparsable)."""
+    if values.dt.unit == "ns":
+        return values
+    latest = pd.Timestamp.max.tz_localize("UTC").floor("us")
+    earliest = pd.Timestamp.min.tz_localize("UTC").ceil("us")
+    values = values.mask(values > latest, latest).mask(values < earliest, pd.NaT)
+    return values.astype("datetime64[ns, UTC]")
+
+
 def beyond_timestamp_range(raw: pd.Series, parsed: pd.Series) -> pd.Series:
     """Rows whose value is a real date past what pandas can hold (year 2262+): far future, not garbage."""
     candidates = raw[raw.notna() & parsed.isna()]
@@ -173,7 +185,7 @@ def validate_events(raw: pd.DataFrame, known_videos: Iterable[str], now: pd.Time
         typed[column] = _string(raw[column])
     typed["event_type"] = typed["event_type"].str.lower()
     typed["device"] = _string(raw["device"]).str.lower().fillna("unknown")
-    typed["event_ts"] = parse_timestamps(raw["event_ts"]).astype("datetime64[ns, UTC]")
+    typed["event_ts"] = in_nanoseconds(parse_timestamps(raw["event_ts"]))
     # Clamped to the largest time pandas holds, so the future-timestamp check names them.
     typed.loc[beyond_timestamp_range(raw["event_ts"], typed["event_ts"]), "event_ts"] = pd.Timestamp.max.tz_localize(
         "UTC"

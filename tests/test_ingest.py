@@ -84,6 +84,29 @@ def test_every_reason_is_quarantined_and_counts_reconcile(tmp_path):
     assert stored.set_index("event_id").loc["e1", "watch_time_s"] == 120  # first arrival wins
 
 
+def test_typed_times_beyond_pandas_range_are_quarantined_not_a_crash(tmp_path):
+    """A Parquet log stores microseconds (years 1-9999); pandas' nanoseconds stop at 1677-2262.
+    The service once logged a slate for a request dated 9999-12-31: that row is quarantined."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    folder = write_logs(tmp_path / "in", good_rows(2))
+    (folder / "events.csv").unlink()
+    times = [dt.datetime(2026, 1, 5, 12, tzinfo=dt.UTC), dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC),
+             dt.datetime(1000, 1, 1, tzinfo=dt.UTC)]  # fmt: skip
+    typed = {"watch_time_s": 120.0, "rating": None, "text": None}
+    rows = pd.DataFrame([{**GOOD, **typed, "event_id": f"t{i}"} for i in range(3)]).drop(columns="event_ts")
+    table = pa.Table.from_pandas(rows, preserve_index=False).append_column(
+        "event_ts", pa.array(times, type=pa.timestamp("us", tz="UTC"))
+    )
+    pq.write_table(table, folder / "events.parquet")
+    lake = Lake(tmp_path / "lake")
+    counts = ingest(open_source("canonical", folder, tmp_path), lake).tables["events"]
+    assert counts.accepted == 1 and dict(counts.quarantined) == {"future_timestamp": 1, "unparsable_timestamp": 1}
+    assert lake.read_events()["event_id"].tolist() == ["t0"]
+
+
 def test_row_breaking_two_rules_lists_both(tmp_path):
     rows = good_rows(1) + [{**GOOD, "event_id": "x", "watch_time_s": "-1", "device": "fridge"}]
     lake = Lake(tmp_path / "lake")

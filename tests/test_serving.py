@@ -427,6 +427,7 @@ def test_feedback_is_durable_across_a_restart_and_ingestible(champion, server):
         (3, "fb-bad-1", ["unknown_video"]), (4, "fb-bad-2", ["future_timestamp"]), (5, "fb-bad-3", ["rating_out_of_range"]),
     ]  # fmt: skip
     log_file = body["log_file"]
+    assert post(server, "/recommend", {"user_id": user}).status_code == 200  # a slate the shutdown writes out
 
     server.restart()  # a restart (or a crash after the answer) loses nothing accepted
 
