@@ -143,9 +143,12 @@ def _wait_for_running_run(home, timeout: float = 120.0):
     db = home / "mlflow.db"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
+        try:  # the training's own run, not one of the nested per-model runs it opens at the end
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-                found = conn.execute("SELECT run_uuid FROM runs WHERE status = 'RUNNING'").fetchone()
+                found = conn.execute(
+                    "SELECT run_uuid FROM runs WHERE status = 'RUNNING' AND run_uuid NOT IN "
+                    "(SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId')"
+                ).fetchone()
         except sqlite3.Error:  # not created yet, or its tables are being created
             found = None
         if found:
@@ -201,6 +204,44 @@ def test_a_killed_training_leaves_no_mlflow_run_running(tmp_path):
     assert client.get_run(result["run_id"]).info.status == "FINISHED"
 
 
+def _tracking_store(tmp_path):
+    """A client of a fresh SQLite tracking store, and the training experiment's id in it."""
+    from mlflow import MlflowClient
+
+    from models.lifecycle import registry
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return client, client.create_experiment(registry.EXPERIMENT, artifact_location=str(tmp_path / "artifacts"))
+
+
+def test_a_swallowed_sigterm_stops_the_training_at_the_next_stage(tmp_path):
+    """Where the stop's first raise is swallowed (a C callback that carries on, as XGBoost's may),
+    the checkpoint between stages raises it again: no later stage runs, and the run is KILLED."""
+    import os
+    import signal
+    import time
+
+    import pytest
+
+    from vidrec import pipeline
+
+    client, experiment_id = _tracking_store(tmp_path)
+    later_stages = []
+    with pytest.raises(pipeline.TrainingStopped):
+        with pipeline._closing_runs_on_sigterm(client, "key") as checkpoint:
+            run = client.create_run(experiment_id, tags={pipeline.RUN_KEY_TAG: "key"})
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler raises here
+            except BaseException:  # noqa: BLE001 - swallowed, as the C callback does
+                pass
+            checkpoint()
+            later_stages.append("register")
+    assert later_stages == []
+    stopped = client.get_run(run.info.run_id)
+    assert stopped.info.status == "KILLED" and stopped.data.tags["vidrec.killed"] == "stopped by SIGTERM while training"
+
+
 def test_sigterm_inside_xgboost_data_callback_still_stops_and_closes_the_run(tmp_path):
     """XGBoost's C data iterator swallows what a Python callback raises (a SIGTERM landing there,
     as in CI once): the stop must still come out as TrainingStopped, with the run KILLED."""
@@ -210,13 +251,10 @@ def test_sigterm_inside_xgboost_data_callback_still_stops_and_closes_the_run(tmp
     import numpy as np
     import pytest
     import xgboost
-    from mlflow import MlflowClient
 
-    from models.lifecycle import registry
     from vidrec import pipeline
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment_id = client.create_experiment(registry.EXPERIMENT, artifact_location=str(tmp_path / "artifacts"))
+    client, experiment_id = _tracking_store(tmp_path)
 
     class SignalsMidway(xgboost.DataIter):
         def __init__(self):

@@ -56,18 +56,27 @@ class TrainingStopped(BaseException):
 
 
 @contextmanager
-def _closing_runs_on_sigterm(client, run_key: str) -> Iterator[None]:
+def _closing_runs_on_sigterm(client, run_key: str) -> Iterator[Callable[[], None]]:
     """Turn SIGTERM into TrainingStopped while training, and mark the MLflow runs this training
     opened KILLED on the way out: Airflow 3 only calls the operator's on_kill on SIGTERM and
-    kills the process later, which left the run RUNNING forever. Airflow's own handler still runs."""
+    kills the process later, which left the run RUNNING forever. Airflow's own handler still runs.
+
+    Yields a checkpoint to call between stages: it raises the stop again where the first raise
+    was swallowed (a C callback such as XGBoost's data iterator), so the training goes no stage
+    further, and its run is not closed FINISHED with its models registered."""
     import signal
     import threading
 
+    stopped: list[int] = []
+
+    def checkpoint() -> None:
+        if stopped:
+            raise TrainingStopped("stopped by SIGTERM")
+
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        yield
+        yield checkpoint
         return
     previous = signal.getsignal(signal.SIGTERM)
-    stopped: list[int] = []
 
     def stop(signum, frame):
         stopped.append(signum)
@@ -78,7 +87,7 @@ def _closing_runs_on_sigterm(client, run_key: str) -> Iterator[None]:
     signal.signal(signal.SIGTERM, stop)
     began_ms = int(time.time() * 1000)
     try:
-        yield
+        yield checkpoint
     except BaseException as error:
         # The raise can land in a C callback (XGBoost's data iterator), which swallows it and fails
         # with an error of its own, or none: once SIGTERM came, any way out is the stop.
@@ -591,9 +600,14 @@ def train_models(
         }
         dataset = str(params.get("dataset") or "lake")
         snapshot_settings = replace(settings, lake_dir=snapshot)
-        with _closing_runs_on_sigterm(client, key):
+        with _closing_runs_on_sigterm(client, key) as checkpoint:
+
+            def step(message: str) -> None:  # told at every stage's end, and between steps
+                checkpoint()
+                (progress or log.info)(message)
+
             result = train_and_gate(
-                snapshot_settings, config, dataset=dataset, progress=progress, run_tags=tags,
+                snapshot_settings, config, dataset=dataset, progress=step, run_tags=tags,
                 engagement=engagement_checker(snapshot_settings),
             )  # fmt: skip
     table = result.table
