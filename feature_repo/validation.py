@@ -48,14 +48,18 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
 
 
+# The latest time pandas holds (nanoseconds, UTC): a later event time is clamped to it, so the
+# future-timestamp check names the row.
+LATEST = pd.Timestamp.max.tz_localize("UTC")
+
+
 def in_nanoseconds(values: pd.Series) -> pd.Series:
     """UTC timestamps at pandas' nanosecond unit. A typed time outside its range (a Parquet column
     in microseconds holds years 1 to 9999) is not an error here: a later one becomes the largest
     time pandas holds, which the future-timestamp check names, an earlier one NaT (unparsable)."""
     if values.dt.unit == "ns":
         return values
-    latest = pd.Timestamp.max.tz_localize("UTC").floor("us")
-    earliest = pd.Timestamp.min.tz_localize("UTC").ceil("us")
+    latest, earliest = LATEST.floor("us"), pd.Timestamp.min.tz_localize("UTC").ceil("us")
     values = values.mask(values > latest, latest).mask(values < earliest, pd.NaT)
     return values.astype("datetime64[ns, UTC]")
 
@@ -186,10 +190,7 @@ def validate_events(raw: pd.DataFrame, known_videos: Iterable[str], now: pd.Time
     typed["event_type"] = typed["event_type"].str.lower()
     typed["device"] = _string(raw["device"]).str.lower().fillna("unknown")
     typed["event_ts"] = in_nanoseconds(parse_timestamps(raw["event_ts"]))
-    # Clamped to the largest time pandas holds, so the future-timestamp check names them.
-    typed.loc[beyond_timestamp_range(raw["event_ts"], typed["event_ts"]), "event_ts"] = pd.Timestamp.max.tz_localize(
-        "UTC"
-    )
+    typed.loc[beyond_timestamp_range(raw["event_ts"], typed["event_ts"]), "event_ts"] = LATEST
     typed["watch_time_s"] = parse_numbers(raw["watch_time_s"])
     typed["rating"] = parse_numbers(raw["rating"])
 

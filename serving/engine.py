@@ -33,7 +33,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -77,6 +77,15 @@ class EngineError(RuntimeError):
     """The loaded models cannot be served (e.g. the ranker needs a feature nobody computes)."""
 
 
+class KeptMargins(NamedTuple):
+    """What a cached pool keeps of its ranking (`Engine.rank`)."""
+
+    key: tuple  # (video features version, the user's online row) they were computed for
+    static: np.ndarray  # the static trees' margin
+    partner: np.ndarray | None  # the blend partner's column (None: no blend)
+    by_signature: dict[bytes, np.ndarray]  # the whole margin per request signature (`SplitTrees.signature`)
+
+
 @dataclass
 class Pool:
     """One user's candidates and what about them does not depend on the request."""
@@ -86,10 +95,7 @@ class Pool:
     z: np.ndarray  # (candidates, sources) z-score of each generator's score over the catalog
     ranks: np.ndarray  # (candidates, sources) rank in each generator's list; per_source_k + 1 = not proposed
     cross: dict[str, np.ndarray]  # cross features per candidate
-    # What a cached pool keeps of its ranking (`Engine.rank`): the key it was computed for (video
-    # features version, the user's online row), the static trees' margin, the blend partner's
-    # column, and the whole margin per request signature (`SplitTrees.signature`).
-    margins: tuple[tuple, np.ndarray, np.ndarray | None, dict[bytes, np.ndarray]] | None = None
+    margins: KeptMargins | None = None  # kept while the pool is cached
 
     def without(self, exclude: np.ndarray) -> Pool:
         return self.take(~sorted_member(self.rows, exclude))
@@ -547,10 +553,10 @@ class Engine:
         key = (self.videos_version, constant[self.user_feature_cols].tobytes())
         kept = pool.margins
         x = None
-        if kept is None or kept[0] != key:
+        if kept is None or kept.key != key:
             x = self.fill(pool, constant)
             partner = x[:, self.blend_col].copy() if self.blend_col >= 0 else None
-            kept = pool.margins = (key, self.split.static_margin(x), partner, {})
+            kept = pool.margins = KeptMargins(key, self.split.static_margin(x), partner, {})
         _, static, partner, by_signature = kept
         signature = self.split.signature(constant)
         margin = by_signature.get(signature)
