@@ -134,11 +134,7 @@ class RecommenderApp:
         self.online = OnlineFeatures(settings, retry_after=config.store_retry_s)
         self.precomputed: PrecomputedStore | None = None
         self.precomputed_breaker = CircuitBreaker("precomputed store", config.store_retry_s)
-        if config.precomputed_url:
-            try:
-                self.precomputed = open_store(config.precomputed_url)
-            except Exception as exc:  # a missing store must not stop the service
-                self.precomputed_breaker.failure(exc)
+        self._open_precomputed()
         self.feedback_log = FeedbackLog(config.feedback_dir, self._known_videos)
         self.observe = Observers()
         self.request_ids = RequestIds.shared(settings.home)
@@ -558,8 +554,19 @@ class RecommenderApp:
             timestamp=ts,
         )
 
+    def _open_precomputed(self) -> PrecomputedStore | None:
+        """The store, opened on first use and again after a failed open: a missing store must not
+        stop the service, and a worker whose open lost a race (two workers switching a new SQLite
+        file to WAL at once: "database is locked") must not go without lists for its lifetime."""
+        if self.precomputed is None and self.config.precomputed_url and self.precomputed_breaker.allow():
+            try:
+                self.precomputed = open_store(self.config.precomputed_url)
+            except Exception as exc:
+                self.precomputed_breaker.failure(exc)
+        return self.precomputed
+
     def _precomputed(self, user_id: str, engine: Engine):
-        if self.precomputed is None or not self.precomputed_breaker.allow():
+        if self._open_precomputed() is None or not self.precomputed_breaker.allow():
             return None
         try:
             found = self.precomputed.get(user_id, self.config.precomputed_ttl_s, engine.versions)

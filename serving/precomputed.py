@@ -115,7 +115,7 @@ class SQLitePrecomputed(PrecomputedStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         with self._connect() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(conn)
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS precomputed (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at REAL NOT NULL)"
             )
@@ -152,6 +152,20 @@ class SQLitePrecomputed(PrecomputedStore):
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _switch_to_wal(conn: sqlite3.Connection, tries: int = 100) -> None:
+    """SQLite answers a journal-mode switch "database is locked" at once, without waiting out the
+    busy timeout, while another connection switches the same new file: the service's workers all
+    open the store as they start."""
+    for attempt in range(tries):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == tries - 1:
+                raise
+            time.sleep(0.02)
 
 
 class RedisPrecomputed(PrecomputedStore):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import shutil
 import socket
 import subprocess
@@ -194,6 +195,35 @@ def test_precomputed_lists_are_served_only_when_fresh(store_url):
     store.close()
     with pytest.raises(ValueError, match="unsupported"):
         precomputed.open_store("mysql://nope")
+
+
+def _open_at_once(url: str, start, results) -> None:
+    start.wait()
+    try:
+        precomputed.open_store(url).close()
+        results.put("ok")
+    except Exception as exc:
+        results.put(repr(exc))
+
+
+def test_workers_starting_together_all_open_a_new_sqlite_store(tmp_path):
+    """The service's workers open the store as they start. Before the WAL switch was retried, 3
+    processes racing on a new file gave "database is locked" in about 1 start in 12, and the losing
+    worker served no precomputed list until it restarted."""
+    context = multiprocessing.get_context("fork")
+    outcomes = []
+    for attempt in range(30):
+        url = f"sqlite:///{tmp_path / str(attempt) / 'precomputed.db'}"
+        start, results = context.Barrier(3), context.Queue()
+        workers = [context.Process(target=_open_at_once, args=(url, start, results)) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        outcomes += [results.get(timeout=30) for _ in workers]
+        for worker in workers:
+            worker.join(10)
+    failed = [o for o in outcomes if o != "ok"]
+    print(f"{len(outcomes)} opens of 30 new stores by 3 processes at once: {len(failed)} failed")
+    assert not failed, failed[:3]
 
 
 # ---- the feedback log ------------------------------------------------------------------------------
