@@ -22,6 +22,7 @@ table and writes benchmarks/results/scale.json (scale-spark.json for the spark p
     python benchmarks/bench_scale.py [--events 1000000 --users 20000 --videos 5000 --days 60]
         [--keep DIR]    # keep (and reuse) the generated platform, lake and models in DIR
         [--profile spark [--spark-master local[2]] [--redis-db 13]]
+        [--until features]  # stop after that stage (10M and up: train and batch take hours on 2 cores)
 
 The spark profile runs features, training and the batch on Spark (VIDREC_SPARK_MASTER), with its
 Feast registry in a PostgreSQL database the benchmark creates and drops (VIDREC_BENCH_PG, an admin
@@ -191,7 +192,12 @@ def main() -> None:
     parser.add_argument("--profile", choices=("local", "spark"), default="local")
     parser.add_argument("--spark-master", default="local[2]", help="VIDREC_SPARK_MASTER for the spark profile")
     parser.add_argument("--redis-db", type=int, default=13, help="spark profile: an empty Redis db to use")
+    parser.add_argument(
+        "--until", choices=STAGES[2:], default=STAGES[-1],
+        help="the last stage to run (each needs the ones before it): for sizes where later stages take hours",
+    )  # fmt: skip
     args = parser.parse_args()
+    stages = STAGES[: STAGES.index(args.until) + 1]
 
     folder = args.keep or Path(tempfile.mkdtemp(prefix="vidrec-scale-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -214,7 +220,7 @@ def main() -> None:
     stores = spark_stores(args, env, stage_args) if args.profile == "spark" else contextlib.nullcontext()
     try:
         with stores:
-            for stage in STAGES:
+            for stage in stages:
                 if stage == "generate" and args.keep and (folder / "synthetic" / "videos.parquet").exists():
                     continue
                 if stage == "ingest" and args.keep and (folder / "home" / "lake").exists():
