@@ -61,10 +61,10 @@ def train_ranker_spark(
             f"expected one of {[f for f in rows.features if f.startswith('z_')]}"
         )
     if spark is None:
-        from feature_repo.transforms.spark import spark_session
+        from feature_repo.transforms.spark import profile_session
         from vidrec.settings import Settings
 
-        spark = spark_session(Settings.from_env().spark_master, app_name="vidrec-ranker")
+        spark = profile_session(Settings.from_env(), app_name="vidrec-ranker")
     # An empty partition has no DMatrix to build: no more workers than queries.
     num_workers = min(num_workers, rows.n_queries)
     n_queries = rows.n_queries

@@ -14,7 +14,8 @@ from tiny_platform import T2, T, tiny_lake
 
 from feature_repo.lake import Lake
 from feature_repo.transforms import TABLES, TIMESTAMP_FIELD, query_features
-from feature_repo.transforms.spark import spark_features, write_features
+from feature_repo.transforms.spark import SparkOutOfMemory, memory_errors_named, spark_features, write_features
+from vidrec.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -81,3 +82,23 @@ def test_write_features_replaces_only_the_as_of_times_it_computes(spark, tmp_pat
         again[columns].sort_values(["event_timestamp", "user_id"]).reset_index(drop=True),
         first[columns].sort_values(["event_timestamp", "user_id"]).reset_index(drop=True),
     )
+
+
+def test_spark_running_out_of_memory_is_named_with_what_to_change(monkeypatch):
+    """At 10M events the feature SQL failed on Spark's default 1g heap with a JVM trace
+    (SparkOutOfMemoryError: [UNABLE_TO_ACQUIRE_MEMORY]); the step now says what to change."""
+    monkeypatch.setenv("VIDREC_SPARK_DRIVER_MEMORY", "6g")
+    monkeypatch.setenv("VIDREC_SPARK_MASTER", "local[2]")
+    settings = Settings.from_env("spark")
+    assert settings.spark_driver_memory == "6g"
+    jvm_text = "An error occurred while calling o123.parquet.\n: org.apache.spark.SparkException: Job aborted ... Caused by: org.apache.spark.memory.SparkOutOfMemoryError: [UNABLE_TO_ACQUIRE_MEMORY] Unable to acquire 262144 bytes of memory, got 0."
+    with pytest.raises(
+        SparkOutOfMemory,
+        match=r"the feature tables ran out of memory on Spark \(local\[2\], driver memory 6g\): set VIDREC_SPARK_DRIVER_MEMORY",
+    ) as raised:
+        with memory_errors_named("the feature tables", settings):
+            raise RuntimeError(jvm_text)
+    assert "UNABLE_TO_ACQUIRE_MEMORY" in str(raised.value.__cause__)  # the trace stays chained for the log
+    with pytest.raises(KeyError):  # any other failure passes through unchanged
+        with memory_errors_named("the feature tables", settings):
+            raise KeyError("user_id")

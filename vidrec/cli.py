@@ -590,6 +590,7 @@ def features(
     """
     import time
 
+    from feature_repo.transforms.spark import SparkOutOfMemory
     from vidrec.pipeline import NotReady, features_job
 
     settings: Settings = ctx.obj
@@ -613,7 +614,7 @@ def features(
                 None, periods, freq, as_of=as_of, embeddings=embeddings, materialize_end=end,
                 step=lambda name, result: (step(name, result), result is not None and advance(1)), settings=settings,
             )  # fmt: skip
-    except (NotReady, ValueError) as exc:
+    except (NotReady, ValueError, SparkOutOfMemory) as exc:
         fail(str(exc))
     times = out["transform"]["as_of"]
     console.print(

@@ -767,16 +767,17 @@ def _precompute_on_spark(settings, champion, users, end_time, top_n, url, ttl_s,
     """The spark profile's batch: users ranked per partition on `VIDREC_SPARK_MASTER`'s workers."""
     from functools import partial
 
-    from feature_repo.transforms.spark import spark_session
+    from feature_repo.transforms.spark import memory_errors_named, profile_session
     from models.lifecycle.batch_spark import precompute_on_spark, prefetched_lookup
     from serving.precomputed import write_recommendation_batches
 
-    spark = spark_session(settings.spark_master, app_name="vidrec-batch-recs")
-    totals = precompute_on_spark(
-        spark, settings, champion.versions, users, end_time, top_n,
-        partial(write_recommendation_batches, url, versions=champion.versions, ttl_s=ttl_s),
-        prefetched_lookup(champion.system, lookup, users, end_time),
-    )  # fmt: skip
+    spark = profile_session(settings, app_name="vidrec-batch-recs")
+    with memory_errors_named("the batch recommendations", settings):
+        totals = precompute_on_spark(
+            spark, settings, champion.versions, users, end_time, top_n,
+            partial(write_recommendation_batches, url, versions=champion.versions, ttl_s=ttl_s),
+            prefetched_lookup(champion.system, lookup, users, end_time),
+        )  # fmt: skip
     log.info("precomputed on Spark (%s): %s", settings.spark_master, totals)
     return totals["users_written"], totals["rows"], totals["unknown"]
 

@@ -30,6 +30,9 @@ class Settings:
     # Where the spark profile submits its Spark work: local[N] here, spark://host:7077 or
     # k8s://https://host:443 against a cluster.
     spark_master: str = "local[2]"
+    # The Spark driver's heap (in local[N] mode the executors' too). Spark's own default, 1g, ran
+    # out in the feature SQL's aggregations at 10M events.
+    spark_driver_memory: str = "4g"
 
     @classmethod
     def from_env(cls, profile: str | None = None) -> Settings:
@@ -52,4 +55,5 @@ class Settings:
             mlflow_uri=os.environ.get("VIDREC_MLFLOW_URI", default_mlflow),
             mlflow_artifacts=os.environ.get("VIDREC_MLFLOW_ARTIFACTS", str(home / "mlartifacts")),
             spark_master=os.environ.get("VIDREC_SPARK_MASTER", "local[2]"),
+            spark_driver_memory=os.environ.get("VIDREC_SPARK_DRIVER_MEMORY", "4g"),
         )

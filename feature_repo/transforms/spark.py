@@ -25,12 +25,24 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from feature_repo import schema
 from feature_repo.lake import Lake
 from feature_repo.transforms.run import TABLES, TIMESTAMP_FIELD, normalize_as_of, sql_text
+
+if TYPE_CHECKING:
+    from vidrec.settings import Settings
+
+# What a JVM out of memory looks like through py4j (a task's or the driver's).
+_OUT_OF_MEMORY = ("SparkOutOfMemoryError", "UNABLE_TO_ACQUIRE_MEMORY", "java.lang.OutOfMemoryError")
+
+
+class SparkOutOfMemory(RuntimeError):
+    """A Spark step ran out of memory; the message says which knobs to turn."""
 
 
 def spark_session(master: str = "local[*]", app_name: str = "vidrec-features", **conf: str):
@@ -57,6 +69,31 @@ def spark_session(master: str = "local[*]", app_name: str = "vidrec-features", *
     for key, value in conf.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def profile_session(settings: Settings, app_name: str, **conf: str):
+    """The spark profile's session: `settings.spark_master`, with `settings.spark_driver_memory`
+    as the driver's heap (in local[N] mode the executors run in the driver; on a cluster their
+    memory is the cluster's `spark.executor.memory`)."""
+    return spark_session(
+        settings.spark_master, app_name, **{"spark.driver.memory": settings.spark_driver_memory, **conf}
+    )
+
+
+@contextmanager
+def memory_errors_named(step: str, settings: Settings) -> Iterator[None]:
+    """Turns Spark's out-of-memory failure (a JVM stack trace through py4j) into a SparkOutOfMemory
+    that names the step, the master and the heap, and what to change."""
+    try:
+        yield
+    except Exception as exc:
+        if not any(marker in str(exc) for marker in _OUT_OF_MEMORY):
+            raise
+        raise SparkOutOfMemory(
+            f"{step} ran out of memory on Spark ({settings.spark_master}, driver memory "
+            f"{settings.spark_driver_memory}): set VIDREC_SPARK_DRIVER_MEMORY higher (local mode), or "
+            "VIDREC_SPARK_MASTER to a cluster with more executor memory"
+        ) from exc
 
 
 def register_inputs(spark, lake: Lake, as_of_times: Iterable) -> None:

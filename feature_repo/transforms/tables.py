@@ -34,10 +34,10 @@ def write_feature_tables(
         return compute_features(lake, as_of, settings.features_dir, progress=progress)
     from pyspark.sql import functions as F
 
-    from feature_repo.transforms.spark import spark_session, write_features
+    from feature_repo.transforms.spark import memory_errors_named, profile_session, write_features
 
-    spark = spark_session(settings.spark_master, app_name="vidrec-features")
-    with lake.locked():
+    spark = profile_session(settings, app_name="vidrec-features")
+    with lake.locked(), memory_errors_named("the feature tables", settings):
         written = write_features(spark, lake, as_of, settings.features_dir)
     if progress is not None:
         stamps = [t.to_pydatetime() for t in as_of]
