@@ -76,8 +76,11 @@ elif stage == "baseline":
     out = {"learning_events": len(events), "pairs": int(data.matrix.nnz)}
 elif stage == "features":
     from vidrec.pipeline import features_job
-    run = features_job(None, 52, "W", embeddings="tfidf", settings=settings)
-    out = {"as_of_times": len(run["transform"]["as_of"])}
+    steps = {}  # the job's tasks: transform, embeddings, feast_apply, materialize
+    def step(name, result):
+        steps[name] = time.perf_counter() - steps[name] if result is not None else time.perf_counter()
+    run = features_job(None, 52, "W", embeddings="tfidf", step=step, settings=settings)
+    out = {"as_of_times": len(run["transform"]["as_of"]), "step_seconds": {k: round(v, 1) for k, v in steps.items()}}
 elif stage == "train":
     from models.lifecycle.config import TrainConfig
     from models.lifecycle.train import train_and_gate
