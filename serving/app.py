@@ -566,10 +566,11 @@ class RecommenderApp:
         return self.precomputed
 
     def _precomputed(self, user_id: str, engine: Engine):
-        if self._open_precomputed() is None or not self.precomputed_breaker.allow():
+        store = self._open_precomputed()
+        if store is None or not self.precomputed_breaker.allow():
             return None
         try:
-            found = self.precomputed.get(user_id, self.config.precomputed_ttl_s, engine.versions)
+            found = store.get(user_id, self.config.precomputed_ttl_s, engine.versions)
         except Exception as exc:
             self.precomputed_breaker.failure(exc)
             return None

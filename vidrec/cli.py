@@ -660,6 +660,7 @@ def batch(
     """Precompute the champion's top-N for recently active users (the vidrec_batch_recs DAG's task)."""
     from feature_repo.lake import Lake
     from feature_repo.transforms import default_as_of_times
+    from feature_repo.transforms.spark import SparkOutOfMemory
     from vidrec.pipeline import NotReady, precompute_recommendations
 
     settings: Settings = ctx.obj
@@ -672,7 +673,7 @@ def batch(
         result = precompute_recommendations(
             end, active_days=active_days, top_n=top_n, store_url=store_url, settings=settings
         )
-    except (NotReady, ValueError) as exc:
+    except (NotReady, ValueError, SparkOutOfMemory) as exc:
         fail(str(exc))
     console.print(
         f"{result['users_written']:,} of {result['active_users']:,} active users written to {result['store']} "

@@ -54,6 +54,6 @@ class Settings:
             # Not MLFLOW_TRACKING_URI: mlflow.set_tracking_uri() writes that variable itself.
             mlflow_uri=os.environ.get("VIDREC_MLFLOW_URI", default_mlflow),
             mlflow_artifacts=os.environ.get("VIDREC_MLFLOW_ARTIFACTS", str(home / "mlartifacts")),
-            spark_master=os.environ.get("VIDREC_SPARK_MASTER", "local[2]"),
-            spark_driver_memory=os.environ.get("VIDREC_SPARK_DRIVER_MEMORY", "4g"),
+            spark_master=os.environ.get("VIDREC_SPARK_MASTER", cls.spark_master),
+            spark_driver_memory=os.environ.get("VIDREC_SPARK_DRIVER_MEMORY", cls.spark_driver_memory),
         )
