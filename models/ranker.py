@@ -30,6 +30,7 @@ from models.hybrid import HybridUnion
 from models.interactions import Interactions
 from models.lifecycle.config import RankerConfig
 from models.popularity import decayed_counts
+from vidrec import stop_request
 
 # Horizons of the recent-activity features. One trending list has one horizon; which one
 # predicts best moves with the data (on ml-latest-small a 365-day half-life beats 7 days in one
@@ -384,6 +385,7 @@ class _Blocks(xgb.DataIter):
         super().__init__(release_data=True)
 
     def next(self, input_data: Callable) -> bool:
+        stop_request.raise_if_requested()  # XGBoost raises it again once the C call returns
         while self.position < len(self.rows.x):
             i = self.position
             self.position += 1
@@ -399,6 +401,12 @@ class _Blocks(xgb.DataIter):
 
     def reset(self) -> None:
         self.position = 0
+
+
+def _quantile_matrix(rows: TrainingRows, keep: np.ndarray | None = None, ref=None) -> xgb.QuantileDMatrix:
+    """XGBoost reads the blocks through Python callbacks from C, where a stop must not raise."""
+    with stop_request.callbacks_from_c():
+        return xgb.QuantileDMatrix(_Blocks(rows, keep), ref=ref, max_bin=MAX_BIN)
 
 
 def train_ranker(frame: pd.DataFrame, labels: np.ndarray, config: RankerConfig = RankerConfig()) -> RankerModel:
@@ -437,8 +445,8 @@ def train_ranker_rows(rows: TrainingRows, config: RankerConfig = RankerConfig())
         fold_of_query[rng.permutation(n_queries)[:in_cv]] = np.arange(in_cv) % folds
         curves = []
         for k in range(folds):
-            train = xgb.QuantileDMatrix(_Blocks(rows, (fold_of_query != k) & (fold_of_query >= 0)), max_bin=MAX_BIN)
-            held = xgb.QuantileDMatrix(_Blocks(rows, fold_of_query == k), ref=train, max_bin=MAX_BIN)
+            train = _quantile_matrix(rows, (fold_of_query != k) & (fold_of_query >= 0))
+            held = _quantile_matrix(rows, fold_of_query == k, ref=train)
             result: dict = {}
             xgb.train(
                 params, train, num_boost_round=config.n_estimators, evals=[(held, "validation_0")],
@@ -449,7 +457,7 @@ def train_ranker_rows(rows: TrainingRows, config: RankerConfig = RankerConfig())
         reached = min(len(c) for c in curves)
         mean = np.mean([c[:reached] for c in curves], axis=0)
         n_trees, cv_ndcg = int(np.argmax(mean)) + 1, float(np.max(mean))
-    booster = xgb.train(params, xgb.QuantileDMatrix(_Blocks(rows), max_bin=MAX_BIN), num_boost_round=n_trees)
+    booster = xgb.train(params, _quantile_matrix(rows), num_boost_round=n_trees)
     # The sklearn wrapper is what the registry pickles and serving unwraps (get_booster()).
     model = xgb.XGBRanker()
     model.load_model(bytearray(booster.save_raw(raw_format="ubj")))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 from conftest import FIXTURES
 from typer.testing import CliRunner
 
@@ -242,42 +243,42 @@ def test_a_swallowed_sigterm_stops_the_training_at_the_next_stage(tmp_path):
     assert stopped.info.status == "KILLED" and stopped.data.tags["vidrec.killed"] == "stopped by SIGTERM while training"
 
 
-def test_sigterm_inside_xgboost_data_callback_still_stops_and_closes_the_run(tmp_path):
-    """XGBoost's C data iterator swallows what a Python callback raises (a SIGTERM landing there,
-    as in CI once): the stop must still come out as TrainingStopped, with the run KILLED."""
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_sigterm_inside_xgboost_data_callback_stops_cleanly_and_closes_the_run(tmp_path):
+    """A SIGTERM whose handler runs inside the ranker's data callback, which XGBoost's C code
+    calls while it builds a QuantileDMatrix: raising there left the callback through C and once
+    aborted CI's killed training (`malloc(): invalid size`). The handler records it, the next
+    callback raises it where XGBoost carries it out, and it comes out as TrainingStopped, with
+    no exception lost in a callback and the run KILLED."""
     import os
     import signal
 
     import numpy as np
-    import pytest
-    import xgboost
 
-    from vidrec import pipeline
+    from models.lifecycle.config import RankerConfig
+    from models.ranker import TrainingRows, train_ranker_rows
+    from vidrec import pipeline, stop_request
 
-    client, experiment_id = _tracking_store(tmp_path)
-
-    class SignalsMidway(xgboost.DataIter):
-        def __init__(self):
-            self.batch, self.signalled = 0, False
-            super().__init__()
-
-        def next(self, input_data):
-            if self.batch == 3:
-                return False
-            if self.batch == 1 and not self.signalled:
-                self.signalled = True
+    class SignalsOnSecondBlock(list):
+        def __getitem__(self, i):
+            if i == 1:
                 os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside the C callback
-            self.batch += 1
-            rng = np.random.default_rng(self.batch)
-            input_data(data=rng.random((100, 4)), label=rng.random(100))
-            return True
+            return super().__getitem__(i)
 
-        def reset(self):
-            self.batch = 0
-
-    with pytest.raises(pipeline.TrainingStopped):
+    rng = np.random.default_rng(0)
+    rows = TrainingRows(features=["a", "b", "c", "d"])
+    for block in range(4):
+        rows.x.append(rng.random((200, 4), dtype=np.float32))
+        rows.y.append(rng.integers(0, 3, 200).astype(np.float32))
+        rows.qid.append(np.repeat(np.arange(20) + 20 * block, 10))
+        rows.queries.extend(str(q) for q in range(20 * block, 20 * block + 20))
+    rows.x = SignalsOnSecondBlock(rows.x)
+    client, experiment_id = _tracking_store(tmp_path)
+    with pytest.raises(pipeline.TrainingStopped) as stopped_by:
         with pipeline._closing_runs_on_sigterm(client, "key"):  # closes only runs opened inside
             run = client.create_run(experiment_id, tags={pipeline.RUN_KEY_TAG: "key"})
-            xgboost.QuantileDMatrix(SignalsMidway())
+            train_ranker_rows(rows, RankerConfig(n_estimators=5, early_stopping_rounds=None))
+    assert isinstance(stopped_by.value.__cause__, stop_request.StopRequested)
+    assert stop_request.requested() is None  # the next training in this process starts clean
     stopped = client.get_run(run.info.run_id)
     assert stopped.info.status == "KILLED" and stopped.data.tags["vidrec.killed"] == "stopped by SIGTERM while training"

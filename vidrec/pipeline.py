@@ -30,6 +30,7 @@ from pathlib import Path
 
 from feature_repo.defaults import CHUNK_ROWS, DEFAULT_EMBEDDINGS, EMBEDDING_METHODS
 from feature_repo.schema import utc_time
+from vidrec import stop_request
 from vidrec.meter import StageMeter
 from vidrec.settings import Settings
 
@@ -61,16 +62,16 @@ def _closing_runs_on_sigterm(client, run_key: str) -> Iterator[Callable[[], None
     opened KILLED on the way out: Airflow 3 only calls the operator's on_kill on SIGTERM and
     kills the process later, which left the run RUNNING forever. Airflow's own handler still runs.
 
-    Yields a checkpoint to call between stages: it raises the stop again where the first raise
-    was swallowed (a C callback such as XGBoost's data iterator), so the training goes no stage
-    further, and its run is not closed FINISHED with its models registered."""
+    While C code calls back into Python (XGBoost's data iterator) the handler only records the
+    stop, which the callbacks raise (`vidrec.stop_request`): a raise that left a callback through
+    C aborted the process. Yields a checkpoint to call between stages: it raises the stop again
+    where something swallowed it, so the training goes no stage further, and its run is not
+    closed FINISHED with its models registered."""
     import signal
     import threading
 
-    stopped: list[int] = []
-
     def checkpoint() -> None:
-        if stopped:
+        if stop_request.requested():
             raise TrainingStopped("stopped by SIGTERM")
 
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
@@ -79,30 +80,32 @@ def _closing_runs_on_sigterm(client, run_key: str) -> Iterator[Callable[[], None
     previous = signal.getsignal(signal.SIGTERM)
 
     def stop(signum, frame):
-        stopped.append(signum)
+        stop_request.request("stopped by SIGTERM")
         if callable(previous):
             previous(signum, frame)
-        raise TrainingStopped("stopped by SIGTERM")
+        if not stop_request.in_c_callbacks():
+            raise TrainingStopped("stopped by SIGTERM")
 
+    stop_request.clear()
     signal.signal(signal.SIGTERM, stop)
     began_ms = int(time.time() * 1000)
     try:
         yield checkpoint
     except BaseException as error:
-        # The raise can land in a C callback (XGBoost's data iterator), which swallows it and fails
-        # with an error of its own, or none: once SIGTERM came, any way out is the stop.
-        if not stopped:
+        # Once SIGTERM came, any way out is the stop (a StopRequested from a callback included).
+        if not stop_request.requested():
             raise
         _close_on_stop(client, run_key, began_ms)
         if isinstance(error, TrainingStopped):
             raise
         raise TrainingStopped("stopped by SIGTERM") from error
     else:
-        if stopped:
+        if stop_request.requested():
             _close_on_stop(client, run_key, began_ms)
             raise TrainingStopped("stopped by SIGTERM")
     finally:
         signal.signal(signal.SIGTERM, previous)
+        stop_request.clear()
 
 
 def _close_on_stop(client, run_key: str, began_ms: int) -> None:
