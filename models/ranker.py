@@ -404,9 +404,15 @@ class _Blocks(xgb.DataIter):
 
 
 def _quantile_matrix(rows: TrainingRows, keep: np.ndarray | None = None, ref=None) -> xgb.QuantileDMatrix:
-    """XGBoost reads the blocks through Python callbacks from C, where a stop must not raise."""
-    with stop_request.callbacks_from_c():
-        return xgb.QuantileDMatrix(_Blocks(rows, keep), ref=ref, max_bin=MAX_BIN)
+    return xgb.QuantileDMatrix(_Blocks(rows, keep), ref=ref, max_bin=MAX_BIN)
+
+
+class _StopBetweenRounds(xgb.callback.TrainingCallback):
+    """Raises a stop asked for while XGBoost trains, after the round (called from Python)."""
+
+    def after_iteration(self, model, epoch: int, evals_log) -> bool:
+        stop_request.raise_if_requested()
+        return False
 
 
 def train_ranker(frame: pd.DataFrame, labels: np.ndarray, config: RankerConfig = RankerConfig()) -> RankerModel:
@@ -438,26 +444,31 @@ def train_ranker_rows(rows: TrainingRows, config: RankerConfig = RankerConfig())
     params = _booster_params(config)
     folds = min(config.cv_folds, n_queries)
     n_trees, cv_ndcg = config.n_estimators, float("nan")
-    if config.early_stopping_rounds is not None and folds >= 2:
-        rng = np.random.default_rng(config.seed)
-        in_cv = min(n_queries, config.cv_max_queries or n_queries)
-        fold_of_query = np.full(n_queries, -1, dtype=np.int64)  # -1: not in the cross-validation
-        fold_of_query[rng.permutation(n_queries)[:in_cv]] = np.arange(in_cv) % folds
-        curves = []
-        for k in range(folds):
-            train = _quantile_matrix(rows, (fold_of_query != k) & (fold_of_query >= 0))
-            held = _quantile_matrix(rows, fold_of_query == k, ref=train)
-            result: dict = {}
-            xgb.train(
-                params, train, num_boost_round=config.n_estimators, evals=[(held, "validation_0")],
-                early_stopping_rounds=config.early_stopping_rounds, evals_result=result, verbose_eval=False,
-            )  # fmt: skip
-            curves.append(result["validation_0"]["ndcg@10"])
-            del train, held
-        reached = min(len(c) for c in curves)
-        mean = np.mean([c[:reached] for c in curves], axis=0)
-        n_trees, cv_ndcg = int(np.argmax(mean)) + 1, float(np.max(mean))
-    booster = xgb.train(params, _quantile_matrix(rows), num_boost_round=n_trees)
+    # XGBoost calls Python from C here (the data iterator, its log): a SIGTERM waits for the next
+    # callback or round (`vidrec.stop_request`).
+    stops = [_StopBetweenRounds()]
+    with stop_request.callbacks_from_c():
+        if config.early_stopping_rounds is not None and folds >= 2:
+            rng = np.random.default_rng(config.seed)
+            in_cv = min(n_queries, config.cv_max_queries or n_queries)
+            fold_of_query = np.full(n_queries, -1, dtype=np.int64)  # -1: not in the cross-validation
+            fold_of_query[rng.permutation(n_queries)[:in_cv]] = np.arange(in_cv) % folds
+            curves = []
+            for k in range(folds):
+                train = _quantile_matrix(rows, (fold_of_query != k) & (fold_of_query >= 0))
+                held = _quantile_matrix(rows, fold_of_query == k, ref=train)
+                result: dict = {}
+                xgb.train(
+                    params, train, num_boost_round=config.n_estimators, evals=[(held, "validation_0")],
+                    early_stopping_rounds=config.early_stopping_rounds, evals_result=result, verbose_eval=False,
+                    callbacks=stops,
+                )  # fmt: skip
+                curves.append(result["validation_0"]["ndcg@10"])
+                del train, held
+            reached = min(len(c) for c in curves)
+            mean = np.mean([c[:reached] for c in curves], axis=0)
+            n_trees, cv_ndcg = int(np.argmax(mean)) + 1, float(np.max(mean))
+        booster = xgb.train(params, _quantile_matrix(rows), num_boost_round=n_trees, callbacks=stops)
     # The sklearn wrapper is what the registry pickles and serving unwraps (get_booster()).
     model = xgb.XGBRanker()
     model.load_model(bytearray(booster.save_raw(raw_format="ubj")))

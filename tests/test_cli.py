@@ -243,26 +243,15 @@ def test_a_swallowed_sigterm_stops_the_training_at_the_next_stage(tmp_path):
     assert stopped.info.status == "KILLED" and stopped.data.tags["vidrec.killed"] == "stopped by SIGTERM while training"
 
 
-@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
-def test_sigterm_inside_xgboost_data_callback_stops_cleanly_and_closes_the_run(tmp_path):
-    """A SIGTERM whose handler runs inside the ranker's data callback, which XGBoost's C code
-    calls while it builds a QuantileDMatrix: raising there left the callback through C and once
-    aborted CI's killed training (`malloc(): invalid size`). The handler records it, the next
-    callback raises it where XGBoost carries it out, and it comes out as TrainingStopped, with
-    no exception lost in a callback and the run KILLED."""
-    import os
-    import signal
-
+def _ranking_rows(on_block=None):
+    """Four blocks of 20 random queries each; `on_block(i)` runs as XGBoost's iterator reads block i."""
     import numpy as np
 
-    from models.lifecycle.config import RankerConfig
-    from models.ranker import TrainingRows, train_ranker_rows
-    from vidrec import pipeline, stop_request
+    from models.ranker import TrainingRows
 
-    class SignalsOnSecondBlock(list):
+    class Watched(list):
         def __getitem__(self, i):
-            if i == 1:
-                os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside the C callback
+            on_block(i)
             return super().__getitem__(i)
 
     rng = np.random.default_rng(0)
@@ -272,12 +261,42 @@ def test_sigterm_inside_xgboost_data_callback_stops_cleanly_and_closes_the_run(t
         rows.y.append(rng.integers(0, 3, 200).astype(np.float32))
         rows.qid.append(np.repeat(np.arange(20) + 20 * block, 10))
         rows.queries.extend(str(q) for q in range(20 * block, 20 * block + 20))
-    rows.x = SignalsOnSecondBlock(rows.x)
+    if on_block is not None:
+        rows.x = Watched(rows.x)
+    return rows
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("when", ["inside the data callback", "while the trees grow"])
+def test_sigterm_inside_xgboost_stops_cleanly_and_closes_the_run(tmp_path, when):
+    """A SIGTERM whose handler runs inside the ranker's data callback, which XGBoost's C code calls
+    while it builds a QuantileDMatrix: raising there left the callback through C and once aborted
+    CI's killed training (`malloc(): invalid size`). The handler records it; the next callback or
+    boosting round raises it where XGBoost carries it out, and it comes out as TrainingStopped,
+    with no exception lost in a callback and the run KILLED. Also for a stop mid-boosting."""
+    import os
+    import signal
+    import threading
+
+    from models.lifecycle.config import RankerConfig
+    from models.ranker import train_ranker_rows
+    from vidrec import pipeline, stop_request
+
+    def signal_on_second_block(i):
+        if i == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside the C callback
+
+    if when == "inside the data callback":
+        rows, config = _ranking_rows(signal_on_second_block), RankerConfig(n_estimators=5, early_stopping_rounds=None)
+    else:  # far more rounds than 0.5 s can grow
+        rows, config = _ranking_rows(), RankerConfig(n_estimators=1_000_000, early_stopping_rounds=None)
     client, experiment_id = _tracking_store(tmp_path)
     with pytest.raises(pipeline.TrainingStopped) as stopped_by:
         with pipeline._closing_runs_on_sigterm(client, "key"):  # closes only runs opened inside
             run = client.create_run(experiment_id, tags={pipeline.RUN_KEY_TAG: "key"})
-            train_ranker_rows(rows, RankerConfig(n_estimators=5, early_stopping_rounds=None))
+            if when == "while the trees grow":
+                threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            train_ranker_rows(rows, config)
     assert isinstance(stopped_by.value.__cause__, stop_request.StopRequested)
     assert stop_request.requested() is None  # the next training in this process starts clean
     stopped = client.get_run(run.info.run_id)
