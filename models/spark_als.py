@@ -68,7 +68,8 @@ class SparkALS(FactorModel):
     blocks: user blocks = video blocks = shuffle partitions of the fit; fixed so that the same
       seed gives the same factors whatever the master's core count.
     master: the Spark master when no session is running yet (default: the settings'
-      `spark_master`, VIDREC_SPARK_MASTER, "local[2]"). driver_memory: likewise, for a new session.
+      `spark_master`, VIDREC_SPARK_MASTER, "local[2]"). driver_memory: likewise, for a new session
+      (default: `spark_driver_memory`, VIDREC_SPARK_DRIVER_MEMORY, "4g").
 
     score = user_factors_ @ item_factors_.T; `item_vectors` are the video factors.
     """
@@ -84,7 +85,7 @@ class SparkALS(FactorModel):
         seed: int = 42,
         blocks: int = 4,
         master: str | None = None,
-        driver_memory: str = "2g",
+        driver_memory: str | None = None,
     ):
         super().__init__()
         self.factors = check_positive_int("factors", factors)
@@ -93,10 +94,12 @@ class SparkALS(FactorModel):
         self.alpha = check_non_negative_float("alpha", alpha)
         self.seed = check_seed(seed)
         self.blocks = check_positive_int("blocks", blocks)
-        if master is None:
+        if master is None or driver_memory is None:
             from vidrec.settings import Settings
 
-            master = Settings.from_env().spark_master
+            settings = Settings.from_env()
+            master = settings.spark_master if master is None else master
+            driver_memory = settings.spark_driver_memory if driver_memory is None else driver_memory
         self.master = _check_text("master", master)
         self.driver_memory = _check_text("driver_memory", driver_memory)
 

@@ -115,7 +115,9 @@ def test_negative_weights_are_refused():
         small_spark_als().fit(data)
 
 
-def test_master_defaults_to_the_settings(monkeypatch):
+def test_master_and_driver_memory_default_to_the_settings(monkeypatch):
     monkeypatch.setenv("VIDREC_SPARK_MASTER", "local[1]")
-    assert SparkALS().master == "local[1]"
-    assert SparkALS(master="spark://host:7077").master == "spark://host:7077"
+    monkeypatch.setenv("VIDREC_SPARK_DRIVER_MEMORY", "3g")
+    assert (SparkALS().master, SparkALS().driver_memory) == ("local[1]", "3g")
+    given = SparkALS(master="spark://host:7077", driver_memory="6g")
+    assert (given.master, given.driver_memory) == ("spark://host:7077", "6g")
