@@ -190,9 +190,14 @@ def repo_objects(settings: Settings | None = None) -> list:
     """Every Feast object the repo declares (feature_repo/feast_repo/repo.py), each once.
 
     Under a Spark offline store the file sources become SparkSources over the profile's features
-    folder (`data_sources.for_spark`).
+    folder (`data_sources.for_spark`). Feature views are fresh copies: Feast's SQL registry writes a
+    registered view's materialization intervals into the object it applies, and the module's own
+    objects would carry them into the next registry this process applies to (another profile or
+    database), whose first materialization would then wrongly continue from them.
     """
-    from feast import Entity, FeatureService
+    import copy
+
+    from feast import Entity, FeatureService, FeatureView
     from feast.base_feature_view import BaseFeatureView
     from feast.data_source import DataSource
 
@@ -204,7 +209,7 @@ def repo_objects(settings: Settings | None = None) -> list:
         obj = getattr(repo, name)
         if isinstance(obj, kinds) and id(obj) not in seen:
             seen.add(id(obj))
-            objects.append(obj)
+            objects.append(copy.copy(obj) if isinstance(obj, FeatureView) else obj)
     if settings is not None:
         where = locations(settings)
         if uses_spark(where):

@@ -149,3 +149,26 @@ def test_pushed_values_reach_redis(served):
     store.materialize(settings, full=True)  # a later batch run: the older snapshot does not win
     online = store.online_user_features(["u3"], ["user_recent"], settings=settings)
     assert online["user_recent__last_video_ids"].tolist() == ["v2"]
+
+
+def test_another_registry_in_the_same_process_starts_unmaterialized(served, tmp_path):
+    """The SQL registry writes a view's materialization intervals into the object it applies: the
+    repo's own view objects must not carry them into the next registry (a fresh one starts `initial`)."""
+    store.apply_repo(served["settings"])  # registered views differ from the declared ones: intervals
+    lake = tiny_lake(tmp_path)
+    settings = prod_settings(tmp_path)
+    mp = pytest.MonkeyPatch()
+    with temp_database("feast") as registry_url, redis_db() as db:
+        mp.setenv("VIDREC_FEAST_REGISTRY_URL", registry_url)
+        host, port = redis_host_port()
+        mp.setenv("VIDREC_FEAST_REDIS", f"{host}:{port},db={db}")
+        try:
+            compute_features(lake, [T], store.locations(settings).features_dir)
+            store.apply_repo(settings)
+            modes = {m.view: m.mode for m in store.materialize(settings)}
+            assert modes["user_profile"] == "initial" and modes["video_stats"] == "initial", modes
+            online = store.online_user_features(USERS, settings=settings)
+            assert online["user_profile__events_total"].tolist() == [5, 4, 0]
+        finally:
+            forget_stores(settings)
+            mp.undo()
