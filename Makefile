@@ -53,8 +53,14 @@ lint: $(STAMP)
 secrets: $(STAMP)
 	git ls-files -z | xargs -0 $(BIN)/detect-secrets-hook  # pragma: allowlist secret
 
+# Two pytest-xdist workers, a test file each at a time (--dist loadfile): a module's fixtures and
+# servers stay in one process, and tests/services.py gives every test its own PostgreSQL database
+# and Redis db number. Most of the long tests wait on servers and subprocesses, so two workers halve
+# the suite even on 2 cores. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The unit layer only: no servers, no end-to-end jobs.
 test-fast: $(STAMP)
