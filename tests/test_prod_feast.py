@@ -8,6 +8,10 @@ Both the database and the Redis keys are removed afterwards.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -23,9 +27,10 @@ USERS = ["u1", "u2", "u3"]
 VIDEOS = ["v1", "v2", "v4"]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("feast-prod")
+@contextlib.contextmanager
+def prod_stores(tmp: Path) -> Iterator[tuple]:
+    """The hand-made lake and prod settings over a fresh registry database and an empty Redis db:
+    (lake, settings, registry database name, Redis db number); the stores are forgotten after."""
     lake = tiny_lake(tmp)
     settings = prod_settings(tmp)
     mp = pytest.MonkeyPatch()
@@ -33,26 +38,32 @@ def served(tmp_path_factory):
         mp.setenv("VIDREC_FEAST_REGISTRY_URL", registry_url)
         host, port = redis_host_port()
         mp.setenv("VIDREC_FEAST_REDIS", f"{host}:{port},db={db}")
-        where = store.locations(settings)
         try:
-            compute_features(lake, [T], where.features_dir)
-            applied = store.apply_repo(settings)
-            first = {m.view: m.mode for m in store.materialize(settings)}
-            online_at_t = store.online_user_features(USERS, settings=settings)
-            compute_features(lake, [T2], where.features_dir)  # the next snapshot
-            second = {m.view: m.mode for m in store.materialize(settings)}
-            yield {
-                "settings": settings,
-                "where": where,
-                "registry_db": registry_url.rsplit("/", 1)[1],
-                "redis_db": db,
-                "applied": applied,
-                "modes": (first, second),
-                "online_at_t": online_at_t,
-            }
+            yield lake, settings, registry_url.rsplit("/", 1)[1], db
         finally:
             forget_stores(settings)
             mp.undo()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    with prod_stores(tmp_path_factory.mktemp("feast-prod")) as (lake, settings, registry_db, db):
+        where = store.locations(settings)
+        compute_features(lake, [T], where.features_dir)
+        applied = store.apply_repo(settings)
+        first = {m.view: m.mode for m in store.materialize(settings)}
+        online_at_t = store.online_user_features(USERS, settings=settings)
+        compute_features(lake, [T2], where.features_dir)  # the next snapshot
+        second = {m.view: m.mode for m in store.materialize(settings)}
+        yield {
+            "settings": settings,
+            "where": where,
+            "registry_db": registry_db,
+            "redis_db": db,
+            "applied": applied,
+            "modes": (first, second),
+            "online_at_t": online_at_t,
+        }
 
 
 def test_the_prod_profile_uses_the_sql_registry_and_redis(served):
@@ -155,20 +166,10 @@ def test_another_registry_in_the_same_process_starts_unmaterialized(served, tmp_
     """The SQL registry writes a view's materialization intervals into the object it applies: the
     repo's own view objects must not carry them into the next registry (a fresh one starts `initial`)."""
     store.apply_repo(served["settings"])  # registered views differ from the declared ones: intervals
-    lake = tiny_lake(tmp_path)
-    settings = prod_settings(tmp_path)
-    mp = pytest.MonkeyPatch()
-    with temp_database("feast") as registry_url, redis_db() as db:
-        mp.setenv("VIDREC_FEAST_REGISTRY_URL", registry_url)
-        host, port = redis_host_port()
-        mp.setenv("VIDREC_FEAST_REDIS", f"{host}:{port},db={db}")
-        try:
-            compute_features(lake, [T], store.locations(settings).features_dir)
-            store.apply_repo(settings)
-            modes = {m.view: m.mode for m in store.materialize(settings)}
-            assert modes["user_profile"] == "initial" and modes["video_stats"] == "initial", modes
-            online = store.online_user_features(USERS, settings=settings)
-            assert online["user_profile__events_total"].tolist() == [5, 4, 0]
-        finally:
-            forget_stores(settings)
-            mp.undo()
+    with prod_stores(tmp_path) as (lake, settings, _, _):
+        compute_features(lake, [T], store.locations(settings).features_dir)
+        store.apply_repo(settings)
+        modes = {m.view: m.mode for m in store.materialize(settings)}
+        assert modes["user_profile"] == "initial" and modes["video_stats"] == "initial", modes
+        online = store.online_user_features(USERS, settings=settings)
+        assert online["user_profile__events_total"].tolist() == [5, 4, 0]
