@@ -89,6 +89,7 @@ def test_train_goes_through_the_pipeline_stage_and_reuses_an_unchanged_run(tmp_p
     first = runner.invoke(app, options)
     assert first.exit_code == 0, first.output
     assert "held-out evaluation" in first.output and "two-stage" in first.output
+    assert "memory: 15,000 events: about" in first.output  # the plan it checked before starting
     assert "registered {'vidrec-candidates': '1', 'vidrec-ranker': '1'}" in first.output
 
     again = runner.invoke(app, options)
@@ -100,6 +101,32 @@ def test_train_goes_through_the_pipeline_stage_and_reuses_an_unchanged_run(tmp_p
     assert "BLOCKED against baseline (trending)" in first.output
     batch = runner.invoke(app, ["batch"])
     assert batch.exit_code == 2 and "no champion in the MLflow registry yet" in batch.output
+
+
+def test_train_refuses_a_size_its_memory_cannot_hold_before_starting(tmp_path, monkeypatch):
+    """Never an OOM kill: a lake the budget cannot hold is refused up front (exit 2), with the
+    estimate and what to do instead, and no MLflow run is left behind."""
+    out = tmp_path / "synthetic"
+    assert (
+        runner.invoke(
+            app, ["generate", "--out", str(out), "--users", "100", "--videos", "50", "--events", "5000"]
+        ).exit_code
+        == 0
+    )
+    assert runner.invoke(app, ["ingest", "--dataset", "synthetic", "--data-dir", str(out)]).exit_code == 0
+    monkeypatch.setenv("VIDREC_MEMORY_LIMIT", "1g")
+    result = runner.invoke(app, ["train", "--no-feast", "--generators", "popularity,trending"])
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "5,000 events: about 1.98 GB at the peak; 1.00 GB available (VIDREC_MEMORY_LIMIT)" in output
+    assert "Nothing was started" in output and "VIDREC_MEMORY_LIMIT" in output
+
+    import mlflow
+
+    from vidrec.settings import Settings
+
+    mlflow.set_tracking_uri(Settings.from_env().mlflow_uri)
+    assert mlflow.search_runs(search_all_experiments=True).empty
 
 
 def test_train_refuses_an_unknown_generator(tmp_path):

@@ -60,6 +60,25 @@ def reset_peak() -> bool:
     return True
 
 
+def available_memory_bytes() -> int | None:
+    """What a new job can still take: the kernel's MemAvailable, within the process's cgroup (v2)
+    limit where one is set (a container's). None where neither can be read."""
+    found = []
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        limit, used = (cgroup / "memory.max").read_text().strip(), (cgroup / "memory.current").read_text().strip()
+        if limit != "max":
+            found.append(max(int(limit) - int(used), 0))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
 def _status_kb(key: str) -> int:
     for line in _STATUS.read_text().splitlines():
         if line.startswith(key + ":"):

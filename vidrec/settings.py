@@ -33,6 +33,9 @@ class Settings:
     # The Spark driver's heap (in local[N] mode the executors' too). Spark's own default, 1g, ran
     # out in the feature SQL's aggregations at 10M events.
     spark_driver_memory: str = "4g"
+    # The memory a data-sized job may plan for, in bytes (VIDREC_MEMORY_LIMIT, e.g. "12g"); None:
+    # what the machine (or the process's cgroup) has available when the job starts.
+    memory_limit: int | None = None
 
     @classmethod
     def from_env(cls, profile: str | None = None) -> Settings:
@@ -56,4 +59,23 @@ class Settings:
             mlflow_artifacts=os.environ.get("VIDREC_MLFLOW_ARTIFACTS", str(home / "mlartifacts")),
             spark_master=os.environ.get("VIDREC_SPARK_MASTER", cls.spark_master),
             spark_driver_memory=os.environ.get("VIDREC_SPARK_DRIVER_MEMORY", cls.spark_driver_memory),
+            memory_limit=size_bytes("VIDREC_MEMORY_LIMIT", os.environ["VIDREC_MEMORY_LIMIT"])
+            if os.environ.get("VIDREC_MEMORY_LIMIT")
+            else None,
         )
+
+
+_SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def size_bytes(name: str, text: str) -> int:
+    """A memory size as Spark and the JVM write it ("512m", "4g", "12G", or plain bytes)."""
+    value = text.strip().lower().removesuffix("b")
+    number, unit = (value[:-1], value[-1]) if value[-1:] in _SIZE_UNITS else (value, "")
+    try:
+        size = float(number) * _SIZE_UNITS[unit]
+    except ValueError:
+        size = -1.0
+    if not size > 0:
+        raise SettingsError(f"{name}={text!r} is not a memory size: write it like 512m, 4g or 12g")
+    return int(size)
