@@ -23,6 +23,8 @@ from models.lifecycle.tuning import (
     SEARCH_SPACES,
     VALIDATION_METRIC,
     default_params,
+    ranker_entry,
+    save_tuned,
     space_names,
     split_tuned,
     tunable,
@@ -136,7 +138,7 @@ def test_ranker_blend_is_chosen_on_validation_and_read_by_training(study, subset
     tuned = tune_ranker(train, test, videos, dataset="subset", protocol="stratified", settings=settings, path=path)
     content = json.loads(path.read_text())
     assert "item-cf" in content  # the generators' entries stay
-    entry = content["ranker"]
+    entry = content["ranker@stratified"]  # kept per protocol
     grid = entry["validation_grid"]  # the trees alone, and every (z_<generator>, weight)
     assert entry["trials"] == len(grid) > 20 and "none x 0" in grid and "z_item-cf x 0.5" in grid
     assert entry[VALIDATION_METRIC] == pytest.approx(max(grid.values()), abs=1e-6) == tuned.validation_after
@@ -149,11 +151,39 @@ def test_ranker_blend_is_chosen_on_validation_and_read_by_training(study, subset
     assert run.data.params["best.blend_weight"] == str(params["blend_weight"])
 
     # Generators and the ranker take their own parts of the file; `train --tuned-for` reads both.
-    generators, ranker = split_tuned(tuned_params("subset", path=path))
+    generators, ranker = split_tuned(tuned_params("subset", path=path, protocol="stratified"))
     assert "ranker" not in generators and ranker == params
     monkeypatch.setenv("VIDREC_TUNED_DIR", str(path.parent))
     config = pipeline.train_config({"tuned_for": "subset", "protocol": "stratified", "ranker": {"seed": 3}})
     assert "ranker" not in config.tuned and config.ranker == RankerConfig(seed=3, **params)
+
+
+def test_ranker_settings_are_kept_per_protocol(tmp_path):
+    """Tuning the ranker under one protocol keeps the other's blend; each run reads its own, and a
+    file from before the per-protocol keys is still read for the protocol its entry names."""
+    path = tmp_path / "d.json"
+    save_tuned(path, "item-cf", {"params": {"k_neighbors": 50}})
+    save_tuned(
+        path,
+        ranker_entry("stratified"),
+        {"params": {"blend_feature": "z_ease", "blend_weight": 0.25}, "protocol": "stratified"},
+    )
+    save_tuned(
+        path,
+        ranker_entry("user-time"),
+        {"params": {"blend_feature": "z_als", "blend_weight": 1.0}, "protocol": "user-time"},
+    )
+    assert set(json.loads(path.read_text())) == {"item-cf", "ranker@stratified", "ranker@user-time"}
+    for protocol, feature in (("stratified", "z_ease"), ("user-time", "z_als")):
+        generators, ranker = split_tuned(tuned_params("d", path=path, protocol=protocol))
+        assert generators == {"item-cf": {"k_neighbors": 50}} and ranker["blend_feature"] == feature
+    assert split_tuned(tuned_params("d", path=path, protocol="time"))[1] == {}  # none tuned under time
+    assert "ranker" not in tuned_params("d", path=path)  # no protocol: the generators only
+
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text(json.dumps({"ranker": {"params": {"blend_weight": 0.5}, "protocol": "stratified"}}))
+    assert tuned_params("legacy", path=legacy, protocol="stratified") == {"ranker": {"blend_weight": 0.5}}
+    assert tuned_params("legacy", path=legacy, protocol="user-time") == {}
 
 
 @pytest.mark.parametrize("protocol", ["stratified", "time", "user-time"])

@@ -249,7 +249,7 @@ def benchmark(
 def _tuned_params(dataset: str, protocol: str) -> dict[str, dict] | None:
     """The dataset's tuned params ({generator: params}) a run under `protocol` uses, saying which;
     None without a file."""
-    from models.lifecycle.tuning import entries_for, read_tuned, tuned_path
+    from models.lifecycle.tuning import RANKER_ENTRY, entries_for, is_ranker_entry, read_tuned, tuned_path
 
     path = tuned_path(dataset)
     try:
@@ -257,8 +257,12 @@ def _tuned_params(dataset: str, protocol: str) -> dict[str, dict] | None:
     except ValueError as exc:
         fail(str(exc))
     entries = entries_for(everything, protocol)
-    if set(everything) - set(entries):
-        console.print(f"the tuned ranker blend in {path} was chosen under another protocol: not used under {protocol}")
+    others = sorted({e.get("protocol", "?") for n, e in everything.items() if is_ranker_entry(n)} - {protocol})
+    if others and RANKER_ENTRY not in entries:
+        console.print(
+            f"the tuned ranker blend in {path} was chosen under {', '.join(others)}, not {protocol}: "
+            f"the ranker trains without one (`vidrec tune --generator ranker --protocol {protocol}` makes it)"
+        )
     if entries:
         used = ", ".join(
             f"{name} ({entry.get('protocol', '?')}, {entry.get('trials', '?')} trials)"
@@ -266,15 +270,6 @@ def _tuned_params(dataset: str, protocol: str) -> dict[str, dict] | None:
         )
         console.print(f"tuned hyperparameters from {path}: {used} (--no-tuned for the catalog's defaults)")
     return {name: dict(entry["params"]) for name, entry in entries.items()} or None
-
-
-def _required_tuned(dataset: str) -> dict[str, dict]:
-    from models.lifecycle.tuning import require_tuned
-
-    try:
-        return require_tuned(dataset)
-    except ValueError as exc:
-        fail(str(exc))
 
 
 @app.command()

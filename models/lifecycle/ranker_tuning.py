@@ -32,6 +32,7 @@ from models.lifecycle.tuning import (
     K,
     TuneResult,
     check_disjoint,
+    ranker_entry,
     save_tuned,
     split_tuned,
     tuned_params,
@@ -100,8 +101,8 @@ def tune_ranker(
     settings=None,
     path: Path | None = None,
 ) -> TuneResult:
-    """Choose the blend on a validation split of `train`, save it as the tuned file's "ranker"
-    entry, and report the test part's nDCG@K with and without it (read only after the choice).
+    """Choose the blend on a validation split of `train`, save it as the tuned file's
+    "ranker@<protocol>" entry (the other protocols' stay), and report the test part's nDCG@K with and without it (read only after the choice).
 
     The generators use the tuned file's entries (tune them first). `encoder`: the content
     vectors of the ranker's cross features (tfidf: fast; minilm: what `benchmark` uses by default).
@@ -136,7 +137,7 @@ def tune_ranker(
         "encoder": encoder,
         "tuned_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    save_tuned(path, RANKER_ENTRY, entry)
+    save_tuned(path, ranker_entry(protocol), entry)
     tracking.configure(settings or Settings.from_env())
     with mlflow.start_run(run_name=f"tune ranker on {dataset}", nested=mlflow.active_run() is not None) as run:
         mlflow.set_tags({"vidrec.kind": "tune", "generator": RANKER_ENTRY, "dataset": dataset, "protocol": protocol})
@@ -146,7 +147,7 @@ def tune_ranker(
             f"{VALIDATION_METRIC}.defaults": alone, f"{VALIDATION_METRIC}.tuned": grid[best],
             f"test_{METRIC}.defaults": outer[ScoreBlend()], f"test_{METRIC}.tuned": outer[best], "tune_s": seconds,
         })  # fmt: skip
-        mlflow.log_dict({RANKER_ENTRY: entry}, f"tuned/{path.name}")
+        mlflow.log_dict({ranker_entry(protocol): entry}, f"tuned/{path.name}")
         run_id = run.info.run_id
     return TuneResult(
         generator=RANKER_ENTRY, dataset=dataset, protocol=protocol, trials=len(grid),

@@ -54,9 +54,21 @@ VALIDATION_METRIC = f"validation_{METRIC}"
 # The inner stratified split draws with a seed of its own, so it is not the outer draw's twin.
 VALIDATION_SEED_OFFSET = 1
 TUNED_DIR_ENV = "VIDREC_TUNED_DIR"
-# The tuned file's entry for the two-stage ranker's settings (models/lifecycle/ranker_tuning.py);
-# every other entry is a generator's.
+# The two-stage ranker's settings (models/lifecycle/ranker_tuning.py) are kept per protocol, under
+# "ranker@<protocol>" in the tuned file, and handed to a run as its "ranker" entry; every other
+# entry is a generator's.
 RANKER_ENTRY = "ranker"
+
+
+def ranker_entry(protocol: str) -> str:
+    """The tuned file's key of the ranker's settings chosen under `protocol`."""
+    return f"{RANKER_ENTRY}@{protocol}"
+
+
+def is_ranker_entry(name: str) -> bool:
+    return name == RANKER_ENTRY or name.startswith(RANKER_ENTRY + "@")
+
+
 PACKAGE_TUNED_DIR = Path(__file__).resolve().parents[1] / "tuned"
 
 SearchSpace = Callable[[Any], dict[str, Any]]  # optuna.Trial -> constructor params
@@ -233,16 +245,20 @@ def tuned_params(
 
 
 def entries_for(entries: Mapping[str, dict[str, Any]], protocol: str | None) -> dict[str, dict[str, Any]]:
-    """The tuned file's entries a run under `protocol` uses (None: all of them). The ranker's
-    entry only when it was tuned under that protocol: its best blend depends on it (on
-    ml-latest-small EASE leads the stratified protocol and trending the time protocol, where the
-    blend with EASE tuned on stratified gave two-stage 0.208 against 0.274 without, on 28 users).
-    Generators' entries serve every protocol."""
-    return {
-        name: entry
-        for name, entry in entries.items()
-        if name != RANKER_ENTRY or protocol is None or entry.get("protocol") == protocol
-    }
+    """The tuned file's entries a run under `protocol` uses: every generator's, and the ranker's
+    chosen under that protocol, as "ranker" (None: the generators' only). The best blend depends
+    on the protocol: on ml-latest-small EASE leads the stratified protocol and trending the time
+    protocol, where the blend with EASE tuned on stratified gave two-stage 0.208 against 0.274
+    without, on 28 users. A file from before the per-protocol keys holds one "ranker" entry that
+    names its protocol."""
+    chosen = {name: entry for name, entry in entries.items() if not is_ranker_entry(name)}
+    if protocol is None:
+        return chosen
+    ranker = entries.get(ranker_entry(protocol))
+    legacy = entries.get(RANKER_ENTRY)
+    if ranker is None and legacy is not None and legacy.get("protocol") == protocol:
+        ranker = legacy
+    return chosen | ({RANKER_ENTRY: ranker} if ranker is not None else {})
 
 
 def split_tuned(tuned: Mapping[str, Mapping[str, Any]] | None) -> tuple[dict[str, dict], dict[str, Any]]:
