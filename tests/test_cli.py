@@ -74,17 +74,18 @@ def test_generate_then_ingest_synthetic(tmp_path):
     assert {"impression", "click", "watch", "search"} <= set(stats["events_by_type"])
 
 
+def generate_and_ingest(tmp_path, users: int, videos: int, events: int) -> None:
+    """A synthetic platform made and ingested into the test's VIDREC_HOME lake, as a user does it."""
+    out = tmp_path / "synthetic"
+    sizes = ["--users", str(users), "--videos", str(videos), "--events", str(events)]
+    assert runner.invoke(app, ["generate", "--out", str(out), *sizes]).exit_code == 0
+    assert runner.invoke(app, ["ingest", "--dataset", "synthetic", "--data-dir", str(out)]).exit_code == 0
+
+
 def test_train_goes_through_the_pipeline_stage_and_reuses_an_unchanged_run(tmp_path):
     """`vidrec train` is the DAG's train_and_gate stage: a second run on the same lake and options
     registers nothing new; `vidrec batch` then precomputes the champion's lists."""
-    out = tmp_path / "synthetic"
-    assert (
-        runner.invoke(
-            app, ["generate", "--out", str(out), "--users", "150", "--videos", "80", "--events", "15000"]
-        ).exit_code
-        == 0
-    )
-    assert runner.invoke(app, ["ingest", "--dataset", "synthetic", "--data-dir", str(out)]).exit_code == 0
+    generate_and_ingest(tmp_path, users=150, videos=80, events=15000)
     options = ["train", "--protocol", "user-time", "--no-feast", "--generators", "popularity,trending,item-cf"]
     first = runner.invoke(app, options)
     assert first.exit_code == 0, first.output
@@ -106,14 +107,7 @@ def test_train_goes_through_the_pipeline_stage_and_reuses_an_unchanged_run(tmp_p
 def test_train_refuses_a_size_its_memory_cannot_hold_before_starting(tmp_path, monkeypatch):
     """Never an OOM kill: a lake the budget cannot hold is refused up front (exit 2), with the
     estimate and what to do instead, and no MLflow run is left behind."""
-    out = tmp_path / "synthetic"
-    assert (
-        runner.invoke(
-            app, ["generate", "--out", str(out), "--users", "100", "--videos", "50", "--events", "5000"]
-        ).exit_code
-        == 0
-    )
-    assert runner.invoke(app, ["ingest", "--dataset", "synthetic", "--data-dir", str(out)]).exit_code == 0
+    generate_and_ingest(tmp_path, users=100, videos=50, events=5000)
     monkeypatch.setenv("VIDREC_MEMORY_LIMIT", "1g")
     result = runner.invoke(app, ["train", "--no-feast", "--generators", "popularity,trending"])
     assert result.exit_code == 2, result.output
