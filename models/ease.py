@@ -75,6 +75,15 @@ def ease_weights(matrix: sp.spmatrix, l2: float) -> np.ndarray:
     return weights
 
 
+MAX_ITEMS = 15_000  # the dense inverse's default limit (2.7 GB at its peak)
+PEAK_BYTES_PER_ITEM_SQUARED = 12  # the fit's peak: the float64 Gram matrix, its factor, the float32 weights
+
+
+def fit_peak_bytes(n_items: int) -> int:
+    """EASE's memory at the peak of a fit on `n_items` videos."""
+    return PEAK_BYTES_PER_ITEM_SQUARED * n_items**2
+
+
 class EASE(Recommender):
     """Linear item-item autoencoder with a closed-form fit.
 
@@ -92,7 +101,7 @@ class EASE(Recommender):
 
     name = "ease"
 
-    def __init__(self, l2: float = 500.0, max_items: int = 15_000, approximate: bool = True):
+    def __init__(self, l2: float = 500.0, max_items: int = MAX_ITEMS, approximate: bool = True):
         super().__init__()
         if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not math.isfinite(l2) or l2 <= 0:
             raise ValueError(f"l2 must be a positive finite number, got {l2!r}")
@@ -110,7 +119,7 @@ class EASE(Recommender):
             if not self.approximate:
                 raise ValueError(
                     f"EASE would invert a {len(active):,} x {len(active):,} matrix, above max_items={self.max_items:,} "
-                    f"(about {12 * len(active) ** 2 / 2**30:.1f} GB): leave approximate=True to fit it on the "
+                    f"(about {fit_peak_bytes(len(active)) / 2**30:.1f} GB): leave approximate=True to fit it on the "
                     f"{self.max_items:,} most-engaged videos, drop 'ease' from the generators (item-cf and als "
                     "scale to any catalog), or raise max_items if the machine has the memory"
                 )
