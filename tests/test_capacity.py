@@ -12,7 +12,7 @@ from models.lifecycle.capacity import (
     TRAIN_BYTES_PER_EVENT,
     NotEnoughMemory,
     check_train_fits,
-    ease_items,
+    ease_fit_size,
     train_memory_plan,
 )
 from models.lifecycle.config import TrainConfig
@@ -31,14 +31,14 @@ def test_the_estimate_follows_the_measured_peaks(events, videos, measured):
     """Fitted to `vidrec train` on the synthetic platform at 1M and 10M events (README "Scale"); on
     ml-latest-small, whose 9,742 videos make EASE the largest part, it stays within 10% above."""
     config = TrainConfig()  # the default generators, EASE among them
-    plan = train_memory_plan(events, ease_items(config, videos), Settings.from_env())
+    plan = train_memory_plan(events, ease_fit_size(config, videos), Settings.from_env())
     assert plan.ease_items == min(videos, 15_000)
     assert measured - 0.01 <= plan.python_bytes / GiB <= measured * 1.1
 
 
 def test_without_ease_only_the_events_count():
     without = train_memory_plan(
-        10_000_000, ease_items(TrainConfig(generators=("popularity", "item-cf")), 50_000), Settings.from_env()
+        10_000_000, ease_fit_size(TrainConfig(generators=("popularity", "item-cf")), 50_000), Settings.from_env()
     )
     assert without.ease_items == 0
     assert without.python_bytes == TRAIN_BASE_BYTES + TRAIN_BYTES_PER_EVENT * 10_000_000

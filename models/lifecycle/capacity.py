@@ -66,7 +66,7 @@ class MemoryPlan:
         )
 
 
-def ease_items(config: TrainConfig, n_videos: int) -> int:
+def ease_fit_size(config: TrainConfig, n_videos: int) -> int:
     """The videos a run's EASE fit inverts at most: the catalog, within its `max_items`."""
     if "ease" not in config.generators:
         return 0

@@ -102,7 +102,8 @@ def tune_ranker(
     path: Path | None = None,
 ) -> TuneResult:
     """Choose the blend on a validation split of `train`, save it as the tuned file's
-    "ranker@<protocol>" entry (the other protocols' stay), and report the test part's nDCG@K with and without it (read only after the choice).
+    "ranker@<protocol>" entry (the other protocols' stay), and report the test part's nDCG@K with
+    and without it (read only after the choice).
 
     The generators use the tuned file's entries (tune them first). `encoder`: the content
     vectors of the ranker's cross features (tfidf: fast; minilm: what `benchmark` uses by default).

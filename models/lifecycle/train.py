@@ -44,7 +44,7 @@ from models.evaluate import evaluate_model, users_with_truth
 from models.hybrid import HybridUnion
 from models.interactions import LEARNING_TYPES, Interactions
 from models.lifecycle import registry, tracking
-from models.lifecycle.capacity import check_train_fits, ease_items
+from models.lifecycle.capacity import check_train_fits, ease_fit_size
 from models.lifecycle.config import NON_PERSONALIZED, PROTOCOLS, GatePolicy, TrainConfig
 from models.lifecycle.significance import PerUser
 from models.metrics import list_diversity, ndcg_at_k, per_user_ndcg
@@ -321,7 +321,7 @@ def train_and_gate(
     if not lake.event_files():
         raise FileNotFoundError(f"the lake at {lake.root} holds no events: run `vidrec ingest` first")
     videos = lake.read_table("videos")
-    plan = check_train_fits(lake.events_dataset().count_rows(), ease_items(config, len(videos)), settings)
+    plan = check_train_fits(lake.events_dataset().count_rows(), ease_fit_size(config, len(videos)), settings)
     step(f"memory: {plan.summary()}")
     with meter.stage("read and split events"):
         events = lake.read_events(columns=["user_id", "video_id", "event_type", "rating", "event_ts", "device"])
