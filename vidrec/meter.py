@@ -65,10 +65,8 @@ def available_memory_bytes() -> int | None:
     limit where one is set (a container's). None where neither can be read."""
     found = []
     meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                found.append(int(line.split()[1]) * 1024)
+    if meminfo.exists() and (kb := _field_kb(meminfo, "MemAvailable")):
+        found.append(kb * 1024)
     cgroup = Path("/sys/fs/cgroup")
     try:
         limit, used = (cgroup / "memory.max").read_text().strip(), (cgroup / "memory.current").read_text().strip()
@@ -80,7 +78,12 @@ def available_memory_bytes() -> int | None:
 
 
 def _status_kb(key: str) -> int:
-    for line in _STATUS.read_text().splitlines():
+    return _field_kb(_STATUS, key)
+
+
+def _field_kb(path: Path, key: str) -> int:
+    """A "Key:   1234 kB" line of a /proc file (status, meminfo); 0 when absent."""
+    for line in path.read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1])
     return 0
